@@ -1,0 +1,90 @@
+"""The span head's decoding in numpy: best answer spans across windows.
+
+Scores follow the transformers QA pipeline: per window, start and end logits are
+soft-maxed over the context tokens *and* [CLS], and a span's score is
+p_start * p_end. Keeping [CLS] in the denominator lets a window that does not hold
+the answer say so (its mass goes to [CLS]), which makes scores comparable across
+windows and across requests. [CLS] itself is never returned as an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tokenizer import Encoded
+from .windows import Window
+
+
+@dataclass(frozen=True)
+class Span:
+    score: float
+    start: int  # character offsets into the context
+    end: int
+    window: int
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max()
+    np.exp(x, out=x)
+    x /= x.sum()
+    return x
+
+
+def window_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    w: Window,
+    *,
+    max_answer_len: int,
+    top_k: int,
+) -> list[tuple[float, int, int]]:
+    """Top spans of one window as (score, first ctx token, last ctx token), tokens index the context."""
+    n = w.n_ctx
+    if n == 0:
+        return []
+    sl = np.asarray(start_logits, dtype=np.float64)
+    el = np.asarray(end_logits, dtype=np.float64)
+    idx = np.concatenate([[0], np.arange(w.ctx_offset, w.ctx_offset + n)])
+    ps = _softmax(sl[idx].copy())[1:]
+    pe = _softmax(el[idx].copy())[1:]
+    scores = np.outer(ps, pe)
+    # Valid spans: end >= start and length <= max_answer_len.
+    i = np.arange(n)
+    length = i[None, :] - i[:, None]
+    scores[(length < 0) | (length >= max_answer_len)] = 0.0
+    flat = scores.ravel()
+    k = min(top_k, flat.size)
+    top = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+    top = top[np.argsort(-flat[top], kind="stable")]
+    out = []
+    for f in top:
+        s = float(flat[f])
+        if s <= 0.0:
+            break
+        a, b = divmod(int(f), n)
+        out.append((s, a + w.tok_start, b + w.tok_start))
+    return out
+
+
+def best_spans(
+    logits: list[tuple[np.ndarray, np.ndarray]],
+    windows: list[Window],
+    ctx: Encoded,
+    *,
+    max_answer_len: int = 30,
+    top_k: int = 1,
+) -> list[Span]:
+    """The ``top_k`` distinct character spans across all windows, best first."""
+    best: dict[tuple[int, int], Span] = {}
+    for wi, ((sl, el), w) in enumerate(zip(logits, windows)):
+        for score, a, b in window_spans(sl, el, w, max_answer_len=max_answer_len, top_k=max(top_k, 1) + 2):
+            cs, ce = int(ctx.offsets[a, 0]), int(ctx.offsets[b, 1])
+            if ce <= cs:
+                continue
+            key = (cs, ce)
+            if key not in best or best[key].score < score:
+                best[key] = Span(score, cs, ce, wi)
+    ranked = sorted(best.values(), key=lambda s: (-s.score, s.start, s.end))
+    return ranked[:top_k]

@@ -1,0 +1,193 @@
+"""Per-token hidden states from llama.cpp (llama-cpp-python's low-level API), span head in numpy.
+
+``Llama.embed()`` returned wrong vectors for the second of several inputs with
+pooling none, so this goes through ``llama_batch``/``llama_encode``/
+``llama_get_embeddings`` directly. llama.cpp aborts the process on a batch longer
+than ``n_ubatch`` or a sequence longer than the position table: both are checked
+here before any call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+from qabridge.errors import EngineError, ModelError, UsageError
+
+from .model_file import ModelFile, SpanHead
+from .windows import Window
+
+_log_cb = None  # keep the ctypes callback alive
+
+
+def _silence_llama() -> None:
+    global _log_cb
+    import llama_cpp as lc
+
+    if _log_cb is None:
+        verbose = os.environ.get("QABRIDGE_LLAMA_LOG") == "1"
+
+        @lc.llama_log_callback
+        def _cb(level, text, user_data):  # noqa: ARG001
+            if verbose:
+                try:
+                    print(text.decode("utf-8", "replace"), end="", flush=True)
+                except Exception:
+                    pass
+
+        _log_cb = _cb
+        lc.llama_log_set(_log_cb, ctypes.c_void_p(0))
+
+
+class _Context:
+    """One llama.cpp context and its reusable batch; used by one thread at a time."""
+
+    def __init__(self, lc, model, n_ctx: int, n_threads: int, flash_attn: bool):
+        p = lc.llama_context_default_params()
+        p.n_ctx = n_ctx
+        p.n_batch = n_ctx
+        p.n_ubatch = n_ctx
+        p.n_seq_max = 1
+        p.n_threads = n_threads
+        p.n_threads_batch = n_threads
+        p.embeddings = True
+        p.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
+        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.lc = lc
+        self.ctx = lc.llama_init_from_model(model, p)
+        if not self.ctx:
+            raise EngineError("llama.cpp could not create a context")
+        self.n_ctx = n_ctx
+        self.batch = lc.llama_batch_init(n_ctx, 0, 1)
+        for i in range(n_ctx):
+            self.batch.n_seq_id[i] = 1
+            self.batch.seq_id[i][0] = 0
+            self.batch.logits[i] = 1
+        self._pos = np.arange(n_ctx, dtype=np.int32)
+
+    def hidden(self, ids: np.ndarray, n_embd: int) -> np.ndarray:
+        lc = self.lc
+        n = int(ids.shape[0])
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        ctypes.memmove(self.batch.token, ids.ctypes.data, 4 * n)
+        ctypes.memmove(self.batch.pos, self._pos.ctypes.data, 4 * n)
+        self.batch.n_tokens = n
+        mem = lc.llama_get_memory(self.ctx)
+        if mem:
+            lc.llama_memory_clear(mem, True)
+        rc = lc.llama_encode(self.ctx, self.batch)
+        if rc != 0:
+            raise EngineError(f"llama_encode failed (rc={rc})")
+        ptr = lc.llama_get_embeddings(self.ctx)
+        if not ptr:
+            raise EngineError("llama.cpp returned no embeddings")
+        return np.ctypeslib.as_array(ptr, shape=(n * n_embd,)).reshape(n, n_embd).copy()
+
+    def free(self) -> None:
+        if self.ctx:
+            self.lc.llama_batch_free(self.batch)
+            self.lc.llama_free(self.ctx)
+            self.ctx = None
+
+
+class LlamaCppEngine:
+    """Encoder in llama.cpp, span head in numpy. Thread-safe: a pool of contexts."""
+
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        model: ModelFile,
+        *,
+        n_threads: int | None = None,
+        flash_attn: bool = True,
+        n_contexts: int = 1,
+    ):
+        try:
+            import llama_cpp as lc
+        except ImportError as exc:  # pragma: no cover - base dependency
+            raise EngineError(f"llama-cpp-python is not installed ({exc})") from None
+        _silence_llama()
+        lc.llama_backend_init()
+        self.lc = lc
+        self.file = model
+        self.head: SpanHead = model.span_head if model.get("qabridge.span_head.weight") is not None else None
+        self.n_positions = model.context_length
+        self.n_ctx = min(self.n_positions, max(model.window_spec.max_seq_len, 512) if self.head else self.n_positions)
+        mp = lc.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self.model = lc.llama_model_load_from_file(str(model.path).encode(), mp)
+        if not self.model:
+            raise ModelError(f"{model.path}: llama.cpp could not load the model")
+        self.n_embd = int(lc.llama_model_n_embd(self.model))
+        threads = n_threads or max(1, (os.cpu_count() or 1) // max(1, n_contexts))
+        self._pool: queue.Queue[_Context] = queue.Queue()
+        self._all = []
+        for _ in range(max(1, n_contexts)):
+            c = _Context(lc, self.model, self.n_ctx, threads, flash_attn)
+            self._all.append(c)
+            self._pool.put(c)
+        self.n_threads = threads
+        self.flash_attn = flash_attn
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @contextmanager
+    def _context(self):
+        c = self._pool.get()
+        try:
+            yield c
+        finally:
+            self._pool.put(c)
+
+    def hidden_states(self, ids: np.ndarray) -> np.ndarray:
+        """[n_tokens, hidden] float32 for one sequence."""
+        n = int(len(ids))
+        if n == 0:
+            raise UsageError("empty token sequence", code="empty_input")
+        if n > self.n_ctx or n > self.n_positions:
+            # llama.cpp would abort the whole process here.
+            raise UsageError(f"sequence of {n} tokens exceeds the model window ({min(self.n_ctx, self.n_positions)})", code="sequence_too_long")
+        if self._closed:
+            raise EngineError("engine is closed")
+        with self._context() as c:
+            return c.hidden(ids, self.n_embd)
+
+    def logits(self, windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.head is None:
+            raise ModelError(f"{self.file.path}: has no span head")
+        return [self.head.logits(self.hidden_states(w.input_ids)) for w in windows]
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """llama.cpp's own tokenisation (for parity checks against the HF tokenizer)."""
+        lc = self.lc
+        vocab = lc.llama_model_get_vocab(self.model)
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(vocab, data, len(data), buf, cap, special, False)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(vocab, data, len(data), buf, cap, special, False)
+        return list(buf[:n])
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for c in self._all:
+                c.free()
+            self.lc.llama_model_free(self.model)
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,92 @@
+"""Request and response types of the bridge's HTTP API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class QARequest(BaseModel):
+    """One extractive question over a context (or over several documents)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, description="The question, in plain text.")
+    """The question, in plain text."""
+    context: str | None = Field(default=None, min_length=1, description="The text to take the answer from.")
+    """The text to take the answer from. Give either this or ``documents``."""
+    documents: list[str] | None = Field(
+        default=None, min_length=1, description="Several passages instead of one context; ranked by embedding similarity."
+    )
+    """Several passages instead of one context; the best ones are read."""
+    top_k: int = Field(default=1, ge=1, le=20, description="How many distinct answers to return, best first.")
+    """How many distinct answers to return, best first."""
+    max_answer_len: int | None = Field(default=None, ge=1, le=512, description="Longest answer, in tokens.")
+    """Longest answer, in tokens (default: the model's, usually 30)."""
+    model: str | None = Field(default=None, description="Which loaded model answers (default: the bridge's default).")
+    """Which loaded model answers (see ``GET /api/models``)."""
+    top_documents: int = Field(default=3, ge=1, le=50, description="With documents: how many top-ranked passages are read.")
+    """With ``documents``: how many of the top-ranked passages are read for spans."""
+
+
+class AnswerItem(BaseModel):
+    answer: str = Field(description="The answer text, exactly ``context[start:end]``.")
+    score: float = Field(description="Probability of this span (softmax over span scores), 0..1.")
+    start: int = Field(description="Character offset of the answer's first character in the context.")
+    end: int = Field(description="Character offset one past the answer's last character.")
+    document: int | None = Field(default=None, description="With documents: index of the document the answer is from.")
+
+
+class QAResponse(BaseModel):
+    answer: str = Field(description="The best answer (empty if none was found).")
+    score: float = Field(description="Probability of the best answer.")
+    start: int = Field(description="Character offset of the best answer.")
+    end: int = Field(description="Character offset one past the best answer.")
+    document: int | None = Field(default=None, description="With documents: which document the best answer is from.")
+    answers: list[AnswerItem] = Field(description="The top_k answers, best first.")
+    model: str = Field(description="The model that answered.")
+    engine: str = Field(description="The engine that computed the encoder states.")
+    windows: int = Field(description="How many windows the context was split into.")
+    timing_ms: dict[str, float] = Field(description="Time spent per stage, in milliseconds.")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    qa_pairs: list[dict] = Field(min_length=1, description="Requests of the same shape as POST /api/qa.")
+    """Requests of the same shape as ``POST /api/qa``; each is validated on its own."""
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable error code.")
+    message: str = Field(description="Human-readable explanation.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class BatchResponse(BaseModel):
+    results: list[QAResponse | ErrorResponse] = Field(description="One result per item, in order; errors in place.")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ok, loading, degraded or error.")
+    ready: bool = Field(description="True when the default model can answer.")
+    engine: str | None = Field(default=None, description="Engine of the default model.")
+    model: str | None = Field(default=None, description="Name of the default model.")
+    models: dict[str, str] = Field(default_factory=dict, description="Each model's engine.")
+    ollama: dict | None = Field(default=None, description="Ollama host, reachability and version, when configured.")
+    error: str | None = Field(default=None, description="Why loading failed, if it did.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    file: str
+    size: int
+    sha256: str
+    quantization: str
+    max_seq_len: int
+    doc_stride: int
+    engine: str
+    source: str = Field(description="file or ollama")
+    metadata: dict = Field(description="The GGUF's qabridge.* metadata (span head omitted).")

@@ -1,0 +1,56 @@
+"""GGUF metadata that qabridge adds, all under one ``qabridge.`` prefix.
+
+llama.cpp ignores unknown keys but refuses unknown tensors, so the span head
+travels as metadata arrays, not as a tensor.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+PREFIX = "qabridge."
+
+
+class Key:
+    VERSION = "qabridge.version"  # str: qabridge version that wrote the file
+    TASK = "qabridge.task"  # str: always "extractive-qa"
+    SPAN_HEAD_WEIGHT = "qabridge.span_head.weight"  # [2*hidden] f32, row-major (start row, end row)
+    SPAN_HEAD_BIAS = "qabridge.span_head.bias"  # [2] f32
+    HIDDEN_SIZE = "qabridge.hidden_size"  # u32
+    MAX_SEQ_LEN = "qabridge.max_seq_len"  # u32: window length the model was trained with
+    DOC_STRIDE = "qabridge.doc_stride"  # u32: overlap between windows
+    MAX_QUESTION_TOKENS = "qabridge.max_question_tokens"  # u32
+    MAX_ANSWER_LEN = "qabridge.max_answer_len"  # u32: default longest answer, in tokens
+    LOWERCASE = "qabridge.lowercase"  # bool
+    SEGMENT_IDS = "qabridge.segment_ids"  # str: SegmentIds value
+    BASE_MODEL = "qabridge.base_model"  # str
+    ADAPTER_SHA256 = "qabridge.adapter_sha256"  # str: hash of the adapter files ("" for a plain base)
+    OUTTYPE = "qabridge.outtype"  # str: OutType value
+
+
+#: Keys a GGUF must carry for the bridge to serve it.
+REQUIRED = (
+    Key.VERSION,
+    Key.TASK,
+    Key.SPAN_HEAD_WEIGHT,
+    Key.SPAN_HEAD_BIAS,
+    Key.HIDDEN_SIZE,
+    Key.MAX_SEQ_LEN,
+    Key.DOC_STRIDE,
+    Key.LOWERCASE,
+    Key.SEGMENT_IDS,
+)
+
+TASK_QA = "extractive-qa"
+TASK_EMBEDDING = "embedding"
+
+
+class SegmentIds(str, Enum):
+    #: Trained with token-type id 0 everywhere: what llama.cpp's BERT graph computes.
+    ZEROS = "zeros"
+
+
+class OutType(str, Enum):
+    F32 = "f32"
+    F16 = "f16"
+    Q8_0 = "q8_0"

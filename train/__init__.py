@@ -1,0 +1,1 @@
+"""Training stage: SQuAD data, features, LoRA/QLoRA fine-tuning and torch evaluation."""

@@ -1,0 +1,123 @@
+"""SQuAD evaluation through the bridge's pipeline, with either engine.
+
+The torch engine and the GGUF engine differ only in who computes start/end
+logits; windows, decoding and the metric are the same code.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qabridge.bridge.decode import best_spans
+from qabridge.bridge.pipeline import QAPipeline
+from qabridge.bridge.tokenizer import WordPieceTokenizer
+from qabridge.bridge.windows import Window, WindowSpec
+from qabridge.errors import QABridgeError
+
+from . import metrics
+from .squad import Example
+
+
+class TorchEncoder:
+    """Start/end logits from a (merged) transformers QA model, segment ids all zero."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str = "cpu", batch_size: int = 32):
+        self.model = model
+        self.device = device
+        self.batch_size = batch_size
+
+    def logits(self, windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:
+        import torch
+
+        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(windows)  # type: ignore[list-item]
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b : b + self.batch_size]
+            n = max(len(windows[i].input_ids) for i in idx)
+            ids = np.zeros((len(idx), n), dtype=np.int64)
+            mask = np.zeros((len(idx), n), dtype=np.int64)
+            for r, i in enumerate(idx):
+                L = len(windows[i].input_ids)
+                ids[r, :L] = windows[i].input_ids
+                mask[r, :L] = 1
+            with torch.inference_mode():
+                ids_t = torch.from_numpy(ids).to(self.device)
+                res = self.model(
+                    input_ids=ids_t,
+                    attention_mask=torch.from_numpy(mask).to(self.device),
+                    token_type_ids=torch.zeros_like(ids_t),
+                )
+            s = res.start_logits.float().cpu().numpy()
+            e = res.end_logits.float().cpu().numpy()
+            for r, i in enumerate(idx):
+                L = len(windows[i].input_ids)
+                out[i] = (s[r, :L].copy(), e[r, :L].copy())
+        return out
+
+
+def predict_examples(pipe: QAPipeline, examples: list[Example], *, chunk: int = 64, progress: bool = False) -> dict[str, dict]:
+    """id -> {text, start, end, score} for each example (errors become empty predictions)."""
+    from tqdm.auto import tqdm
+
+    preds: dict[str, dict] = {}
+    bar = tqdm(total=len(examples), disable=not progress, unit="q", file=sys.stderr, dynamic_ncols=True)
+    for b in range(0, len(examples), chunk):
+        part = examples[b : b + chunk]
+        prepared, flat = [], []
+        for e in part:
+            try:
+                ctx, wins = pipe.prepare(e.question, e.context)
+            except QABridgeError:
+                prepared.append(None)
+                continue
+            prepared.append((ctx, len(flat), len(wins)))
+            flat.extend(wins)
+        logits = pipe.encoder.logits(flat) if flat else []
+        for e, p in zip(part, prepared):
+            if p is None:
+                preds[e.id] = {"text": "", "start": 0, "end": 0, "score": 0.0}
+                continue
+            ctx, off, n = p
+            spans = best_spans(logits[off : off + n], flat[off : off + n], ctx, max_answer_len=pipe.max_answer_len, top_k=1)
+            if spans:
+                s = spans[0]
+                preds[e.id] = {"text": e.context[s.start : s.end], "start": s.start, "end": s.end, "score": s.score}
+            else:
+                preds[e.id] = {"text": "", "start": 0, "end": 0, "score": 0.0}
+        bar.update(len(part))
+    bar.close()
+    return preds
+
+
+def evaluate_pipeline(pipe: QAPipeline, examples: list[Example], *, limit: int | None = None, progress: bool = False) -> dict:
+    if limit:
+        examples = examples[:limit]
+    t0 = time.time()
+    preds = predict_examples(pipe, examples, progress=progress)
+    seconds = time.time() - t0
+    res = metrics.evaluate({k: v["text"] for k, v in preds.items()}, ((e.id, [a.text for a in e.answers]) for e in examples))
+    res["seconds"] = round(seconds, 2)
+    res["predictions"] = preds
+    return res
+
+
+def torch_pipeline(adapter: str | Path, *, device: str = "cpu", base: str | None = None) -> QAPipeline:
+    from .model import load_for_inference, tokenizer_dir
+
+    model, ref, qcfg = load_for_inference(adapter, device=device, base=base)
+    tok_dir = Path(adapter) if (Path(adapter) / "vocab.txt").exists() else tokenizer_dir(ref)
+    tok = WordPieceTokenizer.from_hf_dir(tok_dir)
+    spec = WindowSpec(
+        int(qcfg.get("max_seq_len", 384)), int(qcfg.get("doc_stride", 128)), int(qcfg.get("max_question_tokens", 64))
+    )
+    return QAPipeline(tok, TorchEncoder(model, device), spec, max_answer_len=int(qcfg.get("max_answer_len", 30)))
+
+
+def evaluate_adapter(adapter, examples, *, limit=None, device="cpu", progress=False) -> dict:
+    return evaluate_pipeline(torch_pipeline(adapter, device=device), examples, limit=limit, progress=progress)

@@ -1,0 +1,75 @@
+"""SQuAD examples -> training features, through the bridge's own windowing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qabridge.bridge.tokenizer import WordPieceTokenizer
+from qabridge.bridge.windows import WindowSpec, answer_token_span, build_windows, label_window
+
+from .squad import Example
+
+
+@dataclass
+class Features:
+    input_ids: list[np.ndarray]
+    start_positions: np.ndarray
+    end_positions: np.ndarray
+    example_index: np.ndarray
+    skipped_questions: int = 0  # questions longer than the spec allows
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int32, count=len(self.input_ids))
+
+
+def build_features(examples: list[Example], tok: WordPieceTokenizer, spec: WindowSpec, *, batch: int = 1000) -> Features:
+    """One feature per window; the label is the first gold answer, or [CLS] where the window misses it."""
+    ids, starts, ends, ex_idx = [], [], [], []
+    skipped = 0
+    for b in range(0, len(examples), batch):
+        chunk = examples[b : b + batch]
+        qs = tok.encode_batch([e.question for e in chunk])
+        cs = tok.encode_batch([e.context for e in chunk])
+        for j, (e, q, c) in enumerate(zip(chunk, qs, cs)):
+            if len(q.ids) == 0 or len(q.ids) > spec.max_question_tokens or len(c.ids) == 0:
+                skipped += 1
+                continue
+            span = None
+            if e.answers:
+                a = e.answers[0]
+                span = answer_token_span(c, a.start, a.end)
+            for w in build_windows(tok, q, c, spec):
+                s, t = label_window(w, span)
+                ids.append(w.input_ids)
+                starts.append(s)
+                ends.append(t)
+                ex_idx.append(b + j)
+    return Features(ids, np.asarray(starts, np.int64), np.asarray(ends, np.int64), np.asarray(ex_idx, np.int64), skipped)
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, *, mega: int = 50) -> list[np.ndarray]:
+    """Shuffled batches of similar length (less padding), in a random order."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    step = batch_size * mega
+    for m in range(0, len(order), step):
+        chunk = order[m : m + step]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+def pad_batch(seqs: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    n = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), n), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), n), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask

@@ -1,0 +1,141 @@
+"""SQuAD-format data: loading, validation and the hub fallback.
+
+Pure Python (no torch) so the bridge and `qabridge eval` can read SQuAD files too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qabridge.errors import DataError
+
+#: Name accepted by ``--data`` for the hub dataset.
+HUB_NAME = "squad"
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    start: int  # character offset into the context
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    title: str
+    context: str
+    question: str
+    answers: tuple[Answer, ...] = field(default_factory=tuple)
+
+
+def load_squad(source: str | os.PathLike, *, split: str = "train", validate: bool = True) -> list[Example]:
+    """Load SQuAD v1.1-format examples from a ``.json``/``.json.gz`` file or the hub name ``squad``.
+
+    With ``validate`` every ``answer_start`` must point at its answer text; the first that
+    does not is reported with the file and question id.
+    """
+    if str(source) == HUB_NAME:
+        return _load_hub(split)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{path}: no such file (expected a SQuAD-format .json or .json.gz, or '{HUB_NAME}')")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a SQuAD-format .json or .json.gz file")
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not readable as SQuAD JSON ({exc.__class__.__name__}: {exc})") from None
+    return list(_parse(doc, str(path), validate))
+
+
+def _parse(doc: object, where: str, validate: bool) -> Iterator[Example]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise DataError(f"{where}: not SQuAD format (expected an object with a 'data' list)")
+    seen = 0
+    for a_i, article in enumerate(doc["data"]):
+        try:
+            title = str(article.get("title", ""))
+            paragraphs = article["paragraphs"]
+            for p_i, para in enumerate(paragraphs):
+                context = para["context"]
+                if not isinstance(context, str):
+                    raise TypeError("context is not a string")
+                for q_i, qa in enumerate(para["qas"]):
+                    qid = str(qa.get("id", f"a{a_i}-p{p_i}-q{q_i}"))
+                    question = qa["question"]
+                    if not isinstance(question, str):
+                        raise TypeError(f"question {qid} is not a string")
+                    answers = []
+                    for ans in qa.get("answers", []):
+                        text, start = ans["text"], int(ans["answer_start"])
+                        if validate and context[start : start + len(text)] != text:
+                            raise DataError(
+                                f"{where}: question {qid!r}: answer_start {start} does not point at "
+                                f"its answer text {text!r} (context has {context[start:start + len(text)]!r})"
+                            )
+                        answers.append(Answer(text, start))
+                    seen += 1
+                    yield Example(qid, title, context, question, tuple(answers))
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"{where}: article {a_i}: not SQuAD format ({exc.__class__.__name__}: {exc})") from None
+    if seen == 0:
+        raise DataError(f"{where}: holds no questions")
+
+
+def _load_hub(split: str) -> list[Example]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("--data squad needs the 'datasets' package (pip install 'qabridge[train]')") from None
+    try:
+        ds = datasets.load_dataset("rajpurkar/squad", split=split)
+    except Exception as exc:  # the hub raises many unrelated types when offline
+        raise DataError(
+            f"could not load SQuAD from the hub ({exc.__class__.__name__}); pass a local SQuAD .json/.json.gz with --data"
+        ) from None
+    out = []
+    for row in ds:
+        ans = row["answers"]
+        out.append(
+            Example(
+                row["id"], row["title"], row["context"], row["question"],
+                tuple(Answer(t, int(s)) for t, s in zip(ans["text"], ans["answer_start"])),
+            )
+        )
+    return out
+
+
+def squad_dir() -> Path | None:
+    """Where the full SQuAD v1.1 files are: ``QABRIDGE_SQUAD_DIR``, then ``../shared/data/squad``."""
+    env = os.environ.get("QABRIDGE_SQUAD_DIR")
+    candidates = [Path(env)] if env else []
+    from qabridge.paths import REPO_ROOT
+
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "squad")
+    for c in candidates:
+        if (c / "dev-v1.1.json.gz").exists() or (c / "dev-v1.1.json").exists():
+            return c
+    return None
+
+
+def squad_file(name: str) -> Path | None:
+    d = squad_dir()
+    if d is None:
+        return None
+    for cand in (d / f"{name}-v1.1.json.gz", d / f"{name}-v1.1.json"):
+        if cand.exists():
+            return cand
+    return None
