@@ -21,7 +21,13 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qabridge import __version__
-from qabridge.errors import EngineUnavailable, ModelNotFound, PayloadTooLarge, QABridgeError, UsageError
+from qabridge.errors import (
+    EngineUnavailable,
+    ModelNotFound,
+    PayloadTooLarge,
+    QABridgeError,
+    UsageError,
+)
 
 from .decode import Span
 from .llama_engine import LlamaCppEngine
@@ -140,7 +146,7 @@ class Bridge:
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError:
-                raise UsageError("text is not valid Unicode (lone surrogate)", code="invalid_unicode") from None
+                raise UsageError("text is not valid Unicode (lone surrogate)", code="invalid_unicode", status=422) from None
         if not req.question.strip():
             raise UsageError("question is empty", code="empty_question")
         if req.context is not None and not req.context.strip():
@@ -197,6 +203,7 @@ _PYDANTIC_CODES = {
     "greater_than": "out_of_range",
     "less_than": "out_of_range",
     "extra_forbidden": "unknown_field",
+    "string_unicode": "invalid_unicode",
 }
 
 
@@ -415,8 +422,13 @@ def _log_request(rid: str, request: Request, status: int, t0: float) -> None:
 def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:
     import uvicorn
 
+    import signal
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = _BodyLimit(create_app(cfg), cfg.max_body_bytes)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; a no-op handler
+    # underneath turns that into a clean exit 0 once in-flight requests are done.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30)
 
 

@@ -8,7 +8,7 @@ from qabridge.errors import ModelError
 from qabridge.paths import DEFAULT_ADAPTER, REPO_ROOT, cache_dir
 
 from .gguf_writer import QAMeta, write_gguf
-from .keys import OutType, TASK_EMBEDDING
+from .keys import TASK_EMBEDDING, OutType
 from .modelfile import write_modelfile
 
 DEFAULT_MODELFILE = REPO_ROOT / "modelfiles" / "Modelfile"

@@ -79,7 +79,8 @@ def train(quiet, target_modules, **kw) -> None:
     token-type embedding 0 to every token: the exported GGUF then computes exactly what was
     trained. The span head (qa_outputs) is trained in full and saved with the adapter.
     """
-    from qabridge.train.trainer import TrainConfig, train as run_train
+    from qabridge.train.trainer import TrainConfig
+    from qabridge.train.trainer import train as run_train
 
     cfg = TrainConfig(target_modules=[m.strip() for m in target_modules.split(",") if m.strip()], **kw)
     summary = run_train(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))

@@ -4,13 +4,19 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from qabridge.bridge.decode import best_spans
 from qabridge.bridge.tokenizer import WordPieceTokenizer
-from qabridge.bridge.windows import WindowSpec, answer_token_span, build_windows, label_window, window_bounds
-from qabridge.errors import UsageError
+from qabridge.bridge.windows import (
+    WindowSpec,
+    answer_token_span,
+    build_windows,
+    label_window,
+    window_bounds,
+)
 from qabridge.train.features import build_features
 from qabridge.train.squad import Answer, Example
+
+from qabridge.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +28,7 @@ def test_window_bounds_cover_everything_with_overlap():
     b = window_bounds(1000, 300, 128)
     assert b[0] == (0, 300)
     assert b[-1][1] == 1000
-    for (s0, e0), (s1, e1) in zip(b, b[1:]):
+    for (_, e0), (s1, _) in zip(b, b[1:]):
         assert e0 - s1 == 128  # the overlap
     assert window_bounds(10, 300, 128) == [(0, 10)]
 

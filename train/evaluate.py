@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from qabridge.bridge.decode import best_spans
 from qabridge.bridge.pipeline import QAPipeline
 from qabridge.bridge.tokenizer import WordPieceTokenizer
 from qabridge.bridge.windows import Window, WindowSpec
+
 from qabridge.errors import QABridgeError
 
 from . import metrics

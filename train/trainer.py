@@ -14,14 +14,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from qabridge import __version__
 from qabridge.bridge.tokenizer import WordPieceTokenizer
 from qabridge.bridge.windows import WindowSpec
+
+from qabridge import __version__
 from qabridge.errors import OutputExists, UsageError
 
 from .features import build_features, length_grouped_batches, pad_batch
-from .model import DEFAULT_TARGET_MODULES, QA_CONFIG, BaseRef, load_config, load_qa_model, resolve_base, tokenizer_dir
+from .model import (
+    DEFAULT_TARGET_MODULES,
+    QA_CONFIG,
+    BaseRef,
+    load_config,
+    load_qa_model,
+    resolve_base,
+    tokenizer_dir,
+)
 from .squad import load_squad
 
 CKPT_DIR = "checkpoint"
@@ -144,7 +152,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         raise UsageError(f"--max-seq-len {cfg.max_seq_len} exceeds the base's {hf_cfg.max_position_embeddings} positions")
     examples = load_squad(cfg.data, split="train")
     eval_examples = load_squad(cfg.eval_data, split="validation") if cfg.eval_data else None
-    t_start = time.time()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.subset_size:

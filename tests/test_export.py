@@ -1,0 +1,170 @@
+"""Export: GGUF layout and metadata, torch <-> llama.cpp parity, q8_0 spans, bad input."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from qabridge.bridge.llama_engine import LlamaCppEngine
+from qabridge.bridge.model_file import ModelFile
+from qabridge.bridge.pipeline import QAPipeline
+from qabridge.export.keys import REQUIRED, Key
+
+from .conftest import run_cli
+
+
+def _torch_and_gguf_logits(torch_model, gguf_path, windows):
+    from qabridge.train.evaluate import TorchEncoder
+
+    t = TorchEncoder(torch_model).logits(windows)
+    eng = LlamaCppEngine(ModelFile(gguf_path))
+    try:
+        g = eng.logits(windows)
+    finally:
+        eng.close()
+    return t, g
+
+
+def _windows(tok, examples, spec, n):
+    out = []
+    for e in examples[:n]:
+        pipe = QAPipeline(tok, None, spec)
+        out.extend(pipe.prepare(e.question, e.context)[1])
+    return out
+
+
+def _max_delta(a, b):
+    return max(max(np.abs(x[0] - y[0]).max(), np.abs(x[1] - y[1]).max()) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_tiny_random_bert_parity(tiny_bert, tmp_path, dev_examples, outtype):
+    from qabridge.bridge.tokenizer import WordPieceTokenizer
+    from qabridge.bridge.windows import WindowSpec
+    from qabridge.export.run import export
+    from transformers import BertForQuestionAnswering
+
+    out = tmp_path / f"tiny.{outtype}.gguf"
+    info = export(tiny_bert, output=out, outtype=outtype, modelfile=None)
+    assert info["size"] == out.stat().st_size
+    model = BertForQuestionAnswering.from_pretrained(str(tiny_bert)).eval()
+    tok = WordPieceTokenizer.from_hf_dir(tiny_bert)
+    wins = _windows(tok, dev_examples, WindowSpec(384, 128, 64), 12)
+    t, g = _torch_and_gguf_logits(model, out, wins)
+    spread = max(np.abs(x[0]).max() for x in t)
+    assert spread > 0.5  # the comparison means something
+    assert _max_delta(t, g) <= 0.05
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_committed_adapter_parity(torch_pipe, exported, dev_examples, outtype):
+    wins = _windows(torch_pipe.tokenizer, dev_examples, torch_pipe.spec, 25)
+    t, g = _torch_and_gguf_logits(torch_pipe.encoder.model, exported(outtype), wins)
+    assert _max_delta(t, g) <= 0.05
+
+
+def test_q8_0_argmax_span_agrees(torch_pipe, exported, dev_examples):
+    from qabridge.train.squad import load_squad, squad_file
+
+    f = squad_file("dev")
+    examples = load_squad(f)[::50][:200] if f else dev_examples  # fixed sample: every 50th question
+    from qabridge.train.evaluate import predict_examples
+
+    mf = ModelFile(exported("q8_0"))
+    eng = LlamaCppEngine(mf)
+    try:
+        q8 = predict_examples(QAPipeline(mf.tokenizer, eng, mf.window_spec, max_answer_len=mf.max_answer_len), examples)
+    finally:
+        eng.close()
+    ref = predict_examples(torch_pipe, examples)
+    agree = sum((q8[k]["start"], q8[k]["end"]) == (ref[k]["start"], ref[k]["end"]) for k in ref)
+    assert agree / len(ref) >= 0.99, f"{agree}/{len(ref)}"
+
+
+def test_gguf_layout_and_metadata(exported, committed_adapter):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    path = exported("q8_0")
+    r = GGUFReader(str(path))
+    for k in REQUIRED:
+        assert k in r.fields, k
+    mf = ModelFile(path)
+    assert mf.get("general.architecture") == "bert"
+    assert mf.get("bert.attention.causal") is False
+    assert mf.get("tokenizer.ggml.model") == "bert"
+    assert mf.get("bert.pooling_type") == 1
+    assert mf.get(Key.SEGMENT_IDS) == "zeros"
+    assert mf.get(Key.BASE_MODEL) == "sentence-transformers/all-MiniLM-L6-v2"
+    from qabridge.train.trainer import adapter_hash
+
+    assert mf.get(Key.ADAPTER_SHA256) == adapter_hash(committed_adapter)
+    names = {t.name: t for t in r.tensors}
+    assert not any("qa" in n or "span" in n for n in names)  # span head is metadata only
+    for n, t in names.items():
+        if "norm" in n or n.startswith(("position_embd", "token_types")) or len(t.shape) == 1:
+            assert t.tensor_type == GGMLQuantizationType.F32, n
+    assert names["blk.0.attn_q.weight"].tensor_type == GGMLQuantizationType.Q8_0
+    assert mf.span_head.weight.shape == (2, mf.hidden_size)
+
+
+def test_modelfile_points_at_the_export(tmp_path, committed_adapter):
+    out = tmp_path / "m" / "x.q8_0.gguf"
+    mf = tmp_path / "mf" / "Modelfile"
+    r = run_cli("export", "--adapter", str(committed_adapter), "--outtype", "q8_0", "--output", str(out), "--modelfile", str(mf), "--name", "x")
+    assert r.returncode == 0, r.stderr
+    text = mf.read_text()
+    assert "FROM ../m/x.q8_0.gguf" in text
+    assert "PARAMETER num_ctx 384" in text
+    assert "CC BY-SA 4.0" in text and "Apache-2.0" in text
+    assert "sha256" in r.stdout and str(out.stat().st_size) in r.stdout
+
+
+def test_refuses_to_overwrite_foreign_file(tmp_path, committed_adapter):
+    out = tmp_path / "precious.gguf"
+    out.write_bytes(b"not ours")
+    r = run_cli("export", "--adapter", str(committed_adapter), "--output", str(out), "--modelfile", "")
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert out.read_bytes() == b"not ours"
+    assert [p.name for p in tmp_path.iterdir()] == ["precious.gguf"]  # no temp file left behind
+
+
+def test_bad_export_inputs(tmp_path, committed_adapter):
+    r = run_cli("export", "--adapter", str(tmp_path / "nope"), "--modelfile", "")
+    assert r.returncode == 2 and "no such adapter directory" in r.stderr and "Traceback" not in r.stderr
+
+    # An adapter whose base is not BERT.
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    bad = tmp_path / "bad_adapter"
+    shutil.copytree(committed_adapter, bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(gpt)
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    q = json.loads((bad / "qabridge.json").read_text())
+    q["base_model"] = str(gpt)
+    (bad / "qabridge.json").write_text(json.dumps(q))
+    r = run_cli("export", "--adapter", str(bad), "--output", str(tmp_path / "o.gguf"), "--modelfile", "")
+    assert r.returncode == 2 and "not BERT-family" in r.stderr, r.stderr
+    assert not (tmp_path / "o.gguf").exists()
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("export", "--adapter", str(committed_adapter), "--output", str(blocker / "o.gguf"), "--modelfile", "")
+    assert r.returncode == 2 and "cannot create output directory" in r.stderr, r.stderr
+
+
+def test_corrupt_and_truncated_gguf_are_refused(tmp_path, exported):
+    good = exported("q8_0")
+    trunc = tmp_path / "trunc.gguf"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(os.urandom(4096))
+    for bad, needle in ((trunc, "truncated"), (junk, "not a GGUF")):
+        for args in (["eval", "--model", str(bad), "--data", "tests/fixtures/squad_dev_sample.json"],
+                     ["serve", "--model", str(bad), "--port", "1"],
+                     ["ask", "q?", "--context", "c", "--model", str(bad)]):
+            r = run_cli(*args, timeout=120)
+            assert r.returncode == 2, (args, r.stderr)
+            assert needle in r.stderr and "Traceback" not in r.stderr

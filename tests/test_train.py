@@ -1,0 +1,136 @@
+"""Training: a tiny real run on the offline base, resume, QLoRA, eval CLI and bad input."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import DEV_SAMPLE, TRAIN_SAMPLE, run_cli, write_json
+
+
+def test_tiny_run_saves_a_loadable_adapter(tiny_adapter, dev_examples):
+    files = {p.name for p in tiny_adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "qabridge.json", "training_summary.json"} <= files
+    assert not (tiny_adapter / "checkpoint").exists()
+    s = json.loads((tiny_adapter / "training_summary.json").read_text())
+    assert s["steps"] == 3 and s["examples_seen"] == 12
+    assert 0 < s["trainable_params"] < s["total_params"] / 10
+    assert s["adapter_bytes"] < 3_000_000 and s["segment_ids"] == "zeros"
+    cfg = json.loads((tiny_adapter / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"  # portable, not a site-packages path
+    from qabridge.train.evaluate import torch_pipeline
+
+    pred = torch_pipeline(tiny_adapter).predict(dev_examples[0].question, dev_examples[0].context)
+    s0 = pred.spans[0]
+    assert 0 <= s0.start < s0.end <= len(dev_examples[0].context)
+
+
+def test_interrupted_training_resumes(tmp_path):
+    out = tmp_path / "resume"
+    args = ["train", "--data", str(TRAIN_SAMPLE), "--output", str(out), "--max-steps", "30", "--batch-size", "2",
+            "--max-seq-len", "64", "--doc-stride", "16", "--lora-r", "2", "--checkpoint-every", "5", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "qabridge.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / "checkpoint" / "state.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter_model.safetensors").exists()
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr
+    s = json.loads((out / "training_summary.json").read_text())
+    assert s["steps"] == 30
+
+
+def test_eval_cli_json(tiny_adapter):
+    r = run_cli("eval", "--adapter", str(tiny_adapter), "--data", str(DEV_SAMPLE), "--limit", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["count"] == 10 and res["engine"] == "torch"
+    assert 0 <= res["exact_match"] <= res["f1"] <= 100
+
+
+def test_qlora_4bit_trains_or_fails_at_once(tmp_path):
+    r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(tmp_path / "q"), "--max-steps", "2",
+                "--batch-size", "2", "--max-seq-len", "64", "--quantize", "4bit", "--quiet", "--device", "cpu")
+    assert "Traceback" not in r.stderr
+    if r.returncode == 0:
+        s = json.loads((tmp_path / "q" / "training_summary.json").read_text())
+        assert s["config"]["quantize"] == "4bit" and s["steps"] == 2
+    else:
+        assert r.returncode == 2 and "bitsandbytes" in r.stderr and "cpu" in r.stderr
+
+
+def _squad(context, text, start):
+    return {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "q1", "question": "Who?", "answers": [{"text": text, "answer_start": start}]}]}]}]}
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing", "no such file"),
+        ("malformed", "not readable as SQuAD JSON"),
+        ("bad_start", "does not point at its answer text"),
+        ("unknown_base", "unknown base model"),
+        ("not_bert", "not BERT-family"),
+    ],
+)
+def test_bad_training_inputs(tmp_path, case, needle):
+    data, base = str(TRAIN_SAMPLE), None
+    if case == "missing":
+        data = str(tmp_path / "missing.json")
+    elif case == "malformed":
+        data = str(tmp_path / "m.json")
+        (tmp_path / "m.json").write_text("{oops")
+    elif case == "bad_start":
+        data = str(write_json(tmp_path / "b.json", _squad("Alice met Bob.", "Bob", 1)))
+    elif case == "unknown_base":
+        base = "no-such-org/no-such-model-qabridge"
+    elif case == "not_bert":
+        d = tmp_path / "gpt"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+        base = str(d)
+    out = tmp_path / "out"
+    args = ["train", "--data", data, "--output", str(out), "--max-steps", "1", "--quiet"]
+    if base:
+        args += ["--base", base]
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    err_lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err_lines) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_output_holding_a_different_adapter_is_left_alone(tiny_adapter, tmp_path):
+    import shutil
+
+    out = tmp_path / "existing"
+    shutil.copytree(tiny_adapter, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(out), "--max-steps", "1", "--lora-r", "8", "--quiet")
+    assert r.returncode == 2 and "different adapter" in r.stderr and "lora_r" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_help_describes_every_option():
+    for cmd in ("train", "eval", "export", "serve", "ask"):
+        r = run_cli(cmd, "--help")
+        assert r.returncode == 0
+        for line in r.stdout.splitlines():
+            s = line.strip()
+            if s.startswith("--") and "  " in s:
+                assert len(s.split("  ", 1)[1].strip()) > 3, (cmd, s)
+    r = run_cli("train", "--help")
+    for opt in ("--base", "--data", "--eval-data", "--output", "--subset-size", "--epochs", "--max-steps", "--batch-size",
+                "--grad-accum", "--lr", "--lora-r", "--lora-alpha", "--lora-dropout", "--target-modules", "--quantize",
+                "--max-seq-len", "--doc-stride", "--seed", "--full"):
+        assert opt in r.stdout, opt
