@@ -36,6 +36,13 @@ class AnswerItem(BaseModel):
     document: int | None = Field(default=None, description="With documents: index of the document the answer is from.")
 
 
+class RankedPassage(BaseModel):
+    document: int = Field(description="Index of the document the passage is from.")
+    start: int = Field(description="Character offset of the passage in its document.")
+    end: int = Field(description="Character offset one past the passage's end.")
+    similarity: float = Field(description="Cosine similarity between question and passage embeddings.")
+
+
 class QAResponse(BaseModel):
     answer: str = Field(description="The best answer (empty if none was found).")
     score: float = Field(description="Probability of the best answer.")
@@ -47,6 +54,8 @@ class QAResponse(BaseModel):
     engine: str = Field(description="The engine that computed the encoder states.")
     windows: int = Field(description="How many windows the context was split into.")
     timing_ms: dict[str, float] = Field(description="Time spent per stage, in milliseconds.")
+    ranking: list[RankedPassage] | None = Field(default=None, description="With documents: the passages read, best first.")
+    embedder: str | None = Field(default=None, description="With documents: which embeddings ranked the passages.")
 
 
 class BatchRequest(BaseModel):
@@ -77,6 +86,7 @@ class HealthResponse(BaseModel):
     models: dict[str, str] = Field(default_factory=dict, description="Each model's engine.")
     ollama: dict | None = Field(default=None, description="Ollama host, reachability and version, when configured.")
     error: str | None = Field(default=None, description="Why loading failed, if it did.")
+    embedding_cache: dict[str, int] | None = Field(default=None, description="Passage-embedding cache: hits, misses, size.")
 
 
 class ModelInfo(BaseModel):

@@ -42,6 +42,7 @@ from .schemas import (
     ModelInfo,
     QARequest,
     QAResponse,
+    RankedPassage,
 )
 
 log = logging.getLogger("qabridge.bridge")
@@ -64,6 +65,11 @@ class ServeConfig:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     log_text: bool = False
+    ollama_host: str | None = None
+    ollama_models: list[str] = field(default_factory=list)
+    embedding_model: str | None = None  # Ollama model for /api/embed (passage ranking)
+    embedding_gguf: Path | None = None  # local embedding GGUF: ranking without Ollama, and the fallback
+    ollama_poll_s: float = 1.0
 
 
 @dataclass
@@ -101,17 +107,33 @@ class Bridge:
         self.inflight = 0
         self.executor = ThreadPoolExecutor(max_workers=max(1, cfg.n_contexts), thread_name_prefix="qabridge-engine")
         self._lock = threading.Lock()
+        self.ollama = None
+        self.watch = None
+        self.retriever = None
+        self.pending_ollama: list[str] = list(cfg.ollama_models)
+        self._embed_engine = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def load(self) -> None:
         try:
-            if self.cfg.model_path is None:
+            if self.cfg.model_path is None and not self.cfg.ollama_models:
                 raise UsageError("no model given")
-            name = self.cfg.model_name or _model_name(self.cfg.model_path)
-            self.models[name] = load_model(name, Path(self.cfg.model_path), self.cfg)
-            self.default = name
+            if self.cfg.model_path is not None:
+                name = self.cfg.model_name or _model_name(self.cfg.model_path)
+                self.models[name] = load_model(name, Path(self.cfg.model_path), self.cfg)
+                self.default = name
             for extra, p in self.cfg.extra_models.items():
                 self.models[extra] = load_model(extra, Path(p), self.cfg)
+            if self.cfg.ollama_host:
+                from .ollama import OllamaClient, OllamaWatch
+
+                self.ollama = OllamaClient(self.cfg.ollama_host, timeout=self.cfg.request_timeout_s)
+                self.watch = OllamaWatch(self.ollama, self.cfg.ollama_poll_s)
+                self.watch.start()
+                self.load_pending_ollama()
+                if not self.models:
+                    raise EngineUnavailable(f"none of the Ollama models could be loaded from {self.ollama.host}")
+            self._setup_retriever()
             self.state = "ok"
         except QABridgeError as exc:
             self.state, self.error = "error", exc.message
@@ -120,10 +142,53 @@ class Bridge:
             self.state, self.error = "error", f"{exc.__class__.__name__}: {exc}"
             log.exception("model load failed")
 
+    def load_pending_ollama(self) -> None:
+        """Load the Ollama models not loaded yet (at start, and again when Ollama comes back)."""
+        if self.ollama is None or not self.pending_ollama:
+            return
+        with self._lock:
+            for name in list(self.pending_ollama):
+                try:
+                    om = self.ollama.show(name)
+                except EngineUnavailable:
+                    return  # Ollama away: retried when the watch sees it back
+                self.models[name] = load_model(name, om.blob, self.cfg, source="ollama")
+                self.pending_ollama.remove(name)
+                if self.default is None:
+                    self.default = name
+
+    def _setup_retriever(self) -> None:
+        from .retrieval import LocalEmbedder, OllamaEmbedder, Retriever
+
+        primary = OllamaEmbedder(self.ollama, self.cfg.embedding_model) if self.ollama and self.cfg.embedding_model else None
+        fallback = None
+        if self.cfg.embedding_gguf is not None:
+            mf = ModelFile(self.cfg.embedding_gguf, require_qa=False)
+            self._embed_engine = LlamaCppEngine(mf, n_threads=self.cfg.n_threads, flash_attn=self.cfg.flash_attn)
+            fallback = LocalEmbedder(self._embed_engine, mf.tokenizer, mf.path.name)
+        elif self.default in self.models:
+            m = self.models[self.default]
+            fallback = LocalEmbedder(m.engine, m.file.tokenizer, m.file.path.name)
+        self.retriever = Retriever(primary, fallback, self.watch)
+
+    def status(self) -> str:
+        if self.state != "ok":
+            return self.state
+        if self.watch is not None:
+            if self.watch.up and self.pending_ollama:
+                self.load_pending_ollama()
+            if not self.watch.up or self.pending_ollama:
+                return "degraded"
+        return "ok"
+
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
         self.executor.shutdown(wait=True)
         for m in self.models.values():
             m.engine.close()
+        if self._embed_engine is not None:
+            self._embed_engine.close()
 
     # -- answering ----------------------------------------------------------------------------
     def pick(self, name: str | None) -> LoadedModel:
@@ -159,10 +224,46 @@ class Bridge:
 
     def answer_sync(self, req: QARequest) -> QAResponse:
         m = self.pick(req.model)
-        if req.context is None:
-            raise UsageError("documents need the Ollama/embedding ranking, not enabled on this bridge", code="documents_unsupported")
-        pred = m.pipeline.predict(req.question, req.context, top_k=req.top_k, max_answer_len=req.max_answer_len)
-        return _response(pred.spans, req.context, m, pred.n_windows, pred.timing_ms)
+        if req.context is not None:
+            pred = m.pipeline.predict(req.question, req.context, top_k=req.top_k, max_answer_len=req.max_answer_len)
+            return _response(pred.spans, req.context, m, pred.n_windows, pred.timing_ms)
+        return self._answer_documents(m, req)
+
+    def _answer_documents(self, m: LoadedModel, req: QARequest) -> QAResponse:
+        import time as _time
+
+        docs = list(req.documents or [])
+        t0 = _time.perf_counter()
+        ranked, used = self.retriever.rank(req.question, docs)
+        t1 = _time.perf_counter()
+        cands: list[tuple[Span, int]] = []
+        windows = 0
+        for passage, _sim in ranked[: req.top_documents]:
+            text = docs[passage.document][passage.start : passage.end]
+            try:
+                pred = m.pipeline.predict(req.question, text, top_k=req.top_k, max_answer_len=req.max_answer_len)
+            except UsageError:
+                continue  # a passage with no tokens
+            windows += pred.n_windows
+            for sp in pred.spans:
+                cands.append((Span(sp.score, sp.start + passage.start, sp.end + passage.start, sp.window), passage.document))
+        t2 = _time.perf_counter()
+        best: dict[tuple[int, int, int], tuple[Span, int]] = {}
+        for sp, d in cands:
+            k = (d, sp.start, sp.end)
+            if k not in best or best[k][0].score < sp.score:
+                best[k] = (sp, d)
+        top = sorted(best.values(), key=lambda x: -x[0].score)[: req.top_k]
+        items = [AnswerItem(answer=docs[d][sp.start : sp.end], score=sp.score, start=sp.start, end=sp.end, document=d) for sp, d in top]
+        first = items[0] if items else AnswerItem(answer="", score=0.0, start=0, end=0, document=None)
+        return QAResponse(
+            answer=first.answer, score=first.score, start=first.start, end=first.end, document=first.document,
+            answers=items, model=m.name, engine=m.engine.name, windows=windows,
+            timing_ms={"rank": round(1e3 * (t1 - t0), 3), "read": round(1e3 * (t2 - t1), 3)},
+            ranking=[RankedPassage(document=p.document, start=p.start, end=p.end, similarity=round(sim, 6))
+                     for p, sim in ranked[: req.top_documents]],
+            embedder=used,
+        )
 
     async def answer(self, req: QARequest) -> QAResponse:
         self.check(req)
@@ -379,11 +480,19 @@ def create_app(cfg: ServeConfig, *, bridge: Bridge | None = None, load_in_backgr
 
     @app.get("/api/health", response_model=HealthResponse, summary="Liveness and readiness")
     async def health() -> HealthResponse:
+        status = await asyncio.get_running_loop().run_in_executor(None, b.status)
         ready = b.state == "ok" and b.default in b.models
+        ollama = None
+        if b.watch is not None:
+            ollama = {"host": b.ollama.host, "up": b.watch.up, "version": b.watch.version,
+                      "pending_models": list(b.pending_ollama)}
         return HealthResponse(
-            status=b.state, ready=ready,
+            status=status, ready=ready,
             engine=b.models[b.default].engine.name if ready else None,
-            model=b.default, models={k: m.engine.name for k, m in b.models.items()}, error=b.error,
+            model=b.default, models={k: f"{m.engine.name} ({m.source})" for k, m in b.models.items()},
+            ollama=ollama, error=b.error,
+            embedding_cache=({"hits": b.retriever.cache.hits, "misses": b.retriever.cache.misses,
+                              "size": len(b.retriever.cache._d)} if b.retriever else None),
         )
 
     @app.get("/api/models", summary="Models this bridge can serve")
@@ -420,9 +529,9 @@ def _log_request(rid: str, request: Request, status: int, t0: float) -> None:
 
 
 def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:
-    import uvicorn
-
     import signal
+
+    import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = _BodyLimit(create_app(cfg), cfg.max_body_bytes)

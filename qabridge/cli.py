@@ -111,6 +111,8 @@ def export(adapter, output, outtype, modelfile, name, base, embedding, force) ->
     """
     from qabridge.export.run import export as run_export
 
+    if embedding and modelfile == "modelfiles/Modelfile":
+        modelfile = "modelfiles/Modelfile.embedding"  # keep the QA model's Modelfile
     info = run_export(adapter, output=output, outtype=outtype, modelfile=modelfile or None, name=name,
                       force=force, embedding=embedding, base=base)
     click.echo(f"wrote {info['path']}  {info['size']} bytes  sha256 {info['sha256']}")
@@ -142,9 +144,14 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 @click.option("--max-inflight", type=int, default=64, show_default=True, help="Requests in flight before 429.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Per-request timeout in seconds (504 beyond).")
 @click.option("--cors-origin", multiple=True, help="Allow this browser origin (CORS is off by default).")
+@click.option("--ollama-model", multiple=True, help="Serve this Ollama model (repeatable): metadata from /api/show, encoder from its GGUF blob in llama.cpp.")
+@click.option("--ollama-host", default=None, help="Ollama server URL (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
+@click.option("--embedding-model", default=None, help="Ollama model that embeds passages for `documents` requests (e.g. one made by `qabridge export --embedding`).")
+@click.option("--embedding-gguf", type=click.Path(dir_okay=False), default=None, help="Local embedding GGUF for `documents` ranking without Ollama (and while Ollama is away).")
 @_fail_cleanly
 def serve(model, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, max_context_chars,
-          max_body_bytes, max_batch, max_inflight, timeout, cors_origin) -> None:
+          max_body_bytes, max_batch, max_inflight, timeout, cors_origin, ollama_model, ollama_host, embedding_model,
+          embedding_gguf) -> None:
     """Run the QA bridge daemon (POST /api/qa, /api/qa/batch; GET /api/health, /api/model/info).
 
     Set QABRIDGE_API_KEY to require `Authorization: Bearer <key>` on every endpoint but /api/health.
@@ -158,12 +165,19 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
         raise UsageError(f"--host {host} would expose the bridge beyond this machine; add --allow-remote to do so")
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding {host}: reachable from other machines" + ("" if env_api_key() else " and no QABRIDGE_API_KEY is set"), err=True)
-    path = _resolve_model(model, default_outtype)
-    ModelFile(path)  # fail fast, before the port opens, on a wrong file
-    cfg = ServeConfig(model_path=path, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
+    path = None if (ollama_model and not model) else _resolve_model(model, default_outtype)
+    if path is not None:
+        ModelFile(path)  # fail fast, before the port opens, on a wrong file
+    if embedding_gguf:
+        ModelFile(embedding_gguf, require_qa=False)
+    if (ollama_model or embedding_model) and not ollama_host:
+        ollama_host = os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+    cfg = ServeConfig(model_path=path, ollama_host=ollama_host, ollama_models=list(ollama_model),
+                      embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight, n_contexts=contexts,
                       n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
-    click.echo(f"qabridge {__version__}: serving {path} on http://{host}:{port}", err=True)
+    what = ", ".join(([str(path)] if path else []) + [f"ollama:{m}" for m in ollama_model])
+    click.echo(f"qabridge {__version__}: serving {what} on http://{host}:{port}", err=True)
     run_serve(cfg, host=host, port=port)
 
 

@@ -32,14 +32,27 @@
 #   QABRIDGE_OLLAMA_STOP_TIMEOUT   seconds before SIGKILL (default 15)
 #   QABRIDGE_LCP_VERSION        llama-cpp-python sdist for the headers (0.3.36)
 #   QABRIDGE_OLLAMA_BUILD_JOBS  go build -p (default: nproc)
-#   QABRIDGE_OLLAMA_CFLAGS      CGO_CFLAGS/CGO_CXXFLAGS (default -O2)
+#   QABRIDGE_OLLAMA_CFLAGS      CGO_CFLAGS/CGO_CXXFLAGS (default -O2 plus the
+#                               CPU's -mavx -mavx2 -mfma -mf16c)
 set -euo pipefail
 
 OLLAMA_VERSION="${QABRIDGE_OLLAMA_VERSION:-0.24.0}"
 OLLAMA_VERSION="${OLLAMA_VERSION#v}"
 CACHE_ROOT="${QABRIDGE_CACHE:-${HOME:-/tmp}/.cache/qabridge}"
 OLLAMA_CACHE="$CACHE_ROOT/ollama/v$OLLAMA_VERSION"
-BUILT_BIN="$OLLAMA_CACHE/ollama"
+# ggml's SIMD paths are chosen at compile time by -m flags; a plain build is generic
+# x86-64 and ran ~10x slower here. Use what this CPU has (the binary is cached per flags).
+simd_flags() {
+    local f="" have
+    have=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
+    for x in avx avx2 fma f16c; do
+        if [[ " $have " == *" $x "* ]]; then f="$f -m$x"; fi
+    done
+    printf '%s' "$f"
+}
+OLLAMA_CFLAGS="${QABRIDGE_OLLAMA_CFLAGS:--O2$(simd_flags)}"
+FLAGS_TAG=$(printf '%s' "$OLLAMA_CFLAGS" | sha256sum | cut -c1-8)
+BUILT_BIN="$OLLAMA_CACHE/$FLAGS_TAG/ollama"
 
 LCP_VERSION="${QABRIDGE_LCP_VERSION:-0.3.36}"
 # sha256 of llama_cpp_python-0.3.36.tar.gz on PyPI (checked when pinned).
@@ -143,7 +156,8 @@ do_build() {
     fetch_vendor_headers "$src/llama/llama.cpp/vendor"
 
     jobs="${QABRIDGE_OLLAMA_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
-    flags="${QABRIDGE_OLLAMA_CFLAGS:--O2}"
+    flags="$OLLAMA_CFLAGS"
+    mkdir -p "$(dirname "$BUILT_BIN")"
     (
         cd "$src"
         export CGO_ENABLED=1 CGO_CFLAGS="$flags" CGO_CXXFLAGS="$flags"

@@ -134,12 +134,17 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(model: Path, tmp: Path, *extra: str, env: dict | None = None, wait_ready: bool = True) -> Server:
+def start_server(model: Path | None, tmp: Path, *extra: str, env: dict | None = None, wait_ready: bool = True,
+                 argv: list[str] | None = None) -> Server:
     import httpx
 
     port = free_port()
     log = tmp / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "qabridge.cli", "serve", "--model", str(model), "--port", str(port), *extra]
+    cmd = [sys.executable, "-m", "qabridge.cli", "serve", "--port", str(port), *extra]
+    if argv is not None:
+        cmd += argv
+    else:
+        cmd += ["--model", str(model)]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -1,0 +1,189 @@
+"""A real Ollama (built by scripts/ollama.sh, started by scripts/test.sh) in the loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import ROOT, start_server
+
+pytestmark = pytest.mark.ollama
+
+OLLAMA_HOST = os.environ.get("OLLAMA_HOST")
+OLLAMA_BIN = os.environ.get("OLLAMA_BIN")
+
+
+@pytest.fixture(scope="module")
+def ollama():
+    if not OLLAMA_HOST or not OLLAMA_BIN:
+        pytest.skip("no real Ollama: run through scripts/test.sh, which builds and starts one (OLLAMA_HOST, OLLAMA_BIN)")
+    url = OLLAMA_HOST if OLLAMA_HOST.startswith("http") else "http://" + OLLAMA_HOST
+    assert httpx.get(url + "/api/version", timeout=10).json()["version"]
+    return url
+
+
+def ollama_cli(*args, timeout=300):
+    return subprocess.run([OLLAMA_BIN, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OLLAMA_HOST": OLLAMA_HOST})
+
+
+@pytest.fixture(scope="module")
+def created(ollama, committed_adapter, tmp_path_factory):
+    """`ollama create` from Modelfiles that `qabridge export` wrote: the QA model and an embedding model."""
+    from qabridge.export.run import export
+
+    d = tmp_path_factory.mktemp("ollama_export")
+    qa = export(committed_adapter, output=d / "models" / "bert-qa.q8_0.gguf", outtype="q8_0",
+                modelfile=d / "modelfiles" / "Modelfile", name="bert-qa")
+    emb = export(None, embedding=True, output=d / "models" / "minilm-embed.f16.gguf", outtype="f16",
+                 modelfile=d / "modelfiles" / "Modelfile.embedding", name="minilm-embed")
+    for name, info in (("qabridge-test-qa", qa), ("qabridge-test-embed", emb)):
+        r = ollama_cli("create", name, "-f", info["modelfile"])
+        assert r.returncode == 0, r.stderr[-2000:]
+    return {"qa": "qabridge-test-qa", "embed": "qabridge-test-embed", "qa_file": Path(qa["path"]), "embed_file": Path(emb["path"])}
+
+
+def test_create_list_show_embed(ollama, created):
+    names = [m["name"] for m in httpx.get(ollama + "/api/tags").json()["models"]]
+    assert any(n.startswith(created["qa"]) for n in names)
+    show = httpx.post(ollama + "/api/show", json={"model": created["qa"], "verbose": True}, timeout=60).json()
+    assert "embedding" in show.get("capabilities", [])
+    info = show["model_info"]
+    assert info["general.architecture"] == "bert"
+    assert info["qabridge.segment_ids"] == "zeros" and info["qabridge.task"] == "extractive-qa"
+    r = httpx.post(ollama + "/api/embed", json={"model": created["qa"], "input": ["hello world", "qabridge"]}, timeout=120)
+    assert r.status_code == 200, r.text
+    vecs = r.json()["embeddings"]
+    assert len(vecs) == 2 and len(vecs[0]) == 384
+    assert abs(sum(x * x for x in vecs[0]) - 1) < 1e-3  # Ollama L2-normalises
+
+
+@pytest.fixture(scope="module")
+def ollama_bridge(ollama, created, tmp_path_factory):
+    s = start_server(None, tmp_path_factory.mktemp("obridge"),
+                     argv=["--ollama-model", created["qa"], "--ollama-host", ollama, "--embedding-model", created["embed"],
+                           "--embedding-gguf", str(created["embed_file"])])
+    yield s
+    s.stop()
+
+
+def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama_bridge, created, dev_examples):
+    from qabridge.bridge.llama_engine import LlamaCppEngine
+    from qabridge.bridge.model_file import ModelFile
+    from qabridge.bridge.pipeline import QAPipeline
+
+    h = httpx.get(ollama_bridge.url + "/api/health").json()
+    assert h["status"] == "ok" and h["ollama"]["up"] and h["ollama"]["version"] == "0.24.0"
+    assert h["models"][created["qa"]].endswith("(ollama)")
+    models = httpx.get(ollama_bridge.url + "/api/models").json()["models"]
+    blob = Path(models[0]["file"])
+    assert "blobs" in str(blob) and blob.read_bytes() == created["qa_file"].read_bytes()
+    mf = ModelFile(created["qa_file"])
+    eng = LlamaCppEngine(mf)
+    pipe = QAPipeline(mf.tokenizer, eng, mf.window_spec, max_answer_len=mf.max_answer_len)
+    try:
+        for e in dev_examples[:40]:
+            ref = pipe.predict(e.question, e.context).spans[0]
+            r = httpx.post(ollama_bridge.url + "/api/qa", json={"question": e.question, "context": e.context,
+                                                                "model": created["qa"]}, timeout=60).json()
+            assert (r["start"], r["end"]) == (ref.start, ref.end) and r["model"] == created["qa"]
+    finally:
+        eng.close()
+
+
+def _paragraph_questions(squad_dev_full):
+    """30 distinct paragraphs, and 50 questions whose paragraph is among them (fixed)."""
+    paras: list[str] = []
+    for e in squad_dev_full[::7]:
+        if e.context not in paras:
+            paras.append(e.context)
+        if len(paras) == 30:
+            break
+    qs = [e for e in squad_dev_full if e.context in paras][::3][:50]
+    return paras, qs
+
+
+def test_documents_ranked_by_ollama_embeddings(ollama_bridge, squad_dev_full):
+    from qabridge.train import metrics
+
+    paras, qs = _paragraph_questions(squad_dev_full)
+    assert len(qs) == 50
+    top1 = found = 0
+    for e in qs:
+        r = httpx.post(ollama_bridge.url + "/api/qa", json={"question": e.question, "documents": paras, "top_documents": 3},
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        b = r.json()
+        assert b["embedder"].startswith("ollama:")
+        gold = paras.index(e.context)
+        top1 += b["ranking"][0]["document"] == gold
+        assert paras[b["document"]][b["start"] : b["end"]] == b["answer"]
+        found += metrics.score(b["answer"], [a.text for a in e.answers])[1] > 0.5
+    assert top1 / len(qs) >= 0.9, top1
+    assert found / len(qs) >= 0.6, found
+
+
+def test_repeated_corpus_costs_one_question_embedding(ollama_bridge, dev_examples):
+    docs = [e.context for e in dev_examples[::10]]
+    cache = lambda: httpx.get(ollama_bridge.url + "/api/health").json()["embedding_cache"]  # noqa: E731
+    before = cache()
+    for q in (dev_examples[0].question, dev_examples[1].question):
+        r = httpx.post(ollama_bridge.url + "/api/qa", json={"question": q, "documents": docs}, timeout=120)
+        assert r.status_code == 200 and r.json()["embedder"].startswith("ollama:")
+    after = cache()
+    # The first request embeds the passages; the second finds every one of them cached.
+    assert after["hits"] - before["hits"] >= len(docs)
+    assert after["misses"] - before["misses"] <= len(docs)
+
+
+def test_ollama_outage_degrades_and_recovers(ollama, ollama_bridge, dev_examples):
+    port = ollama.rsplit(":", 1)[1]
+    docs = [e.context for e in dev_examples[::10]]
+    statuses: list[int] = []
+    embedders: set[str] = set()
+    stop = threading.Event()
+
+    def load():
+        i = 0
+        while not stop.is_set():
+            e = dev_examples[i % len(dev_examples)]
+            i += 1
+            body = {"question": e.question, "documents": docs} if i % 2 else {"question": e.question, "context": e.context}
+            try:
+                r = httpx.post(ollama_bridge.url + "/api/qa", json=body, timeout=120)
+            except httpx.HTTPError as exc:  # a lost request is a failure
+                statuses.append(-1)
+                raise AssertionError(f"request lost: {exc}") from None
+            statuses.append(r.status_code)
+            if r.status_code == 200 and "documents" in body:
+                embedders.add(r.json()["embedder"].split(":")[0])
+
+    th = threading.Thread(target=load)
+    th.start()
+    try:
+        time.sleep(1)
+        subprocess.run(["bash", str(ROOT / "scripts" / "ollama.sh"), "stop"], check=True, cwd=ROOT, capture_output=True)
+        deadline = time.time() + 30
+        while httpx.get(ollama_bridge.url + "/api/health").json()["status"] != "degraded":
+            assert time.time() < deadline
+            time.sleep(0.2)
+        time.sleep(2)
+        r = subprocess.run(["bash", str(ROOT / "scripts" / "ollama.sh"), "start"], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "QABRIDGE_OLLAMA_PORT": port})
+        assert r.returncode == 0, r.stderr[-2000:]
+        deadline = time.time() + 60
+        while httpx.get(ollama_bridge.url + "/api/health").json()["status"] != "ok":
+            assert time.time() < deadline
+            time.sleep(0.2)
+        time.sleep(2)
+    finally:
+        stop.set()
+        th.join(120)
+    assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
+    assert "local" in embedders  # served by the in-process embedder while Ollama was away
