@@ -224,9 +224,10 @@ def ask(question, context, context_file, model, top_k, as_json) -> None:
 @click.option("--device", default="auto", show_default=True, help="torch engine device: cpu, cuda or auto.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Also write id -> answer JSON here.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a Markdown report (EM/F1 by question type and context length) and a PNG plot beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
-def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, quiet) -> None:
+def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, report, quiet) -> None:
     """Official SQuAD v1.1 EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp).
 
     Both engines share windows, n-best span search (longest answer from the model's
@@ -262,6 +263,11 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     if predictions:
         Path(predictions).write_text(json.dumps({k: v["text"] for k, v in preds.items()}, ensure_ascii=False))
     res.update({"engine": engine, "model": label, "data": str(data)})
+    if report:
+        from qabridge.train.report import write_report
+
+        written = write_report(report, examples[: limit or None], {k: v["text"] for k, v in preds.items()}, res)
+        res["report"] = [str(p) for p in written]
     if as_json:
         click.echo(json.dumps(res))
     else:

@@ -134,3 +134,22 @@ def test_help_describes_every_option():
                 "--grad-accum", "--lr", "--lora-r", "--lora-alpha", "--lora-dropout", "--target-modules", "--quantize",
                 "--max-seq-len", "--doc-stride", "--seed", "--full"):
         assert opt in r.stdout, opt
+
+
+def test_eval_report_breaks_down_by_type_and_length(exported, tmp_path):
+    from qabridge.train.report import length_bucket, question_type
+
+    assert question_type("How many teams played?") == "how many"
+    assert question_type("In what year did it end?") == "what"
+    assert question_type("Name the team.") == "other"
+    assert length_bucket("word " * 120) == "100-149 words"
+    rep = tmp_path / "r" / "report.md"
+    r = run_cli("eval", "--model", str(exported("q8_0")), "--data", str(DEV_SAMPLE), "--limit", "40", "--report", str(rep), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    text = rep.read_text()
+    assert "## By question type" in text and "## By context length" in text
+    assert rep.with_suffix(".png").stat().st_size > 1000
+    type_rows = text.split("## By question type")[1].split("## By context length")[0]
+    counts = [int(line.split("|")[2]) for line in type_rows.splitlines() if line.startswith("| ") and not line.startswith("| type")]
+    assert sum(counts) == res["count"] == 40

@@ -1,0 +1,72 @@
+"""Faults a daemon meets: disconnecting clients, SIGTERM under load, fuzzed requests."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+
+from .conftest import start_server
+
+
+def test_client_disconnect_mid_request_leaves_the_bridge_serving(server, dev_examples):
+    context = " ".join(e.context for e in dev_examples[:40])  # several windows: still working when we leave
+    body = httpx.Request("POST", server.url + "/api/qa", json={"question": "Who won?", "context": context})
+    host, port = server.url.removeprefix("http://").split(":")
+    raw = (f"POST /api/qa HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(body.content)}\r\n\r\n").encode() + body.content
+    for _ in range(5):
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(raw)
+        # closed without reading the answer
+    e = dev_examples[0]
+    r = httpx.post(server.url + "/api/qa", json={"question": e.question, "context": e.context}, timeout=120)
+    assert r.status_code == 200 and r.json()["answer"]
+    assert httpx.get(server.url + "/api/health").json()["ready"]
+
+
+def test_sigterm_during_load_finishes_accepted_requests(exported, tmp_path, dev_examples):
+    s = start_server(exported("q8_0"), tmp_path)
+    items = dev_examples[:24]
+    results: list = []
+
+    def call(e):
+        try:
+            r = httpx.post(s.url + "/api/qa", json={"question": e.question, "context": e.context}, timeout=120)
+            return r.status_code, r.json()
+        except httpx.ConnectError:
+            return "refused", None  # arrived after shutdown began: never accepted
+        except httpx.HTTPError as exc:
+            return f"lost: {exc.__class__.__name__}", None
+
+    with cf.ThreadPoolExecutor(16) as ex:
+        futs = [ex.submit(call, e) for e in items]
+        import time
+
+        time.sleep(0.5)
+        s.proc.send_signal(signal.SIGTERM)
+        results = [f.result() for f in futs]
+    code = s.proc.wait(60)
+    assert code == 0
+    statuses = [r[0] for r in results]
+    assert all(st in (200, "refused") for st in statuses), statuses
+    assert statuses.count(200) >= 1
+    for (st, body), e in zip(results, items):
+        if st == 200:
+            assert e.context[body["start"] : body["end"]] == body["answer"]
+
+
+def test_schemathesis_fuzz_finds_no_server_error(server, tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json", "--checks", "not_a_server_error",
+         "--max-examples", "150", "--generation-deterministic", "--workers", "2", "--phases", "examples,coverage,fuzzing"],
+        capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "passed" in out.lower()
+    assert httpx.get(server.url + "/api/health").json()["ready"]
