@@ -98,15 +98,21 @@ def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama_bridge, crea
 
 
 def _paragraph_questions(squad_dev_full):
-    """30 distinct paragraphs, and 50 questions whose paragraph is among them (fixed)."""
+    """30 paragraphs, the first of each of 30 dev articles, and 50 of their questions (fixed, spread evenly).
+
+    Paragraphs of one article are near-duplicates in topic; ranking among those is a harder task
+    (see the issue notes) than finding the paragraph that holds the answer among 30 documents.
+    """
+    seen: set[str] = set()
     paras: list[str] = []
-    for e in squad_dev_full[::7]:
-        if e.context not in paras:
+    for e in squad_dev_full:
+        if e.title not in seen:
+            seen.add(e.title)
             paras.append(e.context)
         if len(paras) == 30:
             break
-    qs = [e for e in squad_dev_full if e.context in paras][::3][:50]
-    return paras, qs
+    qs = [e for e in squad_dev_full if e.context in paras]
+    return paras, qs[:: max(1, len(qs) // 50)][:50]
 
 
 def test_documents_ranked_by_ollama_embeddings(ollama_bridge, squad_dev_full):
