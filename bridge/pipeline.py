@@ -55,3 +55,12 @@ class QAPipeline:
             len(windows),
             {"tokenize": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)},
         )
+
+
+def gguf_pipeline(model, **engine_kw) -> QAPipeline:
+    """A pipeline over a qabridge GGUF (path or ModelFile): llama.cpp encoder, settings from its metadata."""
+    from .llama_engine import LlamaCppEngine
+    from .model_file import ModelFile
+
+    mf = model if isinstance(model, ModelFile) else ModelFile(model)
+    return QAPipeline(mf.tokenizer, LlamaCppEngine(mf, **engine_kw), mf.window_spec, max_answer_len=mf.max_answer_len)

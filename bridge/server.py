@@ -32,7 +32,7 @@ from qabridge.errors import (
 from .decode import Span
 from .llama_engine import LlamaCppEngine
 from .model_file import ModelFile
-from .pipeline import QAPipeline
+from .pipeline import QAPipeline, gguf_pipeline
 from .schemas import (
     AnswerItem,
     BatchRequest,
@@ -89,10 +89,8 @@ def _sha256(path: Path) -> str:
 
 
 def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") -> LoadedModel:
-    mf = ModelFile(path)
-    engine = LlamaCppEngine(mf, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
-    pipe = QAPipeline(mf.tokenizer, engine, mf.window_spec, max_answer_len=mf.max_answer_len)
-    return LoadedModel(name, mf, engine, pipe, _sha256(path), source)
+    pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
+    return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, _sha256(path), source)
 
 
 class Bridge:

@@ -191,9 +191,7 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
 @_fail_cleanly
 def ask(question, context, context_file, model, top_k, as_json) -> None:
     """Answer one QUESTION from a context, in-process (llama.cpp engine)."""
-    from qabridge.bridge.llama_engine import LlamaCppEngine
-    from qabridge.bridge.model_file import ModelFile
-    from qabridge.bridge.pipeline import QAPipeline
+    from qabridge.bridge.pipeline import gguf_pipeline
     from qabridge.errors import UsageError
 
     if (context is None) == (context_file is None):
@@ -203,8 +201,7 @@ def ask(question, context, context_file, model, top_k, as_json) -> None:
             context = Path(context_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{context_file}: cannot read ({exc})") from None
-    mf = ModelFile(_resolve_model(model, "q8_0"))
-    pipe = QAPipeline(mf.tokenizer, LlamaCppEngine(mf), mf.window_spec, max_answer_len=mf.max_answer_len)
+    pipe = gguf_pipeline(_resolve_model(model, "q8_0"))
     pred = pipe.predict(question, context, top_k=top_k)
     answers = [{"answer": context[s.start:s.end], "score": round(s.score, 4), "start": s.start, "end": s.end} for s in pred.spans]
     if as_json:
@@ -241,13 +238,10 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     if engine == "gguf":
         if not model:
             raise UsageError("--engine gguf needs --model FILE.gguf")
-        from qabridge.bridge.llama_engine import LlamaCppEngine
-        from qabridge.bridge.model_file import ModelFile
-        from qabridge.bridge.pipeline import QAPipeline
+        from qabridge.bridge.pipeline import gguf_pipeline
 
-        mf = ModelFile(model)
+        pipe = gguf_pipeline(model)
         examples = load_squad(data, split="validation")
-        pipe = QAPipeline(mf.tokenizer, LlamaCppEngine(mf), mf.window_spec, max_answer_len=mf.max_answer_len)
         label = str(model)
     else:
         if model:

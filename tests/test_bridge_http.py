@@ -143,18 +143,15 @@ def test_fifty_concurrent_requests(server, dev_examples):
 
 
 def test_bridge_equals_gguf_eval_on_first_500_dev_questions(server, exported, squad_dev_full):
-    from qabridge.bridge.llama_engine import LlamaCppEngine
-    from qabridge.bridge.model_file import ModelFile
-    from qabridge.bridge.pipeline import QAPipeline
+    from qabridge.bridge.pipeline import gguf_pipeline
     from qabridge.train.evaluate import predict_examples
 
     examples = squad_dev_full[:500]
-    mf = ModelFile(exported("q8_0"))
-    eng = LlamaCppEngine(mf)
+    pipe = gguf_pipeline(exported("q8_0"))
     try:
-        ev = predict_examples(QAPipeline(mf.tokenizer, eng, mf.window_spec, max_answer_len=mf.max_answer_len), examples)
+        ev = predict_examples(pipe, examples)
     finally:
-        eng.close()
+        pipe.encoder.close()
     with cf.ThreadPoolExecutor(4) as ex:
         bodies = list(ex.map(lambda e: post(server, "/api/qa", {"question": e.question, "context": e.context}).json(), examples))
     diff = [(e.id, b["answer"], ev[e.id]["text"]) for e, b in zip(examples, bodies) if (b["start"], b["end"]) != (ev[e.id]["start"], ev[e.id]["end"])]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from qabridge.bridge.llama_engine import LlamaCppEngine
 from qabridge.bridge.model_file import ModelFile
-from qabridge.bridge.pipeline import QAPipeline
+from qabridge.bridge.pipeline import QAPipeline, gguf_pipeline
 from qabridge.export.keys import REQUIRED, Key
 
 from .conftest import run_cli
@@ -71,12 +71,11 @@ def test_q8_0_argmax_span_agrees(torch_pipe, exported, dev_examples):
     examples = load_squad(f)[::50][:200] if f else dev_examples  # fixed sample: every 50th question
     from qabridge.train.evaluate import predict_examples
 
-    mf = ModelFile(exported("q8_0"))
-    eng = LlamaCppEngine(mf)
+    pipe = gguf_pipeline(exported("q8_0"))
     try:
-        q8 = predict_examples(QAPipeline(mf.tokenizer, eng, mf.window_spec, max_answer_len=mf.max_answer_len), examples)
+        q8 = predict_examples(pipe, examples)
     finally:
-        eng.close()
+        pipe.encoder.close()
     ref = predict_examples(torch_pipe, examples)
     agree = sum((q8[k]["start"], q8[k]["end"]) == (ref[k]["start"], ref[k]["end"]) for k in ref)
     assert agree / len(ref) >= 0.99, f"{agree}/{len(ref)}"

@@ -74,9 +74,7 @@ def ollama_bridge(ollama, created, tmp_path_factory):
 
 
 def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama_bridge, created, dev_examples):
-    from qabridge.bridge.llama_engine import LlamaCppEngine
-    from qabridge.bridge.model_file import ModelFile
-    from qabridge.bridge.pipeline import QAPipeline
+    from qabridge.bridge.pipeline import gguf_pipeline
 
     h = httpx.get(ollama_bridge.url + "/api/health").json()
     assert h["status"] == "ok" and h["ollama"]["up"] and h["ollama"]["version"] == "0.24.0"
@@ -84,9 +82,7 @@ def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama_bridge, crea
     models = httpx.get(ollama_bridge.url + "/api/models").json()["models"]
     blob = Path(models[0]["file"])
     assert "blobs" in str(blob) and blob.read_bytes() == created["qa_file"].read_bytes()
-    mf = ModelFile(created["qa_file"])
-    eng = LlamaCppEngine(mf)
-    pipe = QAPipeline(mf.tokenizer, eng, mf.window_spec, max_answer_len=mf.max_answer_len)
+    pipe = gguf_pipeline(created["qa_file"])
     try:
         for e in dev_examples[:40]:
             ref = pipe.predict(e.question, e.context).spans[0]
@@ -94,7 +90,7 @@ def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama_bridge, crea
                                                                 "model": created["qa"]}, timeout=60).json()
             assert (r["start"], r["end"]) == (ref.start, ref.end) and r["model"] == created["qa"]
     finally:
-        eng.close()
+        pipe.encoder.close()
 
 
 def _paragraph_questions(squad_dev_full):
