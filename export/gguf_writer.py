@@ -100,6 +100,26 @@ def owned_by_qabridge(path: Path) -> bool:
         return False
 
 
+def prepare_output(out_path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Check (before any slow work) that ``out_path`` can be written and may be replaced."""
+    out = Path(out_path)
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory; give a .gguf file path", code="output_unwritable")
+    if out.exists() and not force and not owned_by_qabridge(out):
+        raise OutputExists(f"{out}: exists and was not written by qabridge; pass --force to overwrite")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{parent}: cannot create output directory (a file is in the way)", code="output_unwritable")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{parent}: cannot create output directory ({exc.strerror})", code="output_unwritable") from None
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{parent}: output directory is not writable", code="output_unwritable")
+    return out
+
+
 def write_gguf(
     out_path: str | os.PathLike,
     tensors: Mapping[str, np.ndarray],
@@ -120,17 +140,8 @@ def write_gguf(
     """
     import gguf
 
-    out = Path(out_path)
+    out = prepare_output(out_path, force=force)
     outtype = OutType(outtype)
-    if out.exists() and not force and not owned_by_qabridge(out):
-        raise OutputExists(f"{out}: exists and was not written by qabridge; pass --force to overwrite")
-    if not out.parent.exists():
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"{out.parent}: cannot create output directory ({exc.strerror})", code="output_unwritable") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UsageError(f"{out.parent}: output directory is not writable", code="output_unwritable")
 
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, spec.num_layers)
     ftype = {

@@ -7,7 +7,7 @@ from pathlib import Path
 from qabridge.errors import ModelError
 from qabridge.paths import DEFAULT_ADAPTER, REPO_ROOT, cache_dir
 
-from .gguf_writer import QAMeta, write_gguf
+from .gguf_writer import QAMeta, prepare_output, write_gguf
 from .keys import TASK_EMBEDDING, OutType
 from .modelfile import write_modelfile
 
@@ -34,7 +34,7 @@ def export(
     from .merge import load_plain_encoder, merge_adapter
 
     outtype = OutType(outtype).value
-    out = Path(output) if output else default_output(outtype, name)
+    out = prepare_output(Path(output) if output else default_output(outtype, name), force=force)
     if embedding:
         merged = load_plain_encoder(base)
         meta = QAMeta(base_model=merged.base_name, task=TASK_EMBEDDING)

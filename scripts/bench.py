@@ -163,11 +163,13 @@ def main() -> None:
     rows = []
     plan = []
     for c in (int(x) for x in args.modes.split(",")):
-        plan.append(("transformers-4.57.6 pipeline (torch fp32)", None, c))
+        plan.append(("transformers-4.57.6 pipeline (torch fp32)", None, c, []))
         for o, p in ggufs.items():
-            plan.append((f"qabridge HTTP (llama.cpp {o})", p, c))
-    for name, p, c in tqdm(plan, desc="bench", unit="run"):
-        res = run_peer(py, model_dir, examples, c) if p is None else run_bridge(p, examples, c, [])
+            plan.append((f"qabridge HTTP (llama.cpp {o})", p, c, []))
+            # Two contexts of one thread each: two requests encode at once instead of one with two threads.
+            plan.append((f"qabridge HTTP (llama.cpp {o}, 2 contexts x 1 thread)", p, c, ["--contexts", "2", "--threads", "1"]))
+    for name, p, c, extra in tqdm(plan, desc="bench", unit="run"):
+        res = run_peer(py, model_dir, examples, c) if p is None else run_bridge(p, examples, c, extra)
         rows.append(summarise(name, res, examples, c))
         tqdm.write(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}))
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": _cpu()}

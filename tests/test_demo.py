@@ -1,0 +1,21 @@
+"""scripts/demo.sh end to end: set-up, default model built into an empty cache, bridge answers the printed curl."""
+
+import json
+import os
+import subprocess
+
+from .conftest import ROOT, free_port
+
+
+def test_demo_script_serves_the_default_model(tmp_path):
+    port = free_port()
+    env = {**os.environ, "QABRIDGE_PORT": str(port), "QABRIDGE_DEMO_EXIT": "1", "QABRIDGE_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    out = r.stdout
+    assert f"qabridge is ready on http://127.0.0.1:{port}" in out
+    assert f"curl -s http://127.0.0.1:{port}/api/qa" in out
+    answer = json.loads(out.split("It answered:", 1)[1].strip().splitlines()[0])
+    assert answer["answer"] == "a field of artificial intelligence"
+    built = list((tmp_path / "cache" / "models").glob("default-*.q8_0.gguf"))
+    assert len(built) == 1  # the committed adapter, exported once into the cache
