@@ -21,8 +21,23 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q torch
   fi
 fi
-# llama-cpp-python compiles llama.cpp (minutes); pip's wheel cache keeps the result.
-CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF"} \
-  python -m pip install -q "llama-cpp-python>=0.3.16"
+# llama-cpp-python compiles llama.cpp (minutes). ggml picks its SIMD kernels at compile time, so the
+# wheel is built for this CPU's instruction sets (AVX2/FMA/F16C, AVX-512 and VNNI where present) and
+# cached per flag set: a machine with another CPU builds its own instead of crashing on ours.
+LLAMA_CPP_PY=0.3.36
+cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+llama_args="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF"
+for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C avx512f:AVX512 avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx512vbmi:AVX512_VBMI; do
+  if [[ "$cpu_flags" == *" ${pair%%:*} "* ]]; then llama_args="$llama_args -DGGML_${pair##*:}=ON"; fi
+done
+llama_args=${QABRIDGE_LLAMA_CMAKE_ARGS:-$llama_args}
+tag=$(printf '%s %s' "$LLAMA_CPP_PY" "$llama_args" | sha256sum | cut -c1-12)
+wheels="${QABRIDGE_CACHE:-$HOME/.cache/qabridge}/wheels/llama-cpp-python-$tag"
+if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $LLAMA_CPP_PY for this CPU ($llama_args); one-time, several minutes" >&2
+  CMAKE_ARGS="$llama_args" python -m pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PY"
+fi
+python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
 python -m pip install -q -e ".[train,report,test]"
 echo "$want" > "$stamp"
