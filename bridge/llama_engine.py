@@ -13,11 +13,12 @@ import ctypes
 import os
 import queue
 import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
 
-from qabridge.errors import EngineError, ModelError, UsageError
+from qabridge.errors import EngineError, ModelError, QABridgeError, UsageError
 
 from .model_file import ModelFile, SpanHead
 from .windows import Window
@@ -158,10 +159,17 @@ class LlamaCppEngine:
         with self._context() as c:
             return c.hidden(ids, self.n_embd)
 
-    def logits(self, windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def logits(self, windows: list[Window], deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Span logits per window; past ``deadline`` (time.monotonic) the remaining windows are not encoded."""
         if self.head is None:
             raise ModelError(f"{self.file.path}: has no span head")
-        return [self.head.logits(self.hidden_states(w.input_ids)) for w in windows]
+        out = []
+        for w in windows:
+            if deadline is not None and time.monotonic() > deadline:
+                # The client has had its 504: free the engine for the requests behind this one.
+                raise QABridgeError("request ran past its deadline", code="timeout", status=504)
+            out.append(self.head.logits(self.hidden_states(w.input_ids)))
+        return out
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """llama.cpp's own tokenisation (for parity checks against the HF tokenizer)."""

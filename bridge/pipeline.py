@@ -42,11 +42,12 @@ class QAPipeline:
             raise UsageError("context has no tokens", code="empty_context")
         return ctx, build_windows(self.tokenizer, q, ctx, self.spec)
 
-    def predict(self, question: str, context: str, *, top_k: int = 1, max_answer_len: int | None = None) -> Prediction:
+    def predict(self, question: str, context: str, *, top_k: int = 1, max_answer_len: int | None = None,
+                deadline: float | None = None) -> Prediction:
         t0 = time.perf_counter()
         ctx, windows = self.prepare(question, context)
         t1 = time.perf_counter()
-        logits = self.encoder.logits(windows)
+        logits = self.encoder.logits(windows, deadline) if deadline is not None else self.encoder.logits(windows)
         t2 = time.perf_counter()
         spans = best_spans(logits, windows, ctx, max_answer_len=max_answer_len or self.max_answer_len, top_k=top_k)
         t3 = time.perf_counter()

@@ -220,14 +220,15 @@ class Bridge:
         if req.documents and len(req.documents) > self.cfg.max_documents:
             raise PayloadTooLarge(f"{len(req.documents)} documents; the limit is {self.cfg.max_documents}", code="too_many_documents")
 
-    def answer_sync(self, req: QARequest) -> QAResponse:
+    def answer_sync(self, req: QARequest, deadline: float | None = None) -> QAResponse:
         m = self.pick(req.model)
         if req.context is not None:
-            pred = m.pipeline.predict(req.question, req.context, top_k=req.top_k, max_answer_len=req.max_answer_len)
+            pred = m.pipeline.predict(req.question, req.context, top_k=req.top_k, max_answer_len=req.max_answer_len,
+                                      deadline=deadline)
             return _response(pred.spans, req.context, m, pred.n_windows, pred.timing_ms)
-        return self._answer_documents(m, req)
+        return self._answer_documents(m, req, deadline)
 
-    def _answer_documents(self, m: LoadedModel, req: QARequest) -> QAResponse:
+    def _answer_documents(self, m: LoadedModel, req: QARequest, deadline: float | None = None) -> QAResponse:
         import time as _time
 
         docs = list(req.documents or [])
@@ -239,7 +240,8 @@ class Bridge:
         for passage, _sim in ranked[: req.top_documents]:
             text = docs[passage.document][passage.start : passage.end]
             try:
-                pred = m.pipeline.predict(req.question, text, top_k=req.top_k, max_answer_len=req.max_answer_len)
+                pred = m.pipeline.predict(req.question, text, top_k=req.top_k, max_answer_len=req.max_answer_len,
+                                          deadline=deadline)
             except UsageError:
                 continue  # a passage with no tokens
             windows += pred.n_windows
@@ -267,7 +269,10 @@ class Bridge:
         self.check(req)
         self.pick(req.model)
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, self.answer_sync, req)
+        deadline = time.monotonic() + self.cfg.request_timeout_s
+        fut = loop.run_in_executor(self.executor, self.answer_sync, req, deadline)
+        # After a 504 the worker still finishes (or stops at the deadline); retrieve its outcome quietly.
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=self.cfg.request_timeout_s)
         except asyncio.TimeoutError:
