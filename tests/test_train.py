@@ -60,9 +60,17 @@ def test_qlora_4bit_trains_or_fails_at_once(tmp_path):
     r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(tmp_path / "q"), "--max-steps", "2",
                 "--batch-size", "2", "--max-seq-len", "64", "--quantize", "4bit", "--quiet", "--device", "cpu")
     assert "Traceback" not in r.stderr
-    if r.returncode == 0:
+    import importlib.metadata
+
+    try:
+        bnb = tuple(int(x) for x in importlib.metadata.version("bitsandbytes").split(".")[:2])
+    except importlib.metadata.PackageNotFoundError:
+        bnb = None
+    if bnb is not None and bnb >= (0, 45):  # bitsandbytes with a CPU backend: QLoRA must train here
+        assert r.returncode == 0, r.stderr[-2000:]
         s = json.loads((tmp_path / "q" / "training_summary.json").read_text())
         assert s["config"]["quantize"] == "4bit" and s["steps"] == 2
+        assert s["total_params"] < 20_000_000  # 4-bit weights count as packed storage: fewer parameters
     else:
         assert r.returncode == 2 and "bitsandbytes" in r.stderr and "cpu" in r.stderr
 
