@@ -3,12 +3,7 @@
 # comparison runs with `qabridge train`, then packs what comes back into $OUT/results.tgz.
 # Prepared here by `python scripts/prepare_device.py` (fp16 base + SQuAD files in .dev/).
 set -uo pipefail
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1 PYTHONSAFEPATH=1
-# The import package laid out by hand (no registry there): qabridge/ with the stage folders inside.
-rm -rf /tmp/site && mkdir -p /tmp/site/qabridge
-cp -r qabridge/. /tmp/site/qabridge/ && for d in train bridge export; do cp -r "$d" "/tmp/site/qabridge/$d"; done
-export PYTHONPATH=/tmp/site QABRIDGE_OFFLINE_BASE_DIR=$PWD/.dev/base
-OUTDIR=${OUT:-/tmp/out}
+. "$(dirname "$0")/device_env.sh"
 RUNS=$OUTDIR/runs
 mkdir -p "$RUNS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
