@@ -9,12 +9,16 @@ windows and across requests. [CLS] itself is never returned as an answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from .tokenizer import Encoded
 from .windows import Window
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,16 @@ def window_spans(
     return out
 
 
+def distinct_top(items: Iterable[T], key: Callable[[T], Hashable], score: Callable[[T], float], top_k: int) -> list[T]:
+    """The ``top_k`` best items, one per key (the best-scoring one), best first."""
+    best: dict[Hashable, T] = {}
+    for it in items:
+        k = key(it)
+        if k not in best or score(best[k]) < score(it):
+            best[k] = it
+    return sorted(best.values(), key=lambda it: -score(it))[:top_k]
+
+
 def best_spans(
     logits: list[tuple[np.ndarray, np.ndarray]],
     windows: list[Window],
@@ -77,14 +91,12 @@ def best_spans(
     top_k: int = 1,
 ) -> list[Span]:
     """The ``top_k`` distinct character spans across all windows, best first."""
-    best: dict[tuple[int, int], Span] = {}
+    cands = []
     for wi, ((sl, el), w) in enumerate(zip(logits, windows)):
         for score, a, b in window_spans(sl, el, w, max_answer_len=max_answer_len, top_k=max(top_k, 1) + 2):
             cs, ce = int(ctx.offsets[a, 0]), int(ctx.offsets[b, 1])
-            if ce <= cs:
-                continue
-            key = (cs, ce)
-            if key not in best or best[key].score < score:
-                best[key] = Span(score, cs, ce, wi)
-    ranked = sorted(best.values(), key=lambda s: (-s.score, s.start, s.end))
-    return ranked[:top_k]
+            if ce > cs:
+                cands.append(Span(score, cs, ce, wi))
+    # Ties broken by position, so equal scores give the same answer on every engine and run.
+    cands.sort(key=lambda s: (s.start, s.end))
+    return distinct_top(cands, key=lambda s: (s.start, s.end), score=lambda s: s.score, top_k=top_k)

@@ -13,9 +13,9 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from qabridge.export.keys import REQUIRED, TASK_QA, Key
 
 from qabridge.errors import ModelError
+from qabridge.export.keys import REQUIRED, TASK_QA, Key
 
 from .tokenizer import WordPieceTokenizer
 from .windows import WindowSpec

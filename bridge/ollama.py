@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +59,6 @@ class OllamaClient:
         except (httpx.HTTPError, ValueError):
             raise EngineUnavailable(f"Ollama at {self.host} does not answer", code="ollama_unavailable") from None
 
-    def list_models(self) -> list[str]:
-        try:
-            r = self._http.get("/api/tags")
-            r.raise_for_status()
-        except httpx.HTTPError:
-            raise EngineUnavailable(f"Ollama at {self.host} does not answer", code="ollama_unavailable") from None
-        return [m["name"] for m in r.json().get("models", [])]
-
     def show(self, name: str) -> OllamaModel:
         data = self._post("/api/show", {"model": name, "verbose": True})
         m = _FROM.search(data.get("modelfile", ""))
@@ -100,7 +91,6 @@ class OllamaWatch:
         self.interval = interval
         self.up = False
         self.version: str | None = None
-        self.last_change = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qabridge-ollama-watch", daemon=True)
 
@@ -114,14 +104,10 @@ class OllamaWatch:
             up = True
         except EngineUnavailable:
             v, up = self.version, False
-        if up != self.up:
-            self.last_change = time.time()
         self.up, self.version = up, v
         return up
 
     def mark_down(self) -> None:
-        if self.up:
-            self.last_change = time.time()
         self.up = False
 
     def _run(self) -> None:

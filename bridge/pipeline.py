@@ -18,7 +18,7 @@ from .windows import Window, WindowSpec, build_windows
 class Encoder(Protocol):
     name: str
 
-    def logits(self, windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]: ...
+    def logits(self, windows: list[Window], deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
 
 @dataclass
@@ -47,7 +47,7 @@ class QAPipeline:
         t0 = time.perf_counter()
         ctx, windows = self.prepare(question, context)
         t1 = time.perf_counter()
-        logits = self.encoder.logits(windows, deadline) if deadline is not None else self.encoder.logits(windows)
+        logits = self.encoder.logits(windows, deadline)
         t2 = time.perf_counter()
         spans = best_spans(logits, windows, ctx, max_answer_len=max_answer_len or self.max_answer_len, top_k=top_k)
         t3 = time.perf_counter()

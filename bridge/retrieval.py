@@ -98,6 +98,9 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
 
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "size": len(self._d)}
+
     @staticmethod
     def key(embedder: str, text: str) -> tuple[str, str]:
         return embedder, hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -29,7 +29,7 @@ from qabridge.errors import (
     UsageError,
 )
 
-from .decode import Span
+from .decode import Span, distinct_top
 from .llama_engine import LlamaCppEngine
 from .model_file import ModelFile
 from .pipeline import QAPipeline, gguf_pipeline
@@ -229,12 +229,10 @@ class Bridge:
         return self._answer_documents(m, req, deadline)
 
     def _answer_documents(self, m: LoadedModel, req: QARequest, deadline: float | None = None) -> QAResponse:
-        import time as _time
-
         docs = list(req.documents or [])
-        t0 = _time.perf_counter()
+        t0 = time.perf_counter()
         ranked, used = self.retriever.rank(req.question, docs)
-        t1 = _time.perf_counter()
+        t1 = time.perf_counter()
         cands: list[tuple[Span, int]] = []
         windows = 0
         for passage, _sim in ranked[: req.top_documents]:
@@ -247,13 +245,8 @@ class Bridge:
             windows += pred.n_windows
             for sp in pred.spans:
                 cands.append((Span(sp.score, sp.start + passage.start, sp.end + passage.start, sp.window), passage.document))
-        t2 = _time.perf_counter()
-        best: dict[tuple[int, int, int], tuple[Span, int]] = {}
-        for sp, d in cands:
-            k = (d, sp.start, sp.end)
-            if k not in best or best[k][0].score < sp.score:
-                best[k] = (sp, d)
-        top = sorted(best.values(), key=lambda x: -x[0].score)[: req.top_k]
+        t2 = time.perf_counter()
+        top = distinct_top(cands, key=lambda c: (c[1], c[0].start, c[0].end), score=lambda c: c[0].score, top_k=req.top_k)
         items = [AnswerItem(answer=docs[d][sp.start : sp.end], score=sp.score, start=sp.start, end=sp.end, document=d) for sp, d in top]
         first = items[0] if items else AnswerItem(answer="", score=0.0, start=0, end=0, document=None)
         return QAResponse(
@@ -494,8 +487,7 @@ def create_app(cfg: ServeConfig, *, bridge: Bridge | None = None, load_in_backgr
             engine=b.models[b.default].engine.name if ready else None,
             model=b.default, models={k: f"{m.engine.name} ({m.source})" for k, m in b.models.items()},
             ollama=ollama, error=b.error,
-            embedding_cache=({"hits": b.retriever.cache.hits, "misses": b.retriever.cache.misses,
-                              "size": len(b.retriever.cache._d)} if b.retriever else None),
+            embedding_cache=b.retriever.cache.stats() if b.retriever else None,
         )
 
     @app.get("/api/models", summary="Models this bridge can serve")

@@ -65,9 +65,10 @@ def merge_adapter(adapter_dir: str | os.PathLike, *, base: str | None = None) ->
 
 def load_plain_encoder(base: str | None = None) -> MergedModel:
     """A base encoder without a span head (for ``--embedding``: a pooled embedding model)."""
+    from safetensors.numpy import load_file
+
     from qabridge.bridge.tokenizer import WordPieceTokenizer
     from qabridge.train.model import load_config, resolve_base
-    from safetensors.numpy import load_file
 
     ref = resolve_base(base)
     cfg = load_config(ref)

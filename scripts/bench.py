@@ -49,10 +49,10 @@ def setup_peer() -> Path:
 
 def merged_model_dir() -> Path:
     import torch
-    from qabridge.train.model import load_for_inference, tokenizer_dir
-    from qabridge.train.trainer import adapter_hash
 
     from qabridge.paths import DEFAULT_ADAPTER
+    from qabridge.train.model import load_for_inference, tokenizer_dir
+    from qabridge.train.trainer import adapter_hash
 
     d = CACHE / f"merged-{adapter_hash(DEFAULT_ADAPTER)[:12]}"
     if (d / "config.json").exists():
@@ -147,9 +147,10 @@ def main() -> None:
     ap.add_argument("--outtypes", default="q8_0,f16")
     ap.add_argument("--modes", default="1,8")
     args = ap.parse_args()
+    from tqdm import tqdm
+
     from qabridge.export.run import export
     from qabridge.train.squad import load_squad, squad_file
-    from tqdm import tqdm
 
     examples = load_squad(squad_file("dev"))[: args.n]
     py = setup_peer()

@@ -42,7 +42,6 @@ def main() -> None:
 
     from qabridge.export.run import default_model
     from qabridge.train.squad import load_squad, squad_file
-
     from tests.conftest import DEV_SAMPLE, start_server
 
     src = squad_file("dev") or DEV_SAMPLE

@@ -14,9 +14,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from qabridge.train.squad import squad_dir  # noqa: E402
-
 from qabridge.paths import REPO_ROOT, offline_base_dir  # noqa: E402
+from qabridge.train.squad import squad_dir  # noqa: E402
 
 
 def main() -> None:

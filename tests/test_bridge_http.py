@@ -5,6 +5,7 @@ import json
 
 import httpx
 import pytest
+
 from qabridge.train import metrics
 
 from .conftest import start_server
@@ -173,8 +174,9 @@ def test_api_key(exported, tmp_path):
 
 
 def test_loading_state_answers_503_with_retry_after():
-    from qabridge.bridge.server import Bridge, ServeConfig, create_app
     from starlette.testclient import TestClient
+
+    from qabridge.bridge.server import Bridge, ServeConfig, create_app
 
     b = Bridge(ServeConfig())
     app = create_app(b.cfg, bridge=b, load_in_background=True)

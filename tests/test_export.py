@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from qabridge.bridge.llama_engine import LlamaCppEngine
 from qabridge.bridge.model_file import ModelFile
 from qabridge.bridge.pipeline import QAPipeline, gguf_pipeline
@@ -40,10 +41,11 @@ def _max_delta(a, b):
 
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
 def test_tiny_random_bert_parity(tiny_bert, tmp_path, dev_examples, outtype):
+    from transformers import BertForQuestionAnswering
+
     from qabridge.bridge.tokenizer import WordPieceTokenizer
     from qabridge.bridge.windows import WindowSpec
     from qabridge.export.run import export
-    from transformers import BertForQuestionAnswering
 
     out = tmp_path / f"tiny.{outtype}.gguf"
     info = export(tiny_bert, output=out, outtype=outtype, modelfile=None)

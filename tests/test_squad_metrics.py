@@ -4,10 +4,10 @@ import gzip
 import json
 
 import pytest
-from qabridge.train import metrics
-from qabridge.train.squad import load_squad
 
 from qabridge.errors import DataError
+from qabridge.train import metrics
+from qabridge.train.squad import load_squad
 
 from .conftest import DEV_SAMPLE
 

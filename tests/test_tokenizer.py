@@ -1,6 +1,7 @@
 """Tokenisation: ours == HF's, the GGUF vocabulary round-trips, llama.cpp's own tokenizer agrees."""
 
 import pytest
+
 from qabridge.bridge.tokenizer import WordPieceTokenizer
 
 ODD = [

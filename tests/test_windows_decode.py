@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from qabridge.bridge.decode import best_spans
 from qabridge.bridge.tokenizer import WordPieceTokenizer
 from qabridge.bridge.windows import (
@@ -13,10 +14,9 @@ from qabridge.bridge.windows import (
     label_window,
     window_bounds,
 )
+from qabridge.errors import UsageError
 from qabridge.train.features import build_features
 from qabridge.train.squad import Answer, Example
-
-from qabridge.errors import UsageError
 
 
 @pytest.fixture(scope="module")

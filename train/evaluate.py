@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from qabridge.bridge.decode import best_spans
 from qabridge.bridge.pipeline import QAPipeline
 from qabridge.bridge.tokenizer import WordPieceTokenizer
 from qabridge.bridge.windows import Window, WindowSpec
-
 from qabridge.errors import QABridgeError
 
 from . import metrics
@@ -32,7 +32,8 @@ class TorchEncoder:
         self.device = device
         self.batch_size = batch_size
 
-    def logits(self, windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def logits(self, windows: list[Window], deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Batched start/end logits; ``deadline`` is accepted for the Encoder protocol (evaluation runs to the end)."""
         import torch
 
         out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(windows)  # type: ignore[list-item]

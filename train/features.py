@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from qabridge.bridge.tokenizer import WordPieceTokenizer
 from qabridge.bridge.windows import WindowSpec, answer_token_span, build_windows, label_window
 

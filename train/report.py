@@ -24,12 +24,13 @@ def question_type(q: str) -> str:
     return "other"
 
 
+def _label(lo: int, hi: int) -> str:
+    return f"{lo}-{hi - 1} words" if hi < 10**9 else f"{lo}+ words"
+
+
 def length_bucket(context: str) -> str:
     n = len(context.split())
-    for lo, hi in LENGTH_BUCKETS:
-        if lo <= n < hi:
-            return f"{lo}-{hi - 1} words" if hi < 10**9 else f"{lo}+ words"
-    return "?"
+    return next(_label(lo, hi) for lo, hi in LENGTH_BUCKETS if lo <= n < hi)
 
 
 def breakdown(examples: list[Example], predictions: dict[str, str], key) -> list[tuple[str, int, float, float]]:
@@ -47,8 +48,8 @@ def write_report(path: str | Path, examples: list[Example], predictions: dict[st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     by_type = sorted(breakdown(examples, predictions, lambda e: question_type(e.question)), key=lambda r: -r[1])
-    order = {f"{lo}-{hi - 1} words" if hi < 10**9 else f"{lo}+ words": i for i, (lo, hi) in enumerate(LENGTH_BUCKETS)}
-    by_len = sorted(breakdown(examples, predictions, lambda e: length_bucket(e.context)), key=lambda r: order.get(r[0], 99))
+    order = {_label(lo, hi): i for i, (lo, hi) in enumerate(LENGTH_BUCKETS)}
+    by_len = sorted(breakdown(examples, predictions, lambda e: length_bucket(e.context)), key=lambda r: order[r[0]])
     png = path.with_suffix(".png")
     lines = [
         f"# Evaluation report: {summary.get('model')}",

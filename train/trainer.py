@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from qabridge.bridge.tokenizer import WordPieceTokenizer
-from qabridge.bridge.windows import WindowSpec
 
 from qabridge import __version__
+from qabridge.bridge.tokenizer import WordPieceTokenizer
+from qabridge.bridge.windows import WindowSpec
 from qabridge.errors import OutputExists, UsageError
 
 from .features import build_features, length_grouped_batches, pad_batch
