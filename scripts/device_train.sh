@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine (no registry there): trains the default adapter and the
-# comparison runs with `qabridge train`, then packs what comes back into $OUT/results.tgz.
-# Prepared here by `python scripts/prepare_device.py` (fp16 base + SQuAD files in .dev/).
+# Runs on the lent GPU machine (no registry there). Three runs share the GPU at once, each the
+# default recipe (scripts/default_recipe.sh) with one change, so their learning curves compare
+# step for step: the recipe itself (a rerun of what produced models/lora), full fine-tuning
+# (lr 1e-4), and QLoRA (4-bit nf4 base). Logs and summaries land in $OUT/runs as they are written,
+# so a run cut short still reports its curve. Prepared here by `python scripts/prepare_device.py`.
 set -uo pipefail
 . "$(dirname "$0")/device_env.sh"
+. "$(dirname "$0")/default_recipe.sh"
 RUNS=$OUTDIR/runs
 mkdir -p "$RUNS"
+tar xJf .dev/bitsandbytes.tar.xz -C /tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+python3 -c "import sys, torch, transformers, peft; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+python3 -c "import bitsandbytes as b; print('bitsandbytes', b.__version__)" 2>&1 | tail -n 1
 T0=$(date +%s)
 run() {
-  local name=$1 start_before=$2; shift 2
-  local now; now=$(date +%s)
-  if (( now - T0 > start_before )); then echo "skip $name (elapsed $((now - T0)) s)"; return; fi
-  echo "== $name: $*"
-  python3 -m qabridge.cli train --data .dev/squad/train-v1.1.json.gz --eval-data .dev/squad/dev-v1.1.json.gz \
-    --output "$RUNS/$name" --quiet --device cuda "$@" > "$RUNS/$name.log" 2>&1
-  echo "rc=$? $(tail -n 3 "$RUNS/$name.log" | tr '\n' ' ')"
+  local name=$1; shift
+  echo "== start $name: ${DEFAULT_RECIPE[*]} $*"
+  timeout "${RUN_TIMEOUT:-500}" python3 -m qabridge.cli train \
+    --data .dev/squad/train-v1.1.json.xz --eval-data .dev/squad/dev-v1.1.json.gz \
+    --output "$RUNS/$name" --quiet --device cuda "${DEFAULT_RECIPE[@]}" "$@" > "$RUNS/$name.log" 2>&1
+  echo "== $name rc=$? after $(( $(date +%s) - T0 )) s: $(grep -v '^Loading' "$RUNS/$name.log" | tail -n 2 | tr '\n' ' ')"
 }
-# The shipped default (scripts/train_default.sh runs the same command).
-run lora_r32 0 --epochs 3 --batch-size 64 --lr 1e-3 --lora-r 32 --lora-alpha 64 --eval-every 700 --time-budget 300
-tar czf "$OUTDIR/results.tgz" -C "$RUNS" --exclude='model.safetensors' --exclude='checkpoint' .
-ls -la "$OUTDIR"; echo "total $(( $(date +%s) - T0 )) s"
+run recipe &
+run full --full --lr 1e-4 &
+run qlora --quantize 4bit &
+wait
+# The full model and the checkpoints stay behind (size); the adapters and summaries come back in
+# one archive (only a few files come back from the machine one by one).
+find "$RUNS" \( -name checkpoint -o -name model.safetensors \) -prune -exec rm -rf {} +
+tar czf "$OUTDIR/runs.tgz" -C "$RUNS" --exclude='*.log' .
+du -sh "$RUNS"/* "$OUTDIR/runs.tgz"; echo "total $(( $(date +%s) - T0 )) s"

@@ -1,13 +1,22 @@
-"""Prepare .dev/ for scripts/device_train.sh: the offline base as fp16 safetensors and SQuAD.
+"""Prepare .dev/ for scripts/device_train.sh: the offline base as fp16 safetensors, SQuAD and bitsandbytes.
 
 The GPU machine reaches no registry and carries at most 64 MiB, so the base travels
-as fp16 (about 45 MB) with its config and tokenizer files.
+as fp16 (about 45 MB) with its config and tokenizer files, the training set as xz (5.8 MB
+against 7.8 MB as gz), and bitsandbytes (for QLoRA) as its Python files plus only the CUDA 13
+libraries (the full wheel is 43 MB; torch wheels of this period are built for CUDA 13).
 """
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
+import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +43,36 @@ def main() -> None:
     if sq is None:
         sys.exit("SQuAD v1.1 not found (QABRIDGE_SQUAD_DIR or ../shared/data/squad)")
     (dev / "squad").mkdir(exist_ok=True)
-    for name in ("train-v1.1.json.gz", "dev-v1.1.json.gz"):
-        shutil.copy2(sq / name, dev / "squad" / name)
+    shutil.copy2(sq / "dev-v1.1.json.gz", dev / "squad" / "dev-v1.1.json.gz")
+    (dev / "squad" / "train-v1.1.json.gz").unlink(missing_ok=True)
+    with gzip.open(sq / "train-v1.1.json.gz", "rb") as src_fh, lzma.open(dev / "squad" / "train-v1.1.json.xz", "wb", preset=9) as dst:
+        shutil.copyfileobj(src_fh, dst)
+    pack_bitsandbytes(dev / "bitsandbytes.tar.xz")
     total = sum(p.stat().st_size for p in dev.rglob("*") if p.is_file())
     print(f"prepared {dev}: {total / 2**20:.1f} MiB")
+
+
+def pack_bitsandbytes(dest: Path, cuda: tuple[str, ...] = ("130", "132")) -> None:
+    version = metadata.version("bitsandbytes")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", f"bitsandbytes=={version}", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp],
+            check=True,
+        )
+        (wheel,) = Path(tmp).glob("bitsandbytes-*.whl")
+        keep = {f"libbitsandbytes_cuda{v}.so" for v in cuda} | {"libbitsandbytes_cpu.so"}
+        with zipfile.ZipFile(wheel) as zf, tarfile.open(dest, "w:xz") as tf:
+            for info in zf.infolist():
+                name = info.filename
+                if not name.startswith("bitsandbytes/") or info.is_dir():
+                    continue
+                if Path(name).name.startswith("libbitsandbytes_") and Path(name).name not in keep:
+                    continue
+                member = tarfile.TarInfo(name)
+                member.size = info.file_size
+                with zf.open(info) as fh:
+                    tf.addfile(member, fh)
+    print(f"packed bitsandbytes {version} (CUDA {', '.join(cuda)}) into {dest}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import lzma
 
 import pytest
 
@@ -55,11 +56,19 @@ def test_load_sample_has_valid_offsets():
             assert e.context[a.start : a.end] == a.text
 
 
-def test_load_gz(tmp_path):
-    p = tmp_path / "s.json.gz"
-    with gzip.open(p, "wt") as fh:
+@pytest.mark.parametrize("suffix, opener", [(".json.gz", gzip.open), (".json.xz", lzma.open)])
+def test_load_compressed(tmp_path, suffix, opener):
+    p = tmp_path / f"s{suffix}"
+    with opener(p, "wt") as fh:
         fh.write(DEV_SAMPLE.read_text())
-    assert len(load_squad(p)) == 95
+    assert load_squad(p) == load_squad(DEV_SAMPLE)
+
+
+def test_load_truncated_xz(tmp_path):
+    p = tmp_path / "s.json.xz"
+    p.write_bytes(lzma.compress(DEV_SAMPLE.read_bytes())[:500])
+    with pytest.raises(DataError, match="not readable as SQuAD JSON"):
+        load_squad(p)
 
 
 def _doc(context, text, start):

@@ -88,10 +88,12 @@ def _squad(context, text, start):
         ("bad_start", "does not point at its answer text"),
         ("unknown_base", "unknown base model"),
         ("not_bert", "not BERT-family"),
+        ("bad_device", "not a torch device"),
+        ("no_cuda", "sees no CUDA device"),
     ],
 )
 def test_bad_training_inputs(tmp_path, case, needle):
-    data, base = str(TRAIN_SAMPLE), None
+    data, base, extra = str(TRAIN_SAMPLE), None, []
     if case == "missing":
         data = str(tmp_path / "missing.json")
     elif case == "malformed":
@@ -106,8 +108,16 @@ def test_bad_training_inputs(tmp_path, case, needle):
         d.mkdir()
         (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
         base = str(d)
+    elif case == "bad_device":
+        extra = ["--device", "gpu9"]
+    elif case == "no_cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")
+        extra = ["--device", "cuda"]
     out = tmp_path / "out"
-    args = ["train", "--data", data, "--output", str(out), "--max-steps", "1", "--quiet"]
+    args = ["train", "--data", data, "--output", str(out), "--max-steps", "1", "--quiet", *extra]
     if base:
         args += ["--base", base]
     r = run_cli(*args)

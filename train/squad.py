@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class Example:
 
 
 def load_squad(source: str | os.PathLike, *, split: str = "train", validate: bool = True) -> list[Example]:
-    """Load SQuAD v1.1-format examples from a ``.json``/``.json.gz`` file or the hub name ``squad``.
+    """Load SQuAD v1.1-format examples from a ``.json``/``.json.gz``/``.json.xz`` file or the hub name ``squad``.
 
     With ``validate`` every ``answer_start`` must point at its answer text; the first that
     does not is reported with the file and question id.
@@ -51,10 +52,10 @@ def load_squad(source: str | os.PathLike, *, split: str = "train", validate: boo
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a SQuAD-format .json or .json.gz file")
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
+        opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
         with opener(path, "rt", encoding="utf-8") as fh:
             doc = json.load(fh)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not readable as SQuAD JSON ({exc.__class__.__name__}: {exc})") from None
     return list(_parse(doc, str(path), validate))
 

@@ -25,6 +25,7 @@ from .model import (
     DEFAULT_TARGET_MODULES,
     QA_CONFIG,
     BaseRef,
+    check_quantize,
     load_config,
     load_qa_model,
     resolve_base,
@@ -126,11 +127,18 @@ def _check_output(out: Path, cfg: TrainConfig) -> dict | None:
 
 
 def pick_device(device: str) -> str:
+    """``auto`` -> cuda when torch sees a GPU, else cpu; an explicit device must exist here."""
     import torch
 
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device}: not a torch device (use cpu, cuda, cuda:N or auto)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: torch {torch.__version__} sees no CUDA device here (use cpu or auto)")
+    return device
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
@@ -146,6 +154,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         raise UsageError("--max-seq-len must be at least 32")
     prev = _check_output(out, cfg)
     device = pick_device(cfg.device)
+    if cfg.quantize != "none":
+        check_quantize(cfg.quantize, device)  # before minutes of feature building, not after
     ref: BaseRef = resolve_base(cfg.base)
     hf_cfg = load_config(ref)
     if cfg.max_seq_len > hf_cfg.max_position_embeddings:
