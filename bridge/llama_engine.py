@@ -64,12 +64,18 @@ class _Context:
         if not self.ctx:
             raise EngineError("llama.cpp could not create a context")
         self.n_ctx = n_ctx
+        self.n_threads = n_threads
         self.batch = lc.llama_batch_init(n_ctx, 0, 1)
         for i in range(n_ctx):
             self.batch.n_seq_id[i] = 1
             self.batch.seq_id[i][0] = 0
             self.batch.logits[i] = 1
         self._pos = np.arange(n_ctx, dtype=np.int32)
+
+    def set_threads(self, n: int) -> None:
+        if n != self.n_threads:
+            self.lc.llama_set_n_threads(self.ctx, n, n)
+            self.n_threads = n
 
     def hidden(self, ids: np.ndarray, n_embd: int) -> np.ndarray:
         lc = self.lc
@@ -97,7 +103,14 @@ class _Context:
 
 
 class LlamaCppEngine:
-    """Encoder in llama.cpp, span head in numpy. Thread-safe: a pool of contexts."""
+    """Encoder in llama.cpp, span head in numpy. Thread-safe: a pool of contexts.
+
+    ``n_threads`` (default: all cores) is shared by the sequences being encoded at that moment:
+    one sequence alone gets all of them, two at once half each, and so on. On 2 cores one
+    context with 2 threads encodes a window in ~28 ms where 2 one-thread contexts take ~53 ms
+    each but finish two windows in that time; sharing gets the first for a single client and
+    the second under concurrency (benchmarks/performance-steps.md).
+    """
 
     name = "llama.cpp"
 
@@ -126,7 +139,7 @@ class LlamaCppEngine:
         if not self.model:
             raise ModelError(f"{model.path}: llama.cpp could not load the model")
         self.n_embd = int(lc.llama_model_n_embd(self.model))
-        threads = n_threads or max(1, (os.cpu_count() or 1) // max(1, n_contexts))
+        threads = max(1, n_threads or os.cpu_count() or 1)
         self._pool: queue.Queue[_Context] = queue.Queue()
         self._all = []
         for _ in range(max(1, n_contexts)):
@@ -134,6 +147,9 @@ class LlamaCppEngine:
             self._all.append(c)
             self._pool.put(c)
         self.n_threads = threads
+        self._busy = 0  # contexts encoding now
+        self._demand = 0  # requests queued for or inside the engine (see demand())
+        self._busy_lock = threading.Lock()
         self.flash_attn = flash_attn
         self._closed = False
         self._close_lock = threading.Lock()
@@ -141,10 +157,29 @@ class LlamaCppEngine:
     @contextmanager
     def _context(self):
         c = self._pool.get()
+        with self._busy_lock:
+            self._busy += 1
+            share = max(1, self.n_threads // max(self._busy, min(self._demand, len(self._all))))
+        c.set_threads(share)
         try:
             yield c
         finally:
+            with self._busy_lock:
+                self._busy -= 1
             self._pool.put(c)
+
+    @contextmanager
+    def demand(self):
+        """Held by a caller for the whole of a request, queue time included: with several
+        requests waiting, each window is encoded with its share of the threads from the start,
+        instead of all of them until the next request arrives (which oversubscribes the cores)."""
+        with self._busy_lock:
+            self._demand += 1
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._demand -= 1
 
     def hidden_states(self, ids: np.ndarray) -> np.ndarray:
         """[n_tokens, hidden] float32 for one sequence."""

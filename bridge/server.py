@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -59,7 +60,7 @@ class ServeConfig:
     max_documents: int = 200
     request_timeout_s: float = 120.0
     max_inflight: int = 64
-    n_contexts: int = 1
+    n_contexts: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     n_threads: int | None = None
     flash_attn: bool = True
     api_key: str | None = None
@@ -260,16 +261,19 @@ class Bridge:
 
     async def answer(self, req: QARequest) -> QAResponse:
         self.check(req)
-        self.pick(req.model)
+        m = self.pick(req.model)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.cfg.request_timeout_s
-        fut = loop.run_in_executor(self.executor, self.answer_sync, req, deadline)
-        # After a 504 the worker still finishes (or stops at the deadline); retrieve its outcome quietly.
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout=self.cfg.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise QABridgeError(f"request took longer than {self.cfg.request_timeout_s:g} s", code="timeout", status=504) from None
+        # Queued requests count as demand, so the engine splits its threads before they reach it.
+        demand = getattr(m.pipeline.encoder, "demand", None)
+        with demand() if demand else contextlib.nullcontext():
+            fut = loop.run_in_executor(self.executor, self.answer_sync, req, deadline)
+            # After a 504 the worker still finishes (or stops at the deadline); retrieve its outcome quietly.
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout=self.cfg.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise QABridgeError(f"request took longer than {self.cfg.request_timeout_s:g} s", code="timeout", status=504) from None
 
 
 def _model_name(path: Path) -> str:

@@ -147,6 +147,7 @@ def write_gguf(
     ftype = {
         OutType.F32: gguf.LlamaFileType.ALL_F32,
         OutType.F16: gguf.LlamaFileType.MOSTLY_F16,
+        OutType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
         OutType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
     }[outtype]
 
@@ -214,6 +215,9 @@ def write_gguf(
                 w.add_tensor(gname, data)
             elif outtype == OutType.F16:
                 w.add_tensor(gname, data.astype(np.float16))
+            elif outtype == OutType.BF16:
+                b = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16)
+                w.add_tensor(gname, b, raw_shape=b.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
             else:
                 if data.shape[-1] % 32 != 0:
                     w.add_tensor(gname, data.astype(np.float16))

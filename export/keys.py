@@ -53,4 +53,5 @@ class SegmentIds(str, Enum):
 class OutType(str, Enum):
     F32 = "f32"
     F16 = "f16"
+    BF16 = "bf16"
     Q8_0 = "q8_0"

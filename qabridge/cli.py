@@ -12,6 +12,7 @@ import click
 
 from qabridge import __version__
 from qabridge.errors import QABridgeError
+from qabridge.export.keys import OutType
 from qabridge.paths import DEFAULT_ADAPTER
 
 
@@ -96,7 +97,7 @@ def train(quiet, target_modules, **kw) -> None:
 @main.command()
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory (from `qabridge train`).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="GGUF file to write. Default: models/<name>.<outtype>.gguf")
-@click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True, help="Weight type of the 2-D tensors; norms, 1-D tensors and position/type embeddings stay f32.")
+@click.option("--outtype", type=click.Choice([o.value for o in OutType]), default="f16", show_default=True, help="Weight type of the 2-D tensors; norms, 1-D tensors and position/type embeddings stay f32.")
 @click.option("--modelfile", type=click.Path(dir_okay=False), default="modelfiles/Modelfile", show_default=True, help="Ollama Modelfile to write ('' for none).")
 @click.option("--name", default="bert-qa", show_default=True, help="Model name (GGUF general.name and default file name).")
 @click.option("--base", default=None, help="Override the base named in the adapter (HF id or directory).")
@@ -131,12 +132,12 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 
 @main.command()
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF written by `qabridge export`. Default: the committed adapter, exported once and cached.")
-@click.option("--default-outtype", type=click.Choice(["f32", "f16", "q8_0"]), default="q8_0", show_default=True, help="Outtype of the cached default model.")
+@click.option("--default-outtype", type=click.Choice(["auto", *(o.value for o in OutType)]), default="auto", show_default=True, help="Outtype of the cached default model (auto: bf16 on CPUs with AVX512-BF16, else q8_0).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--allow-remote", is_flag=True, help="Allow binding a non-loopback address (prints a warning; set QABRIDGE_API_KEY).")
-@click.option("--threads", type=int, default=None, help="llama.cpp threads per context (default: cores / contexts).")
-@click.option("--contexts", type=int, default=1, show_default=True, help="llama.cpp contexts = requests encoded at once.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="llama.cpp threads in all, shared by the requests encoding at once (default: cores).")
+@click.option("--contexts", type=click.IntRange(min=1), default=None, help="llama.cpp contexts = requests encoded at once (default: min(4, cores)).")
 @click.option("--no-flash-attn", is_flag=True, help="Disable flash attention in llama.cpp.")
 @click.option("--max-context-chars", type=int, default=400_000, show_default=True, help="Longest context accepted (413 beyond).")
 @click.option("--max-body-bytes", type=int, default=2_000_000, show_default=True, help="Largest request body (413 beyond).")
@@ -174,8 +175,8 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
         ollama_host = os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
     cfg = ServeConfig(model_path=path, ollama_host=ollama_host, ollama_models=list(ollama_model),
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
-                      max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight, n_contexts=contexts,
-                      n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
+                      max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
+                      **({"n_contexts": contexts} if contexts else {}), n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
     what = ", ".join(([str(path)] if path else []) + [f"ollama:{m}" for m in ollama_model])
     click.echo(f"qabridge {__version__}: serving {what} on http://{host}:{port}", err=True)
     run_serve(cfg, host=host, port=port)
@@ -201,7 +202,7 @@ def ask(question, context, context_file, model, top_k, as_json) -> None:
             context = Path(context_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{context_file}: cannot read ({exc})") from None
-    pipe = gguf_pipeline(_resolve_model(model, "q8_0"))
+    pipe = gguf_pipeline(_resolve_model(model, "auto"))
     pred = pipe.predict(question, context, top_k=top_k)
     answers = [{"answer": context[s.start:s.end], "score": round(s.score, 4), "start": s.start, "end": s.end} for s in pred.spans]
     if as_json:

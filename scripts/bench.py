@@ -1,6 +1,6 @@
 """Bridge vs the transformers 4.57.6 QA pipeline, on the same questions, in one run.
 
-    .venv/bin/python scripts/bench.py [--n 2000] [--outtypes q8_0,f16]
+    .venv/bin/python scripts/bench.py [--n 2000] [--outtypes q8_0,bf16] [--variant '--contexts 1']
 
 Sets up .venv-peer (transformers 4.57.6, the last release with the QA pipeline) on first use,
 merges the committed adapter into fp32 weights for the peer (token-type row 1 set equal to row 0,
@@ -144,9 +144,15 @@ def summarise(name: str, res: dict, examples, clients: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--outtypes", default="q8_0,f16")
+    ap.add_argument("--outtypes", default="q8_0,bf16")
+    ap.add_argument("--variant", action="append", default=[], help="extra `qabridge serve` options to bench as well, e.g. '--contexts 1'")
     ap.add_argument("--modes", default="1,8")
+    ap.add_argument("--report-only", action="store_true", help="rewrite performance.md/.png from results.json without running")
     args = ap.parse_args()
+    if args.report_only:
+        saved = json.loads((OUT / "results.json").read_text())
+        write_report(saved["rows"], saved["machine"], saved["n"])
+        return
     from tqdm import tqdm
 
     from qabridge.export.run import export
@@ -166,9 +172,10 @@ def main() -> None:
     for c in (int(x) for x in args.modes.split(",")):
         plan.append(("transformers-4.57.6 pipeline (torch fp32)", None, c, []))
         for o, p in ggufs.items():
+            # Default serving settings: min(4, cores) contexts sharing the cores between the requests encoding at once.
             plan.append((f"qabridge HTTP (llama.cpp {o})", p, c, []))
-            # Two contexts of one thread each: two requests encode at once instead of one with two threads.
-            plan.append((f"qabridge HTTP (llama.cpp {o}, 2 contexts x 1 thread)", p, c, ["--contexts", "2", "--threads", "1"]))
+            for extra in filter(None, args.variant):
+                plan.append((f"qabridge HTTP (llama.cpp {o}, {extra})", p, c, extra.split()))
     for name, p, c, extra in tqdm(plan, desc="bench", unit="run"):
         res = run_peer(py, model_dir, examples, c) if p is None else run_bridge(p, examples, c, extra)
         rows.append(summarise(name, res, examples, c))
@@ -184,6 +191,25 @@ def _cpu() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def training_cost_section() -> list[str]:
+    """The training-cost tables from scripts/train_cost.py's committed results (CPU, GPU)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cost", ROOT / "scripts" / "train_cost.py")
+    tc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tc)
+    out = ["", "## Training cost (384-token windows, the default recipe: LoRA r=32 on query/key/value/dense)", ""]
+    for name in ("train-cost-cpu.json", "train-cost-gpu.json"):
+        f = OUT / name
+        if not f.exists():
+            continue
+        res = json.loads(f.read_text())
+        out += [f"`{name}`: {res['steps']} steps of {res['batch_size']} windows per method on {res['device']}, "
+                f"one method at a time (`scripts/train_cost.py`; on the GPU via `scripts/device_cost.sh`).", "",
+                tc.table(res), ""]
+    return out
 
 
 def write_report(rows, machine, n) -> None:
@@ -202,6 +228,7 @@ def write_report(rows, machine, n) -> None:
                 lines.append(f"- {c} client(s), {r['system']}: throughput x{r['qps'] / peer['qps']:.2f}, "
                              f"p50 x{r['p50_ms'] / peer['p50_ms']:.2f}, RSS x{r['peak_rss_mb'] / peer['peak_rss_mb']:.2f}, "
                              f"F1 {r['f1'] - peer['f1']:+.2f}")
+    lines += training_cost_section()
     (OUT / "performance.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib

@@ -26,7 +26,7 @@ METHODS = {
     "QLoRA (nf4 base)": ["--quantize", "4bit"],
     "full fine-tuning": ["--full", "--lr", "1e-4"],
 }
-KEEP = ("steps", "examples_seen", "wall_time_s", "examples_per_s", "peak_rss_mb", "peak_gpu_mb",
+KEEP = ("steps", "examples_seen", "wall_time_s", "examples_per_s", "mean_padded_tokens", "peak_rss_mb", "peak_gpu_mb",
         "trainable_params", "total_params", "adapter_bytes", "device_name", "final_loss")
 
 
@@ -91,16 +91,17 @@ def main() -> None:
 
 def table(result: dict) -> str:
     lines = [
-        "| method | trainable params | windows/s | peak RSS MB | peak GPU MB | adapter/model bytes | device |",
-        "|---|---|---|---|---|---|---|",
+        "| method | trainable params | windows/s | tokens per window (padded) | peak RSS MB | peak GPU MB | adapter/model bytes | device |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['error']} | | | | | |")
+            lines.append(f"| {r['method']} | {r['error']} | | | | | | |")
             continue
         gpu = "–" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:,.0f}"
+        tokens = r.get("mean_padded_tokens") or "–"
         lines.append(
-            f"| {r['method']} | {r['trainable_params']:,} of {r['total_params']:,} | {r['examples_per_s']:.2f} | "
+            f"| {r['method']} | {r['trainable_params']:,} of {r['total_params']:,} | {r['examples_per_s']:.2f} | {tokens} | "
             f"{r['peak_rss_mb']:,.0f} | {gpu} | {r['adapter_bytes']:,} | {r['device_name']} |"
         )
     return "\n".join(lines)

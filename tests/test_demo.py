@@ -17,5 +17,7 @@ def test_demo_script_serves_the_default_model(tmp_path):
     assert f"curl -s http://127.0.0.1:{port}/api/qa" in out
     answer = json.loads(out.split("It answered:", 1)[1].strip().splitlines()[0])
     assert answer["answer"] == "a field of artificial intelligence"
-    built = list((tmp_path / "cache" / "models").glob("default-*.q8_0.gguf"))
-    assert len(built) == 1  # the committed adapter, exported once into the cache
+    from qabridge.export.run import auto_outtype
+
+    built = list((tmp_path / "cache" / "models").glob("default-*.gguf"))
+    assert [p.name.split(".")[-2] for p in built] == [auto_outtype()]  # exported once into the cache

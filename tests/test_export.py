@@ -66,24 +66,63 @@ def test_committed_adapter_parity(torch_pipe, exported, dev_examples, outtype):
     assert _max_delta(t, g) <= 0.05
 
 
-def test_q8_0_argmax_span_agrees(torch_pipe, exported, dev_examples):
+def test_bf16_stores_bf16_and_stays_close(torch_pipe, exported, dev_examples):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    path = exported("bf16")
+    types = {t.name: t.tensor_type for t in GGUFReader(str(path)).tensors}
+    assert types["blk.0.attn_q.weight"] == GGMLQuantizationType.BF16
+    assert types["blk.0.attn_output_norm.weight"] == GGMLQuantizationType.F32
+    wins = _windows(torch_pipe.tokenizer, dev_examples, torch_pipe.spec, 25)
+    t, g = _torch_and_gguf_logits(torch_pipe.encoder.model, path, wins)
+    # bf16 keeps 8 bits of mantissa (f16: 11), in weights and in the activations llama.cpp feeds them:
+    # measured max |Δ logit| 0.062 on these windows (f16: <= 0.05).
+    assert 0.0 < _max_delta(t, g) <= 0.1
+
+
+@pytest.mark.parametrize("outtype, floor", [("q8_0", 0.98), ("bf16", 0.99)])
+def test_quantised_argmax_span_agrees(torch_pipe, exported, dev_examples, outtype, floor):
+    from qabridge.train.evaluate import predict_examples
     from qabridge.train.squad import load_squad, squad_file
 
     f = squad_file("dev")
     examples = load_squad(f)[::50][:200] if f else dev_examples  # fixed sample: every 50th question
-    from qabridge.train.evaluate import predict_examples
-
-    pipe = gguf_pipeline(exported("q8_0"))
+    pipe = gguf_pipeline(exported(outtype))
     try:
-        q8 = predict_examples(pipe, examples)
+        got = predict_examples(pipe, examples)
     finally:
         pipe.encoder.close()
-    ref = predict_examples(torch_pipe, examples)
-    agree = sum((q8[k]["start"], q8[k]["end"]) == (ref[k]["start"], ref[k]["end"]) for k in ref)
-    # Measured on all 10,570 dev questions: q8_0 picks the torch model's span on 98.50% (f16: 99.80%);
-    # the flips are near-ties (span probabilities within ~0.01) and F1 moves by +0.10. The issue's
-    # goal is 99%: not met by q8_0 (weights and activations quantised); see benchmarks/quality.md.
-    assert agree / len(ref) >= 0.98, f"{agree}/{len(ref)}"
+    flips = []
+    for e in examples:
+        top = torch_pipe.predict(e.question, e.context, top_k=2).spans
+        if (got[e.id]["start"], got[e.id]["end"]) != (top[0].start, top[0].end):
+            flips.append(top[0].score - (top[1].score if len(top) > 1 else 0.0))
+    agree = 1 - len(flips) / len(examples)
+    # Measured on every 5th dev question (2,114): q8_0 agrees on 98.53%, bf16 99.57%, f16 99.72%.
+    # The issue's goal for q8_0 is 99%: not met (weights and activations both go to 8 bits); every
+    # q8_0 flip there was a near-tie, the torch model's top two spans within 0.04 in probability
+    # (27 of 31 within 0.01), and on the 1,760 questions with a wider margin q8_0 agreed on all.
+    assert agree >= floor, f"{outtype}: {len(examples) - len(flips)}/{len(examples)}"
+    assert all(m < 0.05 for m in flips), f"{outtype} changed a confident answer: margins {sorted(flips)}"
+
+
+def test_engine_shares_threads_between_concurrent_requests(exported, torch_pipe, dev_examples):
+    """One request alone gets every thread; with two waiting, each window is encoded with half."""
+    wins = _windows(torch_pipe.tokenizer, dev_examples, torch_pipe.spec, 3)
+    eng = LlamaCppEngine(ModelFile(exported("q8_0")), n_threads=4, n_contexts=2)
+    try:
+        alone = eng.logits(wins)
+        assert {c.n_threads for c in eng._all} == {4}
+        with eng.demand(), eng.demand():
+            shared = eng.logits(wins)
+        assert {c.n_threads for c in eng._all} == {2}
+        again = eng.logits(wins)
+        assert 4 in {c.n_threads for c in eng._all}
+    finally:
+        eng.close()
+    for a, b, c in zip(alone, shared, again):
+        np.testing.assert_allclose(a[0], b[0], atol=1e-4)
+        np.testing.assert_allclose(a[1], c[1], atol=1e-4)
 
 
 def test_gguf_layout_and_metadata(exported, committed_adapter):
@@ -172,3 +211,11 @@ def test_corrupt_and_truncated_gguf_are_refused(tmp_path, exported):
             r = run_cli(*args, timeout=120)
             assert r.returncode == 2, (args, r.stderr)
             assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_auto_outtype_follows_cpu_flags():
+    from qabridge.export.run import auto_outtype
+
+    assert auto_outtype("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n") == "bf16"
+    assert auto_outtype("flags\t\t: fpu avx2 avx512f avx512_vnni\n") == "q8_0"
+    assert auto_outtype("") == "q8_0"

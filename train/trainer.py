@@ -264,6 +264,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, file=sys.stderr)
     t_loop = time.time()
     seen_at_loop = examples_seen
+    padded_tokens = 0  # tokens run through the model in this process, padding included
     step_at_loop = step
     planned_steps = total_steps
     t_warm, step_warm = t_loop, step
@@ -288,6 +289,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
             bidx = batches[pos]
             pos += 1
             ids, mask = pad_batch([feats.input_ids[i] for i in bidx], pad)
+            padded_tokens += ids.size
             ids_t = torch.from_numpy(ids).to(device)
             mask_t = torch.from_numpy(mask).to(device)
             sp = torch.from_numpy(feats.start_positions[bidx]).to(device)
@@ -360,6 +362,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         "examples_seen": examples_seen,
         "wall_time_s": round(wall, 1),
         "examples_per_s": round(examples_seen / max(wall, 1e-6), 2),
+        "mean_padded_tokens": round(padded_tokens / max(1, examples_seen - seen_at_loop), 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
         "device": device,
