@@ -209,6 +209,9 @@ def training_cost_section() -> list[str]:
         out += [f"`{name}`: {res['steps']} steps of {res['batch_size']} windows per method on {res['device']}, "
                 f"one method at a time (`scripts/train_cost.py`; on the GPU via `scripts/device_cost.sh`).", "",
                 tc.table(res), ""]
+    out.append("Peak RSS includes reading all of SQuAD train before the subset is drawn. Windows are padded to the "
+               "longest in their batch (length-grouped), not to 384. The GPU's 300-step speeds are dominated by "
+               "start-up; its 3-epoch runs went at 1,239-1,490 windows/s (benchmarks/quality.md).")
     return out
 
 
