@@ -64,6 +64,26 @@ def test_create_list_show_embed(ollama, created):
     assert abs(sum(x * x for x in vecs[0]) - 1) < 1e-3  # Ollama L2-normalises
 
 
+def test_bf16_export_is_an_ollama_model(ollama, created, committed_adapter, tmp_path):
+    """`--outtype bf16` (the default model on AVX512-BF16 CPUs) goes through `ollama create` too."""
+    import numpy as np
+
+    from qabridge.export.run import export
+
+    info = export(committed_adapter, output=tmp_path / "models" / "bert-qa.bf16.gguf", outtype="bf16",
+                  modelfile=tmp_path / "modelfiles" / "Modelfile", name="bert-qa")
+    r = ollama_cli("create", "qabridge-test-bf16", "-f", info["modelfile"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    show = httpx.post(ollama + "/api/show", json={"model": "qabridge-test-bf16"}, timeout=60).json()
+    assert show["details"]["quantization_level"] == "BF16"
+    texts = ["hello world", "Which NFL team represented the AFC at Super Bowl 50?"]
+    vec = {m: np.array(httpx.post(ollama + "/api/embed", json={"model": m, "input": texts}, timeout=120).json()["embeddings"])
+           for m in ("qabridge-test-bf16", created["qa"])}
+    assert vec["qabridge-test-bf16"].shape == (2, 384)
+    cos = (vec["qabridge-test-bf16"] * vec[created["qa"]]).sum(axis=1)  # both L2-normalised by Ollama
+    assert (cos > 0.99).all(), cos
+
+
 @pytest.fixture(scope="module")
 def ollama_bridge(ollama, created, tmp_path_factory):
     s = start_server(None, tmp_path_factory.mktemp("obridge"),
