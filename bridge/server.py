@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -49,6 +48,11 @@ from .schemas import (
 log = logging.getLogger("qabridge.bridge")
 
 
+def default_contexts() -> int:
+    """llama.cpp contexts (requests encoded at once) when not given: up to 4, one per core."""
+    return min(4, os.cpu_count() or 1)
+
+
 @dataclass
 class ServeConfig:
     model_path: Path | None = None
@@ -60,7 +64,7 @@ class ServeConfig:
     max_documents: int = 200
     request_timeout_s: float = 120.0
     max_inflight: int = 64
-    n_contexts: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    n_contexts: int = field(default_factory=default_contexts)
     n_threads: int | None = None
     flash_attn: bool = True
     api_key: str | None = None
@@ -265,8 +269,7 @@ class Bridge:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.cfg.request_timeout_s
         # Queued requests count as demand, so the engine splits its threads before they reach it.
-        demand = getattr(m.pipeline.encoder, "demand", None)
-        with demand() if demand else contextlib.nullcontext():
+        with m.engine.demand():
             fut = loop.run_in_executor(self.executor, self.answer_sync, req, deadline)
             # After a 504 the worker still finishes (or stops at the deadline); retrieve its outcome quietly.
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -158,7 +158,7 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
     Set QABRIDGE_API_KEY to require `Authorization: Bearer <key>` on every endpoint but /api/health.
     """
     from qabridge.bridge.model_file import ModelFile
-    from qabridge.bridge.server import ServeConfig, env_api_key
+    from qabridge.bridge.server import ServeConfig, default_contexts, env_api_key
     from qabridge.bridge.server import serve as run_serve
     from qabridge.errors import UsageError
 
@@ -176,7 +176,7 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
     cfg = ServeConfig(model_path=path, ollama_host=ollama_host, ollama_models=list(ollama_model),
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
-                      **({"n_contexts": contexts} if contexts else {}), n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
+                      n_contexts=contexts or default_contexts(), n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
     what = ", ".join(([str(path)] if path else []) + [f"ollama:{m}" for m in ollama_model])
     click.echo(f"qabridge {__version__}: serving {what} on http://{host}:{port}", err=True)
     run_serve(cfg, host=host, port=port)

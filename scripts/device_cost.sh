@@ -4,6 +4,5 @@
 # scripts/device_train.sh runs the three full trainings side by side, so its speeds are shared.
 set -uo pipefail
 . "$(dirname "$0")/device_env.sh"
-tar xJf .dev/bitsandbytes.tar.xz -C /tmp/site
 python3 scripts/train_cost.py --device cuda --steps "${STEPS:-300}" --batch-size 64 --subset 20000 \
   --data .dev/squad/train-v1.1.json.xz --out "$OUTDIR/train-cost-gpu.json" 2>&1 | grep -v '^Loading weights'

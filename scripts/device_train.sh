@@ -9,7 +9,6 @@ set -uo pipefail
 . "$(dirname "$0")/default_recipe.sh"
 RUNS=$OUTDIR/runs
 mkdir -p "$RUNS"
-tar xJf .dev/bitsandbytes.tar.xz -C /tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import sys, torch, transformers, peft; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 python3 -c "import bitsandbytes as b; print('bitsandbytes', b.__version__)" 2>&1 | tail -n 1

@@ -61,12 +61,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "train-cost-cpu.json")
     args = ap.parse_args()
     data = args.data or default_data()
-    rows = []
+    rows, args_recipe = [], recipe()
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in METHODS.items():
             out = Path(tmp) / name.split()[0].lower()
             cmd = [sys.executable, "-m", "qabridge.cli", "train", "--data", data, "--output", str(out), "--quiet",
-                   *recipe(), "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
+                   *args_recipe, "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
                    "--subset-size", str(args.subset), "--device", args.device, "--checkpoint-every", "0", *extra]
             print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
             r = subprocess.run(cmd, cwd=ROOT)

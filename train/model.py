@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ def tokenizer_dir(ref: BaseRef) -> str:
         raise ModelError(f"cannot fetch the tokenizer of {ref.name!r}: {exc.__class__.__name__}") from None
 
 
+@functools.cache  # the trainer probes before feature building; loading the model then asks again
 def check_quantize(quantize: str, device: str) -> None:
     """Fail at once where bitsandbytes cannot run the requested quantisation here."""
     if quantize == "none":

@@ -154,8 +154,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         raise UsageError("--max-seq-len must be at least 32")
     prev = _check_output(out, cfg)
     device = pick_device(cfg.device)
-    if cfg.quantize != "none":
-        check_quantize(cfg.quantize, device)  # before minutes of feature building, not after
+    check_quantize(cfg.quantize, device)  # before minutes of feature building, not after
     ref: BaseRef = resolve_base(cfg.base)
     hf_cfg = load_config(ref)
     if cfg.max_seq_len > hf_cfg.max_position_embeddings:
