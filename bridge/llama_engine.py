@@ -20,8 +20,9 @@ import numpy as np
 
 from qabridge.errors import EngineError, ModelError, QABridgeError, UsageError
 
-from .model_file import ModelFile, SpanHead
-from .windows import Window
+from qabridge.core.model_file import ModelFile, SpanHead
+from qabridge.core.pipeline import QAPipeline
+from qabridge.core.windows import Window
 
 _log_cb = None  # keep the ctypes callback alive
 
@@ -234,3 +235,9 @@ class LlamaCppEngine:
             self.close()
         except Exception:
             pass
+
+
+def gguf_pipeline(model, **engine_kw) -> QAPipeline:
+    """A pipeline over a qabridge GGUF (path or ModelFile): llama.cpp encoder, settings from its metadata."""
+    mf = model if isinstance(model, ModelFile) else ModelFile(model)
+    return QAPipeline(mf.tokenizer, LlamaCppEngine(mf, **engine_kw), mf.window_spec, max_answer_len=mf.max_answer_len)

@@ -15,7 +15,7 @@ from qabridge.errors import EngineUnavailable
 
 from .llama_engine import LlamaCppEngine
 from .ollama import OllamaClient, OllamaWatch
-from .tokenizer import WordPieceTokenizer
+from qabridge.core.tokenizer import WordPieceTokenizer
 
 
 class Embedder(Protocol):

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qabridge import __version__
+from qabridge._version import __version__
 from qabridge.errors import (
     EngineUnavailable,
     ModelNotFound,
@@ -29,10 +29,11 @@ from qabridge.errors import (
     UsageError,
 )
 
-from .decode import Span, distinct_top
+from qabridge.core.decode import Span, distinct_top
 from .llama_engine import LlamaCppEngine
-from .model_file import ModelFile
-from .pipeline import QAPipeline, gguf_pipeline
+from qabridge.core.model_file import ModelFile
+from qabridge.core.pipeline import QAPipeline
+from .llama_engine import gguf_pipeline
 from .schemas import (
     AnswerItem,
     BatchRequest,
@@ -88,7 +89,7 @@ class LoadedModel:
 
 
 def _sha256(path: Path) -> str:
-    from qabridge.export.gguf_writer import sha256_file
+    from qabridge.core.hashing import sha256_file
 
     return sha256_file(path)
 

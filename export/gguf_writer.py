@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qabridge import __version__
+from qabridge._version import __version__
+from qabridge.core.hashing import sha256_file
+from qabridge.core.settings import DEFAULTS, QASettings
 from qabridge.errors import ModelError, OutputExists, UsageError
 
-from .keys import Key, OutType, SegmentIds
+from qabridge.core.gguf_keys import Key, OutType, SegmentIds
 
 _CONTROL = 3  # gguf.TokenType.CONTROL
 _NORMAL = 1
@@ -58,12 +60,9 @@ class EncoderSpec:
 
 @dataclass
 class QAMeta:
-    """The ``qabridge.*`` keys (see :mod:`qabridge.export.keys`)."""
+    """The ``qabridge.*`` keys (see :mod:`qabridge.core.gguf_keys`)."""
 
-    max_seq_len: int = 384
-    doc_stride: int = 128
-    max_question_tokens: int = 64
-    max_answer_len: int = 30
+    settings: QASettings = DEFAULTS
     base_model: str = ""
     adapter_sha256: str = ""
     task: str = "extractive-qa"
@@ -187,11 +186,10 @@ def write_gguf(
 
         w.add_string(Key.VERSION, __version__)
         w.add_string(Key.TASK, meta.task)
-        w.add_uint32(Key.HIDDEN_SIZE, spec.hidden_size)
-        w.add_uint32(Key.MAX_SEQ_LEN, meta.max_seq_len)
-        w.add_uint32(Key.DOC_STRIDE, meta.doc_stride)
-        w.add_uint32(Key.MAX_QUESTION_TOKENS, meta.max_question_tokens)
-        w.add_uint32(Key.MAX_ANSWER_LEN, meta.max_answer_len)
+        w.add_uint32(Key.MAX_SEQ_LEN, meta.settings.max_seq_len)
+        w.add_uint32(Key.DOC_STRIDE, meta.settings.doc_stride)
+        w.add_uint32(Key.MAX_QUESTION_TOKENS, meta.settings.max_question_tokens)
+        w.add_uint32(Key.MAX_ANSWER_LEN, meta.settings.max_answer_len)
         w.add_bool(Key.LOWERCASE, spec.lowercase)
         w.add_string(Key.SEGMENT_IDS, SegmentIds.ZEROS.value)
         w.add_string(Key.BASE_MODEL, meta.base_model)
@@ -238,11 +236,3 @@ def write_gguf(
             pass
         raise
     return {"path": str(out), "size": out.stat().st_size, "sha256": sha256_file(out), "outtype": outtype.value}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -37,7 +37,7 @@ def encoder_tensors(state: dict) -> dict[str, np.ndarray]:
 
 
 def merge_adapter(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
-    from qabridge.bridge.tokenizer import WordPieceTokenizer
+    from qabridge.core.tokenizer import WordPieceTokenizer
     from qabridge.train.model import load_config, load_for_inference, tokenizer_dir
 
     model, ref, qcfg = load_for_inference(adapter_dir, device="cpu", base=base)
@@ -67,7 +67,7 @@ def load_plain_encoder(base: str | None = None) -> MergedModel:
     """A base encoder without a span head (for ``--embedding``: a pooled embedding model)."""
     from safetensors.numpy import load_file
 
-    from qabridge.bridge.tokenizer import WordPieceTokenizer
+    from qabridge.core.tokenizer import WordPieceTokenizer
     from qabridge.train.model import load_config, resolve_base
 
     ref = resolve_base(base)

@@ -8,7 +8,8 @@ from qabridge.errors import ModelError
 from qabridge.paths import DEFAULT_ADAPTER, REPO_ROOT, cache_dir
 
 from .gguf_writer import QAMeta, prepare_output, write_gguf
-from .keys import TASK_EMBEDDING, OutType
+from qabridge.core.settings import QASettings
+from qabridge.core.gguf_keys import TASK_EMBEDDING, OutType
 from .modelfile import write_modelfile
 
 DEFAULT_MODELFILE = REPO_ROOT / "modelfiles" / "Modelfile"
@@ -29,7 +30,7 @@ def export(
     embedding: bool = False,
     base: str | None = None,
 ) -> dict:
-    from qabridge.train.trainer import adapter_hash
+    from qabridge.core.hashing import adapter_hash
 
     from .merge import load_plain_encoder, merge_adapter
 
@@ -48,10 +49,7 @@ def export(
         merged = merge_adapter(adapter, base=base)
         q = merged.qa_config
         meta = QAMeta(
-            max_seq_len=int(q.get("max_seq_len", 384)),
-            doc_stride=int(q.get("doc_stride", 128)),
-            max_question_tokens=int(q.get("max_question_tokens", 64)),
-            max_answer_len=int(q.get("max_answer_len", 30)),
+            settings=QASettings.from_mapping(q),
             base_model=merged.base_name,
             adapter_sha256=adapter_hash(adapter),
         )
@@ -61,7 +59,7 @@ def export(
         outtype=OutType(outtype), pooling=pooling, name=name, force=force,
     )
     if modelfile:
-        mf = write_modelfile(out, Path(modelfile), num_ctx=meta.max_seq_len if not embedding else merged.spec.max_position_embeddings,
+        mf = write_modelfile(out, Path(modelfile), num_ctx=meta.settings.max_seq_len if not embedding else merged.spec.max_position_embeddings,
                              base_model=merged.base_name, embedding=embedding)
         info["modelfile"] = str(mf)
     return info
@@ -85,7 +83,7 @@ def auto_outtype(cpuinfo: str | None = None) -> str:
 
 def default_model(outtype: str = "auto", *, adapter: Path = DEFAULT_ADAPTER, log=None) -> Path:
     """The committed adapter exported once, cached by adapter hash (rebuilt when it changes)."""
-    from qabridge.train.trainer import adapter_hash
+    from qabridge.core.hashing import adapter_hash
 
     if outtype == "auto":
         outtype = auto_outtype()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import click
 
-from qabridge import __version__
+from qabridge._version import __version__
+from qabridge.core.settings import DEFAULTS
 from qabridge.errors import QABridgeError
-from qabridge.export.keys import OutType
+from qabridge.core.gguf_keys import OutType
 from qabridge.paths import DEFAULT_ADAPTER
 
 
@@ -61,8 +62,8 @@ def main() -> None:
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True, help="Dropout on the LoRA path (0.1 cost ~30%% speed on CPU).")
 @click.option("--target-modules", default="query,key,value,dense", show_default=True, help="Comma-separated module names that get LoRA matrices.")
 @click.option("--quantize", type=click.Choice(["none", "8bit", "4bit"]), default="none", show_default=True, help="Load the base through bitsandbytes (4bit = QLoRA, nf4). Fails at once where the device cannot.")
-@click.option("--max-seq-len", type=int, default=384, show_default=True, help="Window length in tokens ([CLS] question [SEP] context [SEP]).")
-@click.option("--doc-stride", type=int, default=128, show_default=True, help="Overlap in tokens between consecutive windows of a long context.")
+@click.option("--max-seq-len", type=int, default=DEFAULTS.max_seq_len, show_default=True, help="Window length in tokens ([CLS] question [SEP] context [SEP]).")
+@click.option("--doc-stride", type=int, default=DEFAULTS.doc_stride, show_default=True, help="Overlap in tokens between consecutive windows of a long context.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed for the subset, the batch order and initialisation.")
 @click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA (for comparison; writes the whole model).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto.")
@@ -157,7 +158,7 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
 
     Set QABRIDGE_API_KEY to require `Authorization: Bearer <key>` on every endpoint but /api/health.
     """
-    from qabridge.bridge.model_file import ModelFile
+    from qabridge.core.model_file import ModelFile
     from qabridge.bridge.server import ServeConfig, default_contexts, env_api_key
     from qabridge.bridge.server import serve as run_serve
     from qabridge.errors import UsageError
@@ -192,7 +193,7 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
 @_fail_cleanly
 def ask(question, context, context_file, model, top_k, as_json) -> None:
     """Answer one QUESTION from a context, in-process (llama.cpp engine)."""
-    from qabridge.bridge.pipeline import gguf_pipeline
+    from qabridge.bridge.llama_engine import gguf_pipeline
     from qabridge.errors import UsageError
 
     if (context is None) == (context_file is None):
@@ -239,7 +240,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     if engine == "gguf":
         if not model:
             raise UsageError("--engine gguf needs --model FILE.gguf")
-        from qabridge.bridge.pipeline import gguf_pipeline
+        from qabridge.bridge.llama_engine import gguf_pipeline
 
         pipe = gguf_pipeline(model)
         examples = load_squad(data, split="validation")

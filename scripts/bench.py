@@ -52,7 +52,7 @@ def merged_model_dir() -> Path:
 
     from qabridge.paths import DEFAULT_ADAPTER
     from qabridge.train.model import load_for_inference, tokenizer_dir
-    from qabridge.train.trainer import adapter_hash
+    from qabridge.core.hashing import adapter_hash
 
     d = CACHE / f"merged-{adapter_hash(DEFAULT_ADAPTER)[:12]}"
     if (d / "config.json").exists():

@@ -23,7 +23,7 @@ def assert_error(r, status, code):
 
 
 def test_health_and_model_info(server, exported):
-    from qabridge.export.gguf_writer import sha256_file
+    from qabridge.core.hashing import sha256_file
 
     h = httpx.get(server.url + "/api/health").json()
     assert h["status"] == "ok" and h["ready"] and h["engine"] == "llama.cpp"
@@ -144,7 +144,7 @@ def test_fifty_concurrent_requests(server, dev_examples):
 
 
 def test_bridge_equals_gguf_eval_on_first_500_dev_questions(server, exported, squad_dev_full):
-    from qabridge.bridge.pipeline import gguf_pipeline
+    from qabridge.bridge.llama_engine import gguf_pipeline
     from qabridge.train.evaluate import predict_examples
 
     examples = squad_dev_full[:500]

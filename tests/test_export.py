@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from qabridge.bridge.llama_engine import LlamaCppEngine
-from qabridge.bridge.model_file import ModelFile
-from qabridge.bridge.pipeline import QAPipeline, gguf_pipeline
-from qabridge.export.keys import REQUIRED, Key
+from qabridge.core.model_file import ModelFile
+from qabridge.core.pipeline import QAPipeline, gguf_pipeline
+from qabridge.core.gguf_keys import REQUIRED, Key
 
 from .conftest import run_cli
 
@@ -43,8 +43,8 @@ def _max_delta(a, b):
 def test_tiny_random_bert_parity(tiny_bert, tmp_path, dev_examples, outtype):
     from transformers import BertForQuestionAnswering
 
-    from qabridge.bridge.tokenizer import WordPieceTokenizer
-    from qabridge.bridge.windows import WindowSpec
+    from qabridge.core.tokenizer import WordPieceTokenizer
+    from qabridge.core.windows import WindowSpec
     from qabridge.export.run import export
 
     out = tmp_path / f"tiny.{outtype}.gguf"
@@ -139,7 +139,7 @@ def test_gguf_layout_and_metadata(exported, committed_adapter):
     assert mf.get("bert.pooling_type") == 1
     assert mf.get(Key.SEGMENT_IDS) == "zeros"
     assert mf.get(Key.BASE_MODEL) == "sentence-transformers/all-MiniLM-L6-v2"
-    from qabridge.train.trainer import adapter_hash
+    from qabridge.core.hashing import adapter_hash
 
     assert mf.get(Key.ADAPTER_SHA256) == adapter_hash(committed_adapter)
     names = {t.name: t for t in r.tensors}

@@ -94,7 +94,7 @@ def ollama_bridge(ollama, created, tmp_path_factory):
 
 
 def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama_bridge, created, dev_examples):
-    from qabridge.bridge.pipeline import gguf_pipeline
+    from qabridge.bridge.llama_engine import gguf_pipeline
 
     h = httpx.get(ollama_bridge.url + "/api/health").json()
     assert h["status"] == "ok" and h["ollama"]["up"] and h["ollama"]["version"] == "0.24.0"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qabridge.bridge.tokenizer import WordPieceTokenizer
+from qabridge.core.tokenizer import WordPieceTokenizer
 
 ODD = [
     "Café au lait à Genève, naïve façade — résumé?",
@@ -39,7 +39,7 @@ def test_offsets_point_into_the_text(offline_base, dev_examples):
 
 
 def test_gguf_vocabulary_round_trips(exported, hf_tok, dev_examples):
-    from qabridge.bridge.model_file import ModelFile
+    from qabridge.core.model_file import ModelFile
 
     tok = ModelFile(exported("q8_0")).tokenizer
     for t in _texts(dev_examples):
@@ -48,7 +48,7 @@ def test_gguf_vocabulary_round_trips(exported, hf_tok, dev_examples):
 
 def test_llama_cpp_tokenizer_matches_hf(exported, hf_tok, dev_examples):
     from qabridge.bridge.llama_engine import LlamaCppEngine
-    from qabridge.bridge.model_file import ModelFile
+    from qabridge.core.model_file import ModelFile
 
     eng = LlamaCppEngine(ModelFile(exported("q8_0")))
     try:

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qabridge.bridge.decode import best_spans
-from qabridge.bridge.tokenizer import WordPieceTokenizer
-from qabridge.bridge.windows import (
+from qabridge.core.decode import best_spans
+from qabridge.core.tokenizer import WordPieceTokenizer
+from qabridge.core.windows import (
     WindowSpec,
     answer_token_span,
     build_windows,

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qabridge.bridge.decode import best_spans
-from qabridge.bridge.pipeline import QAPipeline
-from qabridge.bridge.tokenizer import WordPieceTokenizer
-from qabridge.bridge.windows import Window, WindowSpec
+from qabridge.core.decode import best_spans
+from qabridge.core.pipeline import QAPipeline
+from qabridge.core.tokenizer import WordPieceTokenizer
+from qabridge.core.settings import QASettings
+from qabridge.core.windows import Window
 from qabridge.errors import QABridgeError
 
 from . import metrics
@@ -114,10 +115,8 @@ def torch_pipeline(adapter: str | Path, *, device: str = "cpu", base: str | None
     model, ref, qcfg = load_for_inference(adapter, device=device, base=base)
     tok_dir = Path(adapter) if (Path(adapter) / "vocab.txt").exists() else tokenizer_dir(ref)
     tok = WordPieceTokenizer.from_hf_dir(tok_dir)
-    spec = WindowSpec(
-        int(qcfg.get("max_seq_len", 384)), int(qcfg.get("doc_stride", 128)), int(qcfg.get("max_question_tokens", 64))
-    )
-    return QAPipeline(tok, TorchEncoder(model, device), spec, max_answer_len=int(qcfg.get("max_answer_len", 30)))
+    s = QASettings.from_mapping(qcfg)
+    return QAPipeline(tok, TorchEncoder(model, device), s.window_spec(), max_answer_len=s.max_answer_len)
 
 
 def evaluate_adapter(adapter, examples, *, limit=None, device="cpu", progress=False) -> dict:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qabridge.bridge.tokenizer import WordPieceTokenizer
-from qabridge.bridge.windows import WindowSpec, answer_token_span, build_windows, label_window
+from qabridge.core.tokenizer import WordPieceTokenizer
+from qabridge.core.windows import WindowSpec, answer_token_span, build_windows, label_window
 
 from .squad import Example
 

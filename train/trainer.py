@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qabridge import __version__
-from qabridge.bridge.tokenizer import WordPieceTokenizer
-from qabridge.bridge.windows import WindowSpec
+from qabridge._version import __version__
+from qabridge.core.tokenizer import WordPieceTokenizer
+from qabridge.core.settings import DEFAULTS
+from qabridge.core.windows import WindowSpec
 from qabridge.errors import OutputExists, UsageError
 
 from .features import build_features, length_grouped_batches, pad_batch
@@ -56,9 +57,9 @@ class TrainConfig:
     lora_dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     quantize: str = "none"
-    max_seq_len: int = 384
-    doc_stride: int = 128
-    max_question_tokens: int = 64
+    max_seq_len: int = DEFAULTS.max_seq_len
+    doc_stride: int = DEFAULTS.doc_stride
+    max_question_tokens: int = DEFAULTS.max_question_tokens
     seed: int = 42
     full: bool = False
     device: str = "auto"
@@ -89,16 +90,6 @@ def _peak_rss_mb() -> float:
 
 def _dir_bytes(d: Path, names=None) -> int:
     return sum(p.stat().st_size for p in d.iterdir() if p.is_file() and (names is None or p.name in names))
-
-
-def adapter_hash(d: Path) -> str:
-    h = hashlib.sha256()
-    for name in sorted(("adapter_config.json", "adapter_model.safetensors", "model.safetensors")):
-        p = d / name
-        if p.exists():
-            h.update(name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _check_output(out: Path, cfg: TrainConfig) -> dict | None:
@@ -248,7 +239,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
 
     def eval_point():
         # Learning curve: F1 on the first dev questions against windows seen so far.
-        from qabridge.bridge.pipeline import QAPipeline
+        from qabridge.core.pipeline import QAPipeline
 
         from .evaluate import TorchEncoder, evaluate_pipeline
 
@@ -415,7 +406,7 @@ def _write_qa_config(out: Path, cfg: TrainConfig, ref: BaseRef, spec: WindowSpec
         "max_seq_len": spec.max_seq_len,
         "doc_stride": spec.doc_stride,
         "max_question_tokens": spec.max_question_tokens,
-        "max_answer_len": 30,
+        "max_answer_len": DEFAULTS.max_answer_len,
         "segment_ids": "zeros",
         "full": cfg.full,
         "complete": not partial,

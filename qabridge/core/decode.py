@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from .settings import MAX_ANSWER_LEN
 from .tokenizer import Encoded
 from .windows import Window
 
@@ -87,7 +88,7 @@ def best_spans(
     windows: list[Window],
     ctx: Encoded,
     *,
-    max_answer_len: int = 30,
+    max_answer_len: int = MAX_ANSWER_LEN,
     top_k: int = 1,
 ) -> list[Span]:
     """The ``top_k`` distinct character spans across all windows, best first."""

@@ -14,14 +14,15 @@ import numpy as np
 
 from qabridge.errors import UsageError
 
+from .settings import DOC_STRIDE, MAX_QUESTION_TOKENS, MAX_SEQ_LEN
 from .tokenizer import Encoded, WordPieceTokenizer
 
 
 @dataclass(frozen=True)
 class WindowSpec:
-    max_seq_len: int = 384
-    doc_stride: int = 128  # tokens of overlap between consecutive windows (HF semantics)
-    max_question_tokens: int = 64
+    max_seq_len: int = MAX_SEQ_LEN
+    doc_stride: int = DOC_STRIDE  # tokens of overlap between consecutive windows (HF semantics)
+    max_question_tokens: int = MAX_QUESTION_TOKENS
 
     def capacity(self, n_question: int) -> int:
         return self.max_seq_len - n_question - 3

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from qabridge.errors import ModelError
-from qabridge.export.keys import REQUIRED, TASK_QA, Key
+from .gguf_keys import PREFIX, REQUIRED, TASK_QA, Key
+from .settings import QASettings
 
 from .tokenizer import WordPieceTokenizer
 from .windows import WindowSpec
@@ -123,19 +124,19 @@ class ModelFile:
         return SpanHead(w.reshape(2, h), b)
 
     @cached_property
+    def settings(self) -> QASettings:
+        s = QASettings.from_mapping({k: self.get(k) for k in self._reader.fields if k.startswith(PREFIX)}, prefix=PREFIX)
+        if s.max_seq_len > self.context_length:
+            raise ModelError(f"{self.path}: max_seq_len {s.max_seq_len} exceeds the position table ({self.context_length})")
+        return s
+
+    @property
     def window_spec(self) -> WindowSpec:
-        max_len = int(self.get(Key.MAX_SEQ_LEN, 384))
-        if max_len > self.context_length:
-            raise ModelError(f"{self.path}: max_seq_len {max_len} exceeds the position table ({self.context_length})")
-        return WindowSpec(
-            max_seq_len=max_len,
-            doc_stride=int(self.get(Key.DOC_STRIDE, 128)),
-            max_question_tokens=int(self.get(Key.MAX_QUESTION_TOKENS, 64)),
-        )
+        return self.settings.window_spec()
 
     @property
     def max_answer_len(self) -> int:
-        return int(self.get(Key.MAX_ANSWER_LEN, 30))
+        return self.settings.max_answer_len
 
     @cached_property
     def tokenizer(self) -> WordPieceTokenizer:

@@ -11,6 +11,7 @@ import numpy as np
 from qabridge.errors import UsageError
 
 from .decode import Span, best_spans
+from .settings import MAX_ANSWER_LEN
 from .tokenizer import Encoded, WordPieceTokenizer
 from .windows import Window, WindowSpec, build_windows
 
@@ -29,7 +30,7 @@ class Prediction:
 
 
 class QAPipeline:
-    def __init__(self, tokenizer: WordPieceTokenizer, encoder: Encoder, spec: WindowSpec, *, max_answer_len: int = 30):
+    def __init__(self, tokenizer: WordPieceTokenizer, encoder: Encoder, spec: WindowSpec, *, max_answer_len: int = MAX_ANSWER_LEN):
         self.tokenizer = tokenizer
         self.encoder = encoder
         self.spec = spec
@@ -56,12 +57,3 @@ class QAPipeline:
             len(windows),
             {"tokenize": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)},
         )
-
-
-def gguf_pipeline(model, **engine_kw) -> QAPipeline:
-    """A pipeline over a qabridge GGUF (path or ModelFile): llama.cpp encoder, settings from its metadata."""
-    from .llama_engine import LlamaCppEngine
-    from .model_file import ModelFile
-
-    mf = model if isinstance(model, ModelFile) else ModelFile(model)
-    return QAPipeline(mf.tokenizer, LlamaCppEngine(mf, **engine_kw), mf.window_spec, max_answer_len=mf.max_answer_len)

@@ -16,7 +16,6 @@ class Key:
     TASK = "qabridge.task"  # str: always "extractive-qa"
     SPAN_HEAD_WEIGHT = "qabridge.span_head.weight"  # [2*hidden] f32, row-major (start row, end row)
     SPAN_HEAD_BIAS = "qabridge.span_head.bias"  # [2] f32
-    HIDDEN_SIZE = "qabridge.hidden_size"  # u32
     MAX_SEQ_LEN = "qabridge.max_seq_len"  # u32: window length the model was trained with
     DOC_STRIDE = "qabridge.doc_stride"  # u32: overlap between windows
     MAX_QUESTION_TOKENS = "qabridge.max_question_tokens"  # u32
@@ -34,7 +33,6 @@ REQUIRED = (
     Key.TASK,
     Key.SPAN_HEAD_WEIGHT,
     Key.SPAN_HEAD_BIAS,
-    Key.HIDDEN_SIZE,
     Key.MAX_SEQ_LEN,
     Key.DOC_STRIDE,
     Key.LOWERCASE,
