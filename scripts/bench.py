@@ -104,7 +104,7 @@ def vm_hwm_mb(pid: int) -> float:
 def run_bridge(model: Path, examples, clients: int, extra: list[str]) -> dict:
     import httpx
 
-    from tests.conftest import start_server
+    from tests.helpers import start_server
 
     tmp = CACHE / "logs"
     tmp.mkdir(parents=True, exist_ok=True)

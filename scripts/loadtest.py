@@ -42,7 +42,7 @@ def main() -> None:
 
     from qabridge.export.run import default_model
     from qabridge.train.squad import load_squad, squad_file
-    from tests.conftest import DEV_SAMPLE, start_server
+    from tests.helpers import DEV_SAMPLE, start_server
 
     src = squad_file("dev") or DEV_SAMPLE
     examples = load_squad(src)[:200]

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from .helpers import COMMITTED_ADAPTER, DEV_SAMPLE, TRAIN_SAMPLE, start_server
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-DEV_SAMPLE = FIXTURES / "squad_dev_sample.json"
-TRAIN_SAMPLE = FIXTURES / "squad_train_sample.json"
-COMMITTED_ADAPTER = ROOT / "models" / "lora"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -119,61 +104,8 @@ def torch_pipe(committed_adapter):
     return torch_pipeline(committed_adapter)
 
 
-class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, log: Path):
-        self.proc, self.url, self.log = proc, url, log
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-
-def start_server(model: Path | None, tmp: Path, *extra: str, env: dict | None = None, wait_ready: bool = True,
-                 argv: list[str] | None = None) -> Server:
-    import httpx
-
-    port = free_port()
-    log = tmp / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "qabridge.cli", "serve", "--port", str(port), *extra]
-    if argv is not None:
-        cmd += argv
-    else:
-        cmd += ["--model", str(model)]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            r = httpx.get(url + "/api/health", timeout=2)
-            if not wait_ready or r.json().get("ready"):
-                return Server(proc, url, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server did not become ready: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="session")
 def server(exported, tmp_path_factory):
     s = start_server(exported("q8_0"), tmp_path_factory.mktemp("server"))
     yield s
     s.stop()
-
-
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qabridge.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path

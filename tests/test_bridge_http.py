@@ -8,7 +8,7 @@ import pytest
 
 from qabridge.train import metrics
 
-from .conftest import start_server
+from .helpers import start_server
 
 
 def post(server, path, body, **kw):
@@ -189,7 +189,7 @@ def test_loading_state_answers_503_with_retry_after():
 
 
 def test_refuses_remote_bind_without_flag(exported):
-    from .conftest import run_cli
+    from .helpers import run_cli
 
     r = run_cli("serve", "--model", str(exported("q8_0")), "--host", "0.0.0.0", "--port", "1")
     assert r.returncode == 2 and "--allow-remote" in r.stderr

@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-from .conftest import ROOT, free_port
+from .helpers import ROOT, free_port
 
 
 def test_demo_script_serves_the_default_model(tmp_path):

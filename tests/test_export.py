@@ -12,7 +12,7 @@ from qabridge.core.model_file import ModelFile
 from qabridge.core.pipeline import QAPipeline, gguf_pipeline
 from qabridge.core.gguf_keys import REQUIRED, Key
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 def _torch_and_gguf_logits(torch_model, gguf_path, windows):

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ROOT, start_server
+from .helpers import ROOT, start_server
 
 pytestmark = pytest.mark.ollama
 

@@ -10,7 +10,7 @@ import sys
 
 import httpx
 
-from .conftest import start_server
+from .helpers import start_server
 
 
 def test_client_disconnect_mid_request_leaves_the_bridge_serving(server, dev_examples):

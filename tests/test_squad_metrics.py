@@ -10,7 +10,7 @@ from qabridge.errors import DataError
 from qabridge.train import metrics
 from qabridge.train.squad import load_squad
 
-from .conftest import DEV_SAMPLE
+from .helpers import DEV_SAMPLE
 
 
 def test_normalisation_drops_case_punctuation_articles_and_spaces():

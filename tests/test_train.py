@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .conftest import DEV_SAMPLE, TRAIN_SAMPLE, run_cli, write_json
+from .helpers import DEV_SAMPLE, TRAIN_SAMPLE, run_cli, write_json
 
 
 def test_tiny_run_saves_a_loadable_adapter(tiny_adapter, dev_examples):
