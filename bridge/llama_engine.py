@@ -18,11 +18,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from qabridge.errors import EngineError, ModelError, QABridgeError, UsageError
-
 from qabridge.core.model_file import ModelFile, SpanHead
 from qabridge.core.pipeline import QAPipeline
 from qabridge.core.windows import Window
+from qabridge.errors import EmptyInput, EngineError, ModelError, SequenceTooLong, Timeout
 
 _log_cb = None  # keep the ctypes callback alive
 
@@ -182,14 +181,23 @@ class LlamaCppEngine:
             with self._busy_lock:
                 self._demand -= 1
 
+    def thread_shares(self) -> list[int]:
+        """Threads each context encodes with now (they change with demand())."""
+        return [c.n_threads for c in self._all]
+
+    @property
+    def n_contexts(self) -> int:
+        """Sequences this engine can encode at once."""
+        return len(self._all)
+
     def hidden_states(self, ids: np.ndarray) -> np.ndarray:
         """[n_tokens, hidden] float32 for one sequence."""
         n = int(len(ids))
         if n == 0:
-            raise UsageError("empty token sequence", code="empty_input")
+            raise EmptyInput("empty token sequence")
         if n > self.n_ctx or n > self.n_positions:
             # llama.cpp would abort the whole process here.
-            raise UsageError(f"sequence of {n} tokens exceeds the model window ({min(self.n_ctx, self.n_positions)})", code="sequence_too_long")
+            raise SequenceTooLong(f"sequence of {n} tokens exceeds the model window ({min(self.n_ctx, self.n_positions)})")
         if self._closed:
             raise EngineError("engine is closed")
         with self._context() as c:
@@ -203,7 +211,7 @@ class LlamaCppEngine:
         for w in windows:
             if deadline is not None and time.monotonic() > deadline:
                 # The client has had its 504: free the engine for the requests behind this one.
-                raise QABridgeError("request ran past its deadline", code="timeout", status=504)
+                raise Timeout("request ran past its deadline")
             out.append(self.head.logits(self.hidden_states(w.input_ids)))
         return out
 

@@ -7,15 +7,18 @@ GGUF blob Ollama holds (``/api/show`` names it in its ``modelfile`` text).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from qabridge.errors import EngineUnavailable, ModelError, ModelNotFound
+from qabridge.errors import ModelError, ModelNotFound, OllamaResponseError, OllamaUnavailable
 
+log = logging.getLogger("qabridge.bridge")
 _FROM = re.compile(r"^FROM\s+(\S.*?)\s*$", re.MULTILINE)
 
 
@@ -26,6 +29,13 @@ def normalise_host(host: str) -> str:
     return host
 
 
+def _error_text(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("error", r.text))[:200]
+    except ValueError:
+        return r.text[:200]
+
+
 @dataclass
 class OllamaModel:
     name: str
@@ -34,7 +44,7 @@ class OllamaModel:
 
 
 class OllamaClient:
-    """A small typed client: errors become EngineUnavailable / ModelNotFound with the status kept."""
+    """A small typed client: errors become OllamaUnavailable (no answer) or OllamaResponseError (Ollama's status kept)."""
 
     def __init__(self, host: str, timeout: float = 30.0):
         self.host = normalise_host(host)
@@ -44,12 +54,13 @@ class OllamaClient:
         try:
             r = self._http.post(path, json=body)
         except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"Ollama at {self.host} does not answer ({exc.__class__.__name__})", code="ollama_unavailable") from None
-        if r.status_code == 404:
-            raise ModelNotFound(f"Ollama at {self.host} has no model {body.get('model')!r}")
+            raise OllamaUnavailable(f"Ollama at {self.host} does not answer ({exc.__class__.__name__})") from None
         if r.status_code >= 400:
-            raise EngineUnavailable(f"Ollama {path} answered {r.status_code}: {r.text[:200]}", code="ollama_error")
-        return r.json()
+            raise OllamaResponseError(f"Ollama {path} for model {body.get('model')!r} answered {r.status_code}: {_error_text(r)}", r.status_code)
+        try:
+            return r.json()
+        except ValueError:
+            raise OllamaResponseError(f"Ollama {path} answered a body that is not JSON", 502) from None
 
     def version(self) -> str:
         try:
@@ -57,10 +68,15 @@ class OllamaClient:
             r.raise_for_status()
             return str(r.json().get("version", "?"))
         except (httpx.HTTPError, ValueError):
-            raise EngineUnavailable(f"Ollama at {self.host} does not answer", code="ollama_unavailable") from None
+            raise OllamaUnavailable(f"Ollama at {self.host} does not answer") from None
 
     def show(self, name: str) -> OllamaModel:
-        data = self._post("/api/show", {"model": name, "verbose": True})
+        try:
+            data = self._post("/api/show", {"model": name, "verbose": True})
+        except OllamaResponseError as exc:
+            if exc.status == 404:  # only here is a 404 about the model the client asked for
+                raise ModelNotFound(f"Ollama at {self.host} has no model {name!r}") from None
+            raise
         m = _FROM.search(data.get("modelfile", ""))
         if not m:
             raise ModelError(f"Ollama model {name!r}: no FROM line in its modelfile")
@@ -76,7 +92,7 @@ class OllamaClient:
         data = self._post("/api/embed", {"model": model, "input": texts, "truncate": True})
         vecs = data.get("embeddings")
         if not isinstance(vecs, list) or len(vecs) != len(texts):
-            raise EngineUnavailable("Ollama /api/embed returned an unexpected body", code="ollama_error")
+            raise OllamaResponseError("Ollama /api/embed returned an unexpected body", 502)
         return vecs
 
     def close(self) -> None:
@@ -86,9 +102,10 @@ class OllamaClient:
 class OllamaWatch:
     """Polls Ollama so health can say ``degraded`` while it is away and recover by itself."""
 
-    def __init__(self, client: OllamaClient, interval: float = 1.0):
+    def __init__(self, client: OllamaClient, interval: float = 1.0, on_up: Callable[[], None] | None = None):
         self.client = client
         self.interval = interval
+        self.on_up = on_up
         self.up = False
         self.version: str | None = None
         self._stop = threading.Event()
@@ -102,7 +119,7 @@ class OllamaWatch:
         try:
             v = self.client.version()
             up = True
-        except EngineUnavailable:
+        except OllamaUnavailable:
             v, up = self.version, False
         self.up, self.version = up, v
         return up
@@ -112,7 +129,12 @@ class OllamaWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.check()
+            was_up = self.up
+            if self.check() and not was_up and self.on_up is not None:
+                try:
+                    self.on_up()
+                except Exception:  # a failed reload is retried on the next transition
+                    log.exception("reloading Ollama models failed")
 
     def stop(self) -> None:
         self._stop.set()

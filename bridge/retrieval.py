@@ -11,11 +11,11 @@ from typing import Protocol
 
 import numpy as np
 
-from qabridge.errors import EngineUnavailable
+from qabridge.core.tokenizer import WordPieceTokenizer
+from qabridge.errors import EmbeddingsUnavailable, EngineUnavailable, OllamaUnavailable
 
 from .llama_engine import LlamaCppEngine
 from .ollama import OllamaClient, OllamaWatch
-from qabridge.core.tokenizer import WordPieceTokenizer
 
 
 class Embedder(Protocol):
@@ -154,10 +154,10 @@ class Retriever:
                 m = self.cache.get_many(emb, texts)
             except EngineUnavailable as exc:
                 last = exc
-                if self.watch is not None and emb is self.primary:
+                if self.watch is not None and isinstance(exc, OllamaUnavailable):
                     self.watch.mark_down()
                 continue
             sims = m @ q
             order = np.argsort(-sims, kind="stable")
             return [(passages[i], float(sims[i])) for i in order], emb.name
-        raise EngineUnavailable(f"no embedding engine is available ({last})", code="embeddings_unavailable")
+        raise EmbeddingsUnavailable(f"no embedding engine is available ({last})")

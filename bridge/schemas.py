@@ -86,17 +86,23 @@ class HealthResponse(BaseModel):
     models: dict[str, str] = Field(default_factory=dict, description="Each model's engine.")
     ollama: dict | None = Field(default=None, description="Ollama host, reachability and version, when configured.")
     error: str | None = Field(default=None, description="Why loading failed, if it did.")
+    inflight: int = Field(default=0, description="POST requests being answered now.")
     embedding_cache: dict[str, int] | None = Field(default=None, description="Passage-embedding cache: hits, misses, size.")
 
 
 class ModelInfo(BaseModel):
-    name: str
-    file: str
-    size: int
-    sha256: str
-    quantization: str
-    max_seq_len: int
-    doc_stride: int
-    engine: str
+    name: str = Field(description="The name requests use in `model`.")
+    file: str = Field(description="The GGUF file the encoder runs from (Ollama's blob for Ollama models).")
+    size: int = Field(description="File size in bytes.")
+    sha256: str = Field(description="SHA-256 of the file.")
+    quantization: str = Field(description="Weight type of the 2-D tensors (f32, f16, bf16, q8_0).")
+    max_seq_len: int = Field(description="Window length in tokens.")
+    doc_stride: int = Field(description="Overlap between consecutive windows, in tokens.")
+    engine: str = Field(description="The engine that computes the encoder states.")
     source: str = Field(description="file or ollama")
     metadata: dict = Field(description="The GGUF's qabridge.* metadata (span head omitted).")
+
+
+class ModelList(BaseModel):
+    default: str | None = Field(description="The model that answers when a request names none.")
+    models: list[ModelInfo] = Field(description="Every model this bridge serves.")

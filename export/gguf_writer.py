@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -12,11 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from qabridge._version import __version__
+from qabridge.core.gguf_keys import Key, OutType, SegmentIds
 from qabridge.core.hashing import sha256_file
 from qabridge.core.settings import DEFAULTS, QASettings
-from qabridge.errors import ModelError, OutputExists, UsageError
-
-from qabridge.core.gguf_keys import Key, OutType, SegmentIds
+from qabridge.errors import ModelError, OutputExists, OutputUnwritable
 
 _CONTROL = 3  # gguf.TokenType.CONTROL
 _NORMAL = 1
@@ -103,19 +101,19 @@ def prepare_output(out_path: str | os.PathLike, *, force: bool = False) -> Path:
     """Check (before any slow work) that ``out_path`` can be written and may be replaced."""
     out = Path(out_path)
     if out.is_dir():
-        raise UsageError(f"{out}: is a directory; give a .gguf file path", code="output_unwritable")
+        raise OutputUnwritable(f"{out}: is a directory; give a .gguf file path")
     if out.exists() and not force and not owned_by_qabridge(out):
         raise OutputExists(f"{out}: exists and was not written by qabridge; pass --force to overwrite")
     parent = out.parent
     if parent.exists() and not parent.is_dir():
-        raise UsageError(f"{parent}: cannot create output directory (a file is in the way)", code="output_unwritable")
+        raise OutputUnwritable(f"{parent}: cannot create output directory (a file is in the way)")
     if not parent.exists():
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"{parent}: cannot create output directory ({exc.strerror})", code="output_unwritable") from None
+            raise OutputUnwritable(f"{parent}: cannot create output directory ({exc.strerror})") from None
     if not os.access(parent, os.W_OK):
-        raise UsageError(f"{parent}: output directory is not writable", code="output_unwritable")
+        raise OutputUnwritable(f"{parent}: output directory is not writable")
     return out
 
 

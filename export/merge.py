@@ -37,6 +37,102 @@ def encoder_tensors(state: dict) -> dict[str, np.ndarray]:
 
 
 def merge_adapter(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
+    """The adapter merged into its base: in numpy for plain LoRA adapters (no torch needed, so a
+    serving install can build the default model), through peft otherwise."""
+    if lora_merge_supported(adapter_dir, base=base):
+        return merge_lora_numpy(adapter_dir, base=base)
+    return merge_adapter_torch(adapter_dir, base=base)
+
+
+_LORA_PREFIX = "base_model.model."
+
+
+def lora_merge_supported(adapter_dir: str | os.PathLike, *, base: str | None = None) -> bool:
+    """Plain LoRA (no DoRA, no per-module rank or alpha) over a base with local safetensors."""
+    from qabridge.train.model import read_adapter, resolve_base
+
+    d = Path(adapter_dir)
+    if not (d / "adapter_model.safetensors").exists():
+        return False
+    acfg, qcfg = read_adapter(d)
+    try:
+        ref = resolve_base(base or qcfg.get("base_model") or acfg.get("base_model_name_or_path"))
+    except ModelError:
+        return False  # the torch path reports it
+    if not (Path(ref.path) / "model.safetensors").exists():
+        return False
+    return (
+        acfg.get("peft_type") == "LORA"
+        and not acfg.get("use_dora")
+        and not acfg.get("rank_pattern")
+        and not acfg.get("alpha_pattern")
+        and not acfg.get("fan_in_fan_out")
+        and not acfg.get("layer_replication")
+        and acfg.get("bias", "none") == "none"
+    )
+
+
+def merge_lora_numpy(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
+    """W + (alpha / r) * B @ A for every LoRA pair, on the base's safetensors, in float32."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from qabridge.core.tokenizer import WordPieceTokenizer
+    from qabridge.train.model import read_adapter, resolve_base
+
+    d = Path(adapter_dir)
+    acfg, qcfg = read_adapter(d)
+    ref = resolve_base(base or qcfg.get("base_model") or acfg.get("base_model_name_or_path"))
+    bdir = Path(ref.path)
+    if not (bdir / "model.safetensors").exists() or not (bdir / "config.json").exists():
+        raise ModelError(f"{ref.name}: base has no local model.safetensors/config.json to merge into")
+    cfg = json.loads((bdir / "config.json").read_text())
+    if cfg.get("model_type") != "bert":
+        raise ModelError(f"{adapter_dir}: base is {cfg.get('model_type')!r}; GGUF export supports BERT only")
+    tensors = {}
+    for k, v in load_file(str(bdir / "model.safetensors")).items():
+        name = k[5:] if k.startswith("bert.") else k
+        if not name.startswith(_DROP_PREFIXES) and not name.startswith("qa_outputs."):
+            tensors[name] = v.astype(np.float32)
+    lora = load_file(str(d / "adapter_model.safetensors"))
+    r = int(acfg["r"])
+    scale = float(acfg["lora_alpha"]) / (r**0.5 if acfg.get("use_rslora") else r)
+    head_w = head_b = None
+    for key, a in lora.items():
+        name = key.removeprefix(_LORA_PREFIX)
+        name = name[5:] if name.startswith("bert.") else name
+        if name.startswith("qa_outputs."):
+            field = name.removeprefix("qa_outputs.").removeprefix("modules_to_save.default.")
+            if field == "weight":
+                head_w = a.astype(np.float32)
+            elif field == "bias":
+                head_b = a.astype(np.float32)
+            continue
+        if not name.endswith(".lora_A.weight"):
+            if ".lora_B." in name:
+                continue
+            raise ModelError(f"{d}: adapter tensor {key} is not LoRA (use the torch merge)")
+        module = name.removesuffix(".lora_A.weight")
+        if module.startswith(_DROP_PREFIXES):
+            continue
+        b = lora.get(key.replace(".lora_A.weight", ".lora_B.weight"))
+        target = module + ".weight"
+        if b is None or target not in tensors:
+            raise ModelError(f"{d}: LoRA pair for {module} does not match the base {ref.name!r}")
+        w = tensors[target]
+        delta = (b.astype(np.float32) @ a.astype(np.float32)) * scale
+        if delta.shape != w.shape:
+            raise ModelError(f"{d}: LoRA for {module} is {delta.shape}, the base weight is {w.shape}")
+        tensors[target] = w + delta
+    if head_w is None or head_b is None:
+        raise ModelError(f"{adapter_dir}: adapter has no qa_outputs span head")
+    tok_dir = d if (d / "vocab.txt").exists() else bdir
+    tok = WordPieceTokenizer.from_hf_dir(tok_dir)
+    return MergedModel(tensors, EncoderSpec.from_config(cfg, tok.vocab, tok.lowercase), head_w, head_b, ref.name, qcfg)
+
+
+def merge_adapter_torch(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
     from qabridge.core.tokenizer import WordPieceTokenizer
     from qabridge.train.model import load_config, load_for_inference, tokenizer_dir
 

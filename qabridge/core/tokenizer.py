@@ -109,6 +109,10 @@ class WordPieceTokenizer:
             )
         return out
 
+    def decode(self, ids: list[int]) -> str:
+        """Token ids back to text (WordPiece joins ``##`` pieces; lower-cased if the model is)."""
+        return self._tok.decode(list(map(int, ids)))
+
     def ids(self, text: str, *, special: bool = True) -> list[int]:
         body = self._tok.encode(text, add_special_tokens=False).ids
         return [self.cls_id, *body, self.sep_id] if special else list(body)

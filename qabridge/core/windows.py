@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qabridge.errors import UsageError
+from qabridge.errors import EmptyQuestion, QuestionTooLong
 
 from .settings import DOC_STRIDE, MAX_QUESTION_TOKENS, MAX_SEQ_LEN
 from .tokenizer import Encoded, WordPieceTokenizer
@@ -43,7 +43,7 @@ class Window:
 def window_bounds(n_ctx: int, capacity: int, stride: int) -> list[tuple[int, int]]:
     """Token ranges covering ``n_ctx`` context tokens, each at most ``capacity`` long."""
     if capacity <= 0:
-        raise UsageError("question leaves no room for the context in the window", code="question_too_long")
+        raise QuestionTooLong("question leaves no room for the context in the window")
     # An overlap as large as the window would never advance; keep at least half a window of progress.
     overlap = min(stride, capacity // 2)
     step = capacity - overlap
@@ -60,12 +60,9 @@ def window_bounds(n_ctx: int, capacity: int, stride: int) -> list[tuple[int, int
 
 def check_question(q: Encoded, spec: WindowSpec) -> None:
     if len(q.ids) == 0:
-        raise UsageError("question has no tokens", code="empty_question")
+        raise EmptyQuestion("question has no tokens")
     if len(q.ids) > spec.max_question_tokens:
-        raise UsageError(
-            f"question is {len(q.ids)} tokens; the limit is {spec.max_question_tokens}",
-            code="question_too_long",
-        )
+        raise QuestionTooLong(f"question is {len(q.ids)} tokens; the limit is {spec.max_question_tokens}")
 
 
 def build_windows(tok: WordPieceTokenizer, q: Encoded, ctx: Encoded, spec: WindowSpec) -> list[Window]:

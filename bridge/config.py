@@ -1,0 +1,44 @@
+"""What `qabridge serve` was asked to do: models, limits, security. Plain data, no behaviour."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: The name the built-in default model is served under (its file hash is in /api/model/info).
+DEFAULT_MODEL_NAME = "bert-qa"
+
+
+def default_contexts() -> int:
+    """llama.cpp contexts (requests encoded at once) when not given: up to 4, one per core."""
+    return min(4, os.cpu_count() or 1)
+
+
+def env_api_key() -> str | None:
+    return os.environ.get("QABRIDGE_API_KEY") or None
+
+
+@dataclass
+class ServeConfig:
+    model_path: Path | None = None
+    #: Name the model file is served under (default: the file name without ``.gguf``).
+    model_name: str | None = None
+    max_body_bytes: int = 2_000_000
+    max_context_chars: int = 400_000
+    max_batch: int = 64
+    max_documents: int = 200
+    request_timeout_s: float = 120.0
+    max_inflight: int = 64
+    n_contexts: int = field(default_factory=default_contexts)
+    n_threads: int | None = None
+    flash_attn: bool = True
+    api_key: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    ollama_host: str | None = None
+    ollama_models: list[str] = field(default_factory=list)
+    #: Ollama model for /api/embed (passage ranking).
+    embedding_model: str | None = None
+    #: Local embedding GGUF: ranking without Ollama, and the fallback while Ollama is away.
+    embedding_gguf: Path | None = None
+    ollama_poll_s: float = 1.0

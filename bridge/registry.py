@@ -1,0 +1,148 @@
+"""The models a bridge serves: loading them (files and Ollama models), their health, closing them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from qabridge.core.hashing import sha256_file
+from qabridge.core.model_file import ModelFile
+from qabridge.core.pipeline import QAPipeline
+from qabridge.errors import (
+    ModelLoading,
+    ModelNotFound,
+    ModelUnavailable,
+    OllamaUnavailable,
+    QABridgeError,
+    UsageError,
+)
+
+from .config import ServeConfig
+from .llama_engine import LlamaCppEngine, gguf_pipeline
+
+log = logging.getLogger("qabridge.bridge")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    file: ModelFile
+    engine: LlamaCppEngine
+    pipeline: QAPipeline
+    sha256: str
+    source: str = "file"
+
+
+def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") -> LoadedModel:
+    pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
+    return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, sha256_file(path), source)
+
+
+def model_name(path: Path) -> str:
+    return Path(path).name.removesuffix(".gguf")
+
+
+class ModelRegistry:
+    """Loads in the background; ``status()`` and ``pick()`` only read, never load."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.models: dict[str, LoadedModel] = {}
+        self.default: str | None = None
+        self.state = "loading"
+        self.error: str | None = None
+        self.ollama = None
+        self.watch = None
+        self.retriever = None
+        self.pending_ollama: list[str] = list(cfg.ollama_models)
+        self._embed_engine: LlamaCppEngine | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def load(self) -> None:
+        try:
+            if self.cfg.model_path is None and not self.cfg.ollama_models:
+                raise UsageError("no model given")
+            if self.cfg.model_path is not None:
+                name = self.cfg.model_name or model_name(self.cfg.model_path)
+                self.models[name] = load_model(name, Path(self.cfg.model_path), self.cfg)
+                self.default = name
+            if self.cfg.ollama_host:
+                from .ollama import OllamaClient, OllamaWatch
+
+                self.ollama = OllamaClient(self.cfg.ollama_host, timeout=self.cfg.request_timeout_s)
+                # Models Ollama could not give at start are loaded by the watch when it comes back.
+                self.watch = OllamaWatch(self.ollama, self.cfg.ollama_poll_s, on_up=self.load_pending_ollama)
+                self.watch.start()
+                self.load_pending_ollama()
+                if not self.models:
+                    raise OllamaUnavailable(f"none of the Ollama models could be loaded from {self.ollama.host}")
+            self._setup_retriever()
+            self.state = "ok"
+        except QABridgeError as exc:
+            self.state, self.error = "error", exc.message
+            log.error("model load failed: %s", exc.message)
+        except Exception as exc:  # keep serving health with the reason
+            self.state, self.error = "error", f"{exc.__class__.__name__}: {exc}"
+            log.exception("model load failed")
+
+    def load_pending_ollama(self) -> None:
+        """Load the Ollama models not loaded yet (at start, and again when Ollama comes back)."""
+        if self.ollama is None or not self.pending_ollama:
+            return
+        with self._lock:
+            for name in list(self.pending_ollama):
+                try:
+                    om = self.ollama.show(name)
+                except OllamaUnavailable:
+                    return  # Ollama away: the watch calls again when it is back
+                self.models[name] = load_model(name, om.blob, self.cfg, source="ollama")
+                self.pending_ollama.remove(name)
+                if self.default is None:
+                    self.default = name
+
+    def _setup_retriever(self) -> None:
+        from .retrieval import LocalEmbedder, OllamaEmbedder, Retriever
+
+        primary = OllamaEmbedder(self.ollama, self.cfg.embedding_model) if self.ollama and self.cfg.embedding_model else None
+        fallback = None
+        if self.cfg.embedding_gguf is not None:
+            mf = ModelFile(self.cfg.embedding_gguf, require_qa=False)
+            self._embed_engine = LlamaCppEngine(mf, n_threads=self.cfg.n_threads, flash_attn=self.cfg.flash_attn)
+            fallback = LocalEmbedder(self._embed_engine, mf.tokenizer, mf.path.name)
+        elif self.default in self.models:
+            m = self.models[self.default]
+            fallback = LocalEmbedder(m.engine, m.file.tokenizer, m.file.path.name)
+        self.retriever = Retriever(primary, fallback, self.watch)
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        for m in self.models.values():
+            m.engine.close()
+        if self._embed_engine is not None:
+            self._embed_engine.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.state == "ok" and self.default in self.models
+
+    def status(self) -> str:
+        if self.state != "ok":
+            return self.state
+        if self.watch is not None and (not self.watch.up or self.pending_ollama):
+            return "degraded"
+        return "ok"
+
+    def pick(self, name: str | None) -> LoadedModel:
+        if self.state == "loading":
+            raise ModelLoading("the model is still loading")
+        if self.state == "error" and not self.models:
+            raise ModelUnavailable(f"no model could be loaded: {self.error}")
+        key = name or self.default
+        if key not in self.models:
+            raise ModelNotFound(f"unknown model {name!r}; see GET /api/models")
+        return self.models[key]

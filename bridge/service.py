@@ -1,0 +1,140 @@
+"""Answering: request checks, one question over a context or over documents, deadlines, batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from pydantic import ValidationError
+
+from qabridge.core.decode import Span, distinct_top
+from qabridge.errors import (
+    ContextTooLong,
+    EmptyContext,
+    EmptyQuestion,
+    InvalidUnicode,
+    MissingContext,
+    QABridgeError,
+    Timeout,
+    TooManyDocuments,
+    UsageError,
+)
+
+from .config import ServeConfig
+from .http_errors import as_error_dict
+from .registry import LoadedModel, ModelRegistry
+from .schemas import AnswerItem, QARequest, QAResponse, RankedPassage
+
+log = logging.getLogger("qabridge.bridge")
+
+
+class QAService:
+    """Runs requests on worker threads that call into the engine, one deadline per request."""
+
+    def __init__(self, registry: ModelRegistry, cfg: ServeConfig):
+        self.registry = registry
+        self.cfg = cfg
+        self.executor = ThreadPoolExecutor(max_workers=max(1, cfg.n_contexts), thread_name_prefix="qabridge-engine")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    # -- checks -------------------------------------------------------------------------------
+    def check(self, req: QARequest) -> None:
+        if req.context is None and not req.documents:
+            raise MissingContext("give a context (or documents)")
+        if req.context is not None and req.documents:
+            raise UsageError("give either context or documents, not both")
+        texts = [req.question] + ([req.context] if req.context is not None else list(req.documents or []))
+        for t in texts:
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidUnicode("text is not valid Unicode (lone surrogate)") from None
+        if not req.question.strip():
+            raise EmptyQuestion("question is empty")
+        if req.context is not None and not req.context.strip():
+            raise EmptyContext("context is empty")
+        total = len(req.context) if req.context is not None else sum(len(d) for d in req.documents or [])
+        if total > self.cfg.max_context_chars:
+            raise ContextTooLong(f"context is {total} characters; the limit is {self.cfg.max_context_chars}")
+        if req.documents and len(req.documents) > self.cfg.max_documents:
+            raise TooManyDocuments(f"{len(req.documents)} documents; the limit is {self.cfg.max_documents}")
+
+    # -- answering (worker threads) -----------------------------------------------------------
+    def answer_sync(self, req: QARequest, deadline: float | None = None) -> QAResponse:
+        m = self.registry.pick(req.model)
+        if req.context is None:
+            return self._answer_documents(m, req, deadline)
+        pred = m.pipeline.predict(req.question, req.context, top_k=req.top_k, max_answer_len=req.max_answer_len,
+                                  deadline=deadline)
+        items = [AnswerItem(answer=req.context[s.start : s.end], score=s.score, start=s.start, end=s.end) for s in pred.spans]
+        return _response(items, m, pred.n_windows, {k: round(v, 3) for k, v in pred.timing_ms.items()})
+
+    def _answer_documents(self, m: LoadedModel, req: QARequest, deadline: float | None = None) -> QAResponse:
+        docs = list(req.documents or [])
+        t0 = time.perf_counter()
+        ranked, used = self.registry.retriever.rank(req.question, docs)
+        t1 = time.perf_counter()
+        cands: list[tuple[Span, int]] = []
+        windows = 0
+        for passage, _sim in ranked[: req.top_documents]:
+            text = docs[passage.document][passage.start : passage.end]
+            try:
+                pred = m.pipeline.predict(req.question, text, top_k=req.top_k, max_answer_len=req.max_answer_len,
+                                          deadline=deadline)
+            except EmptyContext:
+                continue  # a passage with no tokens
+            windows += pred.n_windows
+            for sp in pred.spans:
+                cands.append((Span(sp.score, sp.start + passage.start, sp.end + passage.start, sp.window), passage.document))
+        t2 = time.perf_counter()
+        top = distinct_top(cands, key=lambda c: (c[1], c[0].start, c[0].end), score=lambda c: c[0].score, top_k=req.top_k)
+        items = [AnswerItem(answer=docs[d][sp.start : sp.end], score=sp.score, start=sp.start, end=sp.end, document=d) for sp, d in top]
+        return _response(
+            items, m, windows, {"rank": round(1e3 * (t1 - t0), 3), "read": round(1e3 * (t2 - t1), 3)},
+            ranking=[RankedPassage(document=p.document, start=p.start, end=p.end, similarity=round(sim, 6))
+                     for p, sim in ranked[: req.top_documents]],
+            embedder=used,
+        )
+
+    # -- answering (event loop) ---------------------------------------------------------------
+    async def answer(self, req: QARequest) -> QAResponse:
+        self.check(req)
+        m = self.registry.pick(req.model)
+        loop = asyncio.get_running_loop()
+        timeout = self.cfg.request_timeout_s
+        deadline = time.monotonic() + timeout
+        # Queued requests count as demand, so the engine splits its threads before they reach it.
+        with m.engine.demand():
+            fut = loop.run_in_executor(self.executor, self.answer_sync, req, deadline)
+            # After a 504 the worker still finishes (or stops at the deadline); retrieve its outcome quietly.
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout)
+            except asyncio.TimeoutError:
+                raise Timeout(f"request took longer than {timeout:g} s") from None
+
+    async def batch(self, items: list[dict]) -> list[dict]:
+        """Each item validated and answered on its own; a failed item gets its error in place."""
+
+        async def one(item: dict) -> dict:
+            try:
+                return (await self.answer(QARequest.model_validate(item))).model_dump()
+            except (QABridgeError, ValidationError) as exc:
+                return as_error_dict(exc)
+            except Exception as exc:
+                log.exception("batch item failed")
+                return as_error_dict(exc)
+
+        return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def _response(items: list[AnswerItem], m: LoadedModel, n_windows: int, timing: dict, **extra) -> QAResponse:
+    best = items[0] if items else AnswerItem(answer="", score=0.0, start=0, end=0)
+    return QAResponse(
+        answer=best.answer, score=best.score, start=best.start, end=best.end, document=best.document,
+        answers=items, model=m.name, engine=m.engine.name, windows=n_windows, timing_ms=timing, **extra,
+    )

@@ -1,0 +1,1 @@
+"""Package data: the default adapter (``lora/``), installed as ``qabridge.models``."""

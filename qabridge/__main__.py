@@ -1,0 +1,3 @@
+from qabridge.cli import main
+
+main()

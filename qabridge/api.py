@@ -1,0 +1,188 @@
+"""The Python API: what ``transformers.pipeline("question-answering")`` gave, on llama.cpp.
+
+    from qabridge import pipeline
+
+    with pipeline() as qa:                      # the default model; or a GGUF path, or "ollama:bert-qa"
+        qa(question="Who wrote it?", context="It was written by Ada.")
+        # {'score': 0.93, 'start': 22, 'end': 25, 'answer': 'Ada'}
+
+The call shape and the result shape are the transformers pipeline's (``question=``/``context=``,
+lists of them, dicts with ``question``/``context``, ``top_k``, ``doc_stride``, ``max_answer_len``,
+``max_seq_len``, ``max_question_len``, ``handle_impossible_answer``). Two differences, both on
+purpose: ``top_k`` lists distinct spans (the transformers pipeline can repeat a span found in two
+overlapping windows), and ``max_answer_len`` defaults to the model's (30 tokens for qabridge's
+models; transformers defaults to 15). Offsets are those of the tokens, like the transformers
+pipeline with ``align_to_words=False``; the HTTP bridge answers with the same spans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from qabridge.core.model_file import ModelFile
+from qabridge.core.pipeline import QAPipeline
+from qabridge.errors import MissingContext, ModelError, SequenceTooLong, UsageError
+
+TASK = "question-answering"
+OLLAMA_PREFIX = "ollama:"
+
+Answer = dict[str, Any]
+
+
+def _default_ollama_host() -> str:
+    return os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+
+
+def resolve_model(model: str | os.PathLike | None, *, ollama_host: str | None = None,
+                  outtype: str = "auto") -> tuple[Path, str, str]:
+    """``(gguf_path, name, source)`` for a model argument.
+
+    ``None``: the built-in default model (built once from the shipped adapter, cached).
+    An existing file: that GGUF. ``ollama:NAME`` (or a bare name that is no file): the GGUF blob
+    that Ollama holds for NAME (the process must run on the machine that holds Ollama's models).
+    """
+    if model is None:
+        from qabridge.export.run import default_model
+
+        from .bridge.config import DEFAULT_MODEL_NAME
+
+        return default_model(outtype), DEFAULT_MODEL_NAME, "file"
+    text = os.fspath(model)
+    path = Path(text)
+    if not text.startswith(OLLAMA_PREFIX) and (path.exists() or path.suffix == ".gguf" or os.sep in text):
+        if not path.exists():
+            raise ModelError(f"{path}: no such model file")
+        return path, path.name.removesuffix(".gguf"), "file"
+    name = text.removeprefix(OLLAMA_PREFIX)
+    from qabridge.bridge.ollama import OllamaClient
+
+    client = OllamaClient(ollama_host or _default_ollama_host())
+    try:
+        return client.show(name).blob, name, "ollama"
+    finally:
+        client.close()
+
+
+class QuestionAnsweringPipeline:
+    """Extractive QA over one qabridge GGUF: tokenizer and span head from its metadata, encoder in llama.cpp.
+
+    Thread-safe; ``close()`` (or a ``with`` block) frees llama.cpp's memory.
+    """
+
+    task = TASK
+
+    def __init__(self, model: str | os.PathLike | None = None, *, ollama_host: str | None = None,
+                 threads: int | None = None, contexts: int = 1, flash_attn: bool = True, outtype: str = "auto"):
+        from qabridge.bridge.llama_engine import LlamaCppEngine
+
+        path, self.name, self.source = resolve_model(model, ollama_host=ollama_host, outtype=outtype)
+        self.model_file = ModelFile(path)
+        self._engine = LlamaCppEngine(self.model_file, n_threads=threads, flash_attn=flash_attn, n_contexts=contexts)
+        self._qa = QAPipeline(self.model_file.tokenizer, self._engine, self.model_file.window_spec,
+                              max_answer_len=self.model_file.max_answer_len)
+
+    # -- the transformers call shape ----------------------------------------------------------
+    def __call__(self, *args, **kwargs) -> Answer | list[Answer] | list[Answer | list[Answer]]:
+        items, single = self._inputs(args, kwargs)
+        opts = self._options(kwargs)
+        results = [self._answer(q, c, **opts) for q, c in items]
+        return results[0] if single else results
+
+    def _inputs(self, args: tuple, kwargs: dict) -> tuple[list[tuple[str, str]], bool]:
+        question, context = kwargs.pop("question", None), kwargs.pop("context", None)
+        if args:
+            if len(args) == 2 and question is None and context is None:
+                question, context = args
+            elif len(args) == 1:
+                return self._from_dicts(args[0])
+            else:
+                raise UsageError("give question= and context=, or a dict / list of dicts with both")
+        if question is None or context is None:
+            raise MissingContext("give both question= and context=")
+        if isinstance(question, str) and isinstance(context, str):
+            return [(question, context)], True
+        qs = [question] if isinstance(question, str) else list(question)
+        cs = [context] if isinstance(context, str) else list(context)
+        if len(qs) == 1 and len(cs) > 1:
+            qs = qs * len(cs)
+        if len(cs) == 1 and len(qs) > 1:
+            cs = cs * len(qs)
+        if len(qs) != len(cs):
+            raise UsageError(f"{len(qs)} questions and {len(cs)} contexts: give one context per question")
+        return list(zip(qs, cs)), False
+
+    @staticmethod
+    def _from_dicts(x: Mapping | Iterable[Mapping]) -> tuple[list[tuple[str, str]], bool]:
+        one = isinstance(x, Mapping)
+        out = []
+        for d in [x] if one else list(x):
+            if not isinstance(d, Mapping) or "question" not in d or "context" not in d:
+                raise UsageError("each input needs 'question' and 'context'")
+            out.append((d["question"], d["context"]))
+        return out, one
+
+    def _options(self, kw: dict) -> dict:
+        known = {"top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len", "handle_impossible_answer"}
+        unknown = set(kw) - known
+        if unknown:
+            raise UsageError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+        top_k = int(kw.get("top_k", 1))
+        if top_k < 1:
+            raise UsageError(f"top_k must be >= 1, got {top_k}")
+        spec = self._qa.spec
+        over = {k: int(kw[a]) for k, a in (("max_seq_len", "max_seq_len"), ("doc_stride", "doc_stride"),
+                                            ("max_question_tokens", "max_question_len")) if kw.get(a) is not None}
+        if over:
+            spec = dataclasses.replace(spec, **over)
+            if spec.max_seq_len > self._engine.n_ctx:
+                raise SequenceTooLong(f"max_seq_len {spec.max_seq_len} exceeds the model's window ({self._engine.n_ctx})")
+        mal = kw.get("max_answer_len")
+        if mal is not None and int(mal) < 1:
+            raise UsageError(f"max_answer_len must be >= 1, got {mal}")
+        return {"top_k": top_k, "spec": spec, "max_answer_len": int(mal) if mal is not None else None,
+                "impossible": bool(kw.get("handle_impossible_answer", False))}
+
+    def _answer(self, question: str, context: str, *, top_k: int, spec, max_answer_len: int | None,
+                impossible: bool) -> Answer | list[Answer]:
+        if not isinstance(question, str) or not isinstance(context, str):
+            raise UsageError("question and context must be strings")
+        pred = self._qa.predict(question, context, top_k=top_k, max_answer_len=max_answer_len, spec=spec)
+        answers = [{"score": s.score, "start": s.start, "end": s.end, "answer": context[s.start : s.end]} for s in pred.spans]
+        if impossible:
+            # As the transformers pipeline does: the empty answer competes on its probability.
+            answers.append({"score": pred.null_score, "start": 0, "end": 0, "answer": ""})
+            answers = sorted(answers, key=lambda a: -a["score"])[:top_k]
+        if not answers:
+            answers = [{"score": 0.0, "start": 0, "end": 0, "answer": ""}]
+        return answers[0] if top_k == 1 else answers
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self._engine.close()
+
+    def __enter__(self) -> QuestionAnsweringPipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"QuestionAnsweringPipeline(model={self.name!r}, source={self.source!r}, file={str(self.model_file.path)!r})"
+
+
+def pipeline(task: str | None = None, model: str | os.PathLike | None = None, **kwargs) -> QuestionAnsweringPipeline:
+    """A question-answering pipeline: ``pipeline()``, ``pipeline("question-answering", model=...)``,
+    ``pipeline(model="models/bert-qa.q8_0.gguf")`` or ``pipeline("ollama:bert-qa")``.
+
+    Keyword arguments: ``ollama_host``, ``threads``, ``contexts`` (requests encoded at once),
+    ``flash_attn``, ``outtype`` (of the built-in default model: auto, f32, f16, bf16, q8_0).
+    """
+    if task is not None and task != TASK:
+        if model is not None:
+            raise UsageError(f"qabridge only does {TASK!r}, not {task!r}")
+        model = task  # pipeline("models/x.gguf") / pipeline("ollama:bert-qa")
+    return QuestionAnsweringPipeline(model, **kwargs)
