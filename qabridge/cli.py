@@ -72,6 +72,8 @@ def main() -> None:
 @click.option("--max-seq-len", type=int, default=DEFAULTS.max_seq_len, show_default=True, help="Window length in tokens ([CLS] question [SEP] context [SEP]).")
 @click.option("--doc-stride", type=int, default=DEFAULTS.doc_stride, show_default=True, help="Overlap in tokens between consecutive windows of a long context.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed for the subset, the batch order and initialisation.")
+@click.option("--negatives", default="none", show_default=True, help="Add generated unanswerable examples (SQuAD 2.0 recipe: labelled on [CLS]): none, topical, adversarial or topical,adversarial.")
+@click.option("--negative-ratio", type=float, default=0.33, show_default=True, help="Generated negatives per answerable training question, split evenly over the kinds (0 < r <= 4).")
 @click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA (for comparison; writes the whole model).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Save a resumable checkpoint every N steps.")
@@ -242,17 +244,21 @@ def ask(question, context, context_file, model, ollama_host, top_k, handle_impos
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Also write id -> answer JSON here.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a Markdown report (EM/F1 by question type and context length) and a PNG plot beside it.")
+@click.option("--null-threshold", type=float, default=None, help="SQuAD 2.0 data: abstain where log p(no answer) - log p(best span) exceeds this (default: never abstain; best_f1 still reported).")
+@click.option("--tune-articles", type=click.IntRange(min=1), default=None, help="SQuAD 2.0 data: tune the threshold on the first N articles and report on the rest (issue 13 uses 17).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
-def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, report, quiet) -> None:
-    """Official SQuAD v1.1 EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp).
+def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, report, null_threshold, tune_articles,
+             quiet) -> None:
+    """Official SQuAD EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp).
 
     Both engines share windows, n-best span search (longest answer from the model's
-    metadata, 30 tokens by default) and the best span across windows.
+    metadata, 30 tokens by default) and the best span across windows. Data with unanswerable
+    questions (SQuAD 2.0) gets the official v2 metric: EM, F1, HasAns, NoAns and best threshold.
     """
     from qabridge.errors import UsageError
-    from qabridge.train.evaluate import evaluate_pipeline
-    from qabridge.train.squad import load_squad
+    from qabridge.train.evaluate import evaluate_pipeline, evaluate_v2_pipeline
+    from qabridge.train.squad import has_unanswerable, load_squad
 
     engine = engine or ("gguf" if model else "torch")
     if engine == "gguf":
@@ -272,8 +278,23 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
         examples = load_squad(data, split="validation")
         pipe = torch_pipeline(adapter or DEFAULT_ADAPTER, device=pick_device(device))
         label = str(adapter or DEFAULT_ADAPTER)
-    res = evaluate_pipeline(pipe, examples, limit=limit, progress=not quiet and not as_json)
-    preds = res.pop("predictions")
+    progress = not quiet and not as_json
+    if has_unanswerable(examples):
+        tune_on = None
+        if tune_articles:
+            titles = list(dict.fromkeys(e.title for e in examples))
+            held = set(titles[:tune_articles])
+            tune_on = [e for e in examples if e.title in held]
+            examples = [e for e in examples if e.title not in held]
+        res = evaluate_v2_pipeline(pipe, examples[: limit or None], threshold=null_threshold, tune_on=tune_on, progress=progress)
+        res["metric"] = "squad_v2"
+        preds = {k: {"text": v} for k, v in res.pop("predictions").items()}
+    else:
+        if null_threshold is not None or tune_articles:
+            raise UsageError("--null-threshold/--tune-articles need data with unanswerable questions (SQuAD 2.0)")
+        res = evaluate_pipeline(pipe, examples, limit=limit, progress=progress)
+        res["metric"] = "squad_v1.1"
+        preds = res.pop("predictions")
     if predictions:
         Path(predictions).write_text(json.dumps({k: v["text"] for k, v in preds.items()}, ensure_ascii=False))
     res.update({"engine": engine, "model": label, "data": str(data)})
@@ -285,7 +306,11 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     if as_json:
         click.echo(json.dumps(res))
     else:
-        click.echo(f"EM {res['exact_match']:.2f}  F1 {res['f1']:.2f}  count {res['count']}  seconds {res['seconds']:.1f}  ({engine}: {label})")
+        line = f"EM {res['exact_match']:.2f}  F1 {res['f1']:.2f}  count {res['count']}  seconds {res['seconds']:.1f}  ({engine}: {label})"
+        if res["metric"] == "squad_v2":
+            line += (f"\nHasAns F1 {res.get('HasAns_f1', float('nan')):.2f}  NoAns acc {res.get('NoAns_exact', float('nan')):.2f}"
+                     f"  threshold {res['threshold']}  best_f1 {res['best_f1']:.2f} at {res['best_f1_thresh']:.3f}")
+        click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Markers that follow from what a test uses: the full SQuAD files, or the real Ollama."""
+    for item in items:
+        if "squad_dev_full" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.squad)
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("ollama") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def offline_base() -> Path:
     from qabridge.paths import offline_base_dir

@@ -67,7 +67,7 @@ def test_bad_calls_raise_typed_errors(qa, exported, tmp_path):
         qa(question=["a?", "b?", "c?"], context=["x", "y"])
     with pytest.raises(ModelError):
         qabridge.pipeline(model=tmp_path / "missing.gguf")
-    with pytest.raises(ModelError):
+    with pytest.raises(UsageError, match="question-answering"):
         qabridge.pipeline("text-generation", model=exported("q8_0"))
 
 

@@ -6,13 +6,14 @@ logits; windows, decoding and the metric are the same code.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from qabridge.core.decode import best_spans
+from qabridge.core.decode import best_spans, null_score
 from qabridge.core.pipeline import QAPipeline
 from qabridge.core.settings import QASettings
 from qabridge.core.tokenizer import WordPieceTokenizer
@@ -64,7 +65,12 @@ class TorchEncoder:
 
 
 def predict_examples(pipe: QAPipeline, examples: list[Example], *, chunk: int = 64, progress: bool = False) -> dict[str, dict]:
-    """id -> {text, start, end, score} for each example (errors become empty predictions)."""
+    """id -> {text, start, end, score, null, na} for each example (errors become empty predictions).
+
+    ``null`` is the no-answer probability (decode.null_score) and ``na = log(null) - log(score)``:
+    abstaining iff ``na > threshold`` with threshold 0 is the transformers pipeline's rule for
+    ``handle_impossible_answer`` (the empty answer wins when it is likelier than the best span).
+    """
     from tqdm.auto import tqdm
 
     preds: dict[str, dict] = {}
@@ -83,15 +89,19 @@ def predict_examples(pipe: QAPipeline, examples: list[Example], *, chunk: int = 
         logits = pipe.encoder.logits(flat) if flat else []
         for e, p in zip(part, prepared):
             if p is None:
-                preds[e.id] = {"text": "", "start": 0, "end": 0, "score": 0.0}
+                preds[e.id] = {"text": "", "start": 0, "end": 0, "score": 0.0, "null": 1.0, "na": math.inf}
                 continue
             ctx, off, n = p
-            spans = best_spans(logits[off : off + n], flat[off : off + n], ctx, max_answer_len=pipe.max_answer_len, top_k=1)
+            lg, ws = logits[off : off + n], flat[off : off + n]
+            spans = best_spans(lg, ws, ctx, max_answer_len=pipe.max_answer_len, top_k=1)
+            nul = null_score(lg, ws)
             if spans:
                 s = spans[0]
-                preds[e.id] = {"text": e.context[s.start : s.end], "start": s.start, "end": s.end, "score": s.score}
+                na = math.log(max(nul, 1e-300)) - math.log(max(s.score, 1e-300))
+                preds[e.id] = {"text": e.context[s.start : s.end], "start": s.start, "end": s.end, "score": s.score,
+                               "null": nul, "na": na}
             else:
-                preds[e.id] = {"text": "", "start": 0, "end": 0, "score": 0.0}
+                preds[e.id] = {"text": "", "start": 0, "end": 0, "score": 0.0, "null": nul, "na": math.inf}
         bar.update(len(part))
     bar.close()
     return preds
@@ -106,6 +116,32 @@ def evaluate_pipeline(pipe: QAPipeline, examples: list[Example], *, limit: int |
     res = metrics.evaluate({k: v["text"] for k, v in preds.items()}, ((e.id, [a.text for a in e.answers]) for e in examples))
     res["seconds"] = round(seconds, 2)
     res["predictions"] = preds
+    return res
+
+
+def evaluate_v2_pipeline(pipe: QAPipeline, examples: list[Example], *, threshold: float | None = None,
+                         tune_on: list[Example] | None = None, progress: bool = False) -> dict:
+    """The official SQuAD 2.0 numbers. ``threshold``: abstain iff na > threshold (None: never
+    abstain, the API's default). ``tune_on``: held-out examples to tune the threshold on first
+    (issue 13: articles 1-17 of dev v2), then report on ``examples`` at that threshold."""
+    t0 = time.time()
+    res: dict = {}
+    if tune_on:
+        tp = predict_examples(pipe, tune_on, progress=progress)
+        t, f = metrics.tune_null_threshold({k: v["na"] for k, v in tp.items()},
+                                           ((e.id, [a.text for a in e.answers]) for e in tune_on),
+                                           {k: v["text"] for k, v in tp.items()})
+        res["tuned"] = {"threshold": t, "f1": round(f, 2), "count": len(tune_on)}
+        threshold = t
+    preds = predict_examples(pipe, examples, progress=progress)
+    gold = [(e.id, [a.text for a in e.answers]) for e in examples]
+    # na is a log-ratio, not a probability: "no threshold" is +inf, not 1.0.
+    res.update(metrics.evaluate_v2({k: v["text"] for k, v in preds.items()}, gold, {k: v["na"] for k, v in preds.items()},
+                                   na_prob_thresh=math.inf if threshold is None else threshold))
+    res["threshold"] = threshold
+    res["abstained"] = sum(1 for v in preds.values() if threshold is not None and v["na"] > threshold)
+    res["seconds"] = round(time.time() - t0, 2)
+    res["predictions"] = {k: ("" if threshold is not None and v["na"] > threshold else v["text"]) for k, v in preds.items()}
     return res
 
 

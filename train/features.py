@@ -20,6 +20,11 @@ class Features:
     example_index: np.ndarray
     skipped_questions: int = 0  # questions longer than the spec allows
 
+    @property
+    def null_windows(self) -> int:
+        """Windows labelled [CLS] (no answer inside): unanswerable examples' and answerable ones' misses."""
+        return int(np.count_nonzero((self.start_positions == 0) & (self.end_positions == 0)))
+
     def __len__(self) -> int:
         return len(self.input_ids)
 
@@ -28,7 +33,12 @@ class Features:
 
 
 def build_features(examples: list[Example], tok: WordPieceTokenizer, spec: WindowSpec, *, batch: int = 1000) -> Features:
-    """One feature per window; the label is the first gold answer, or [CLS] where the window misses it."""
+    """One feature per window; the label is the first gold answer, or [CLS] where the window misses it.
+
+    The SQuAD 2.0 recipe: an unanswerable example (``is_impossible``, or simply no answers) puts
+    every one of its windows on [CLS] (start = end = 0), as does a window of an answerable
+    example that does not hold the whole answer.
+    """
     ids, starts, ends, ex_idx = [], [], [], []
     skipped = 0
     for b in range(0, len(examples), batch):
@@ -40,7 +50,7 @@ def build_features(examples: list[Example], tok: WordPieceTokenizer, spec: Windo
                 skipped += 1
                 continue
             span = None
-            if e.answers:
+            if e.answers and not e.is_impossible:
                 a = e.answers[0]
                 span = answer_token_span(c, a.start, a.end)
             for w in build_windows(tok, q, c, spec):

@@ -36,13 +36,24 @@ class Example:
     context: str
     question: str
     answers: tuple[Answer, ...] = field(default_factory=tuple)
+    # SQuAD 2.0: the context does not answer the question (then ``answers`` is empty).
+    is_impossible: bool = False
+    # How the example came to be: "" when read from data, else the generator's kind
+    # ("topical", "adversarial"; see train/negatives.py).
+    kind: str = ""
+
+    @property
+    def has_answer(self) -> bool:
+        return bool(self.answers) and not self.is_impossible
 
 
 def load_squad(source: str | os.PathLike, *, split: str = "train", validate: bool = True) -> list[Example]:
-    """Load SQuAD v1.1-format examples from a ``.json``/``.json.gz``/``.json.xz`` file or the hub name ``squad``.
+    """Load SQuAD v1.1 or v2.0 examples from a ``.json``/``.json.gz``/``.json.xz`` file or the hub name ``squad``.
 
     With ``validate`` every ``answer_start`` must point at its answer text; the first that
-    does not is reported with the file and question id.
+    does not is reported with the file and question id. SQuAD 2.0 questions marked
+    ``is_impossible`` are read as unanswerable examples (no answers; ``plausible_answers`` is
+    ignored); one that is marked so and still lists answers is an error naming its id.
     """
     if str(source) == HUB_NAME:
         return _load_hub(split)
@@ -77,6 +88,21 @@ def _parse(doc: object, where: str, validate: bool) -> Iterator[Example]:
                     question = qa["question"]
                     if not isinstance(question, str):
                         raise TypeError(f"question {qid} is not a string")
+                    impossible = qa.get("is_impossible", None)
+                    if impossible is not None and not isinstance(impossible, bool):
+                        raise DataError(
+                            f"{where}: question {qid!r}: is_impossible must be true or false, not {impossible!r}"
+                        )
+                    if impossible and qa.get("answers"):
+                        # A v2 file that contradicts itself: which label to train on is unknowable.
+                        raise DataError(
+                            f"{where}: question {qid!r} is marked is_impossible but lists "
+                            f"{len(qa['answers'])} answer(s); an unanswerable question must have \"answers\": []"
+                        )
+                    if impossible is False and not qa.get("answers"):
+                        raise DataError(
+                            f"{where}: question {qid!r} is marked is_impossible: false but lists no answers"
+                        )
                     answers = []
                     for ans in qa.get("answers", []):
                         text, start = ans["text"], int(ans["answer_start"])
@@ -87,7 +113,7 @@ def _parse(doc: object, where: str, validate: bool) -> Iterator[Example]:
                             )
                         answers.append(Answer(text, start))
                     seen += 1
-                    yield Example(qid, title, context, question, tuple(answers))
+                    yield Example(qid, title, context, question, tuple(answers), is_impossible=bool(impossible))
         except DataError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -140,3 +166,21 @@ def squad_file(name: str) -> Path | None:
         if cand.exists():
             return cand
     return None
+
+
+def squad2_dev_file() -> Path | None:
+    """The SQuAD 2.0 dev set (evaluation only): ``QABRIDGE_SQUAD2_DIR``, then ``../shared/data/squad2``."""
+    env = os.environ.get("QABRIDGE_SQUAD2_DIR")
+    from qabridge.paths import REPO_ROOT
+
+    dirs = ([Path(env)] if env else []) + [REPO_ROOT.parent / "shared" / "data" / "squad2"]
+    for d in dirs:
+        for cand in (d / "dev-v2.0.json.gz", d / "dev-v2.0.json"):
+            if cand.exists():
+                return cand
+    return None
+
+
+def has_unanswerable(examples: list[Example]) -> bool:
+    """Whether the data is scored with the SQuAD 2.0 metric (it holds unanswerable questions)."""
+    return any(e.is_impossible for e in examples)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -12,12 +11,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qabridge._version import __version__
-from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.core.settings import DEFAULTS
+from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.core.windows import WindowSpec
 from qabridge.errors import OutputExists, UsageError
 
@@ -33,6 +33,9 @@ from .model import (
     tokenizer_dir,
 )
 from .squad import load_squad
+
+if TYPE_CHECKING:
+    from .negatives import NegativeConfig
 
 CKPT_DIR = "checkpoint"
 SUMMARY = "training_summary.json"
@@ -69,6 +72,10 @@ class TrainConfig:
     time_budget: float | None = None
     curve_limit: int = 2000
     overwrite: bool = False
+    # Generated unanswerable examples (train/negatives.py): "none", "topical", "adversarial" or
+    # "topical,adversarial"; negative_ratio = negatives per answerable training question.
+    negatives: str = "none"
+    negative_ratio: float = 0.33
 
     def identity(self) -> dict:
         """What makes two runs the same run (resume allowed) - not budget or bookkeeping."""
@@ -76,7 +83,21 @@ class TrainConfig:
                 "lora_dropout", "target_modules", "quantize", "max_seq_len", "doc_stride", "seed", "full",
                 "max_question_tokens", "weight_decay", "warmup_ratio")
         d = asdict(self)
-        return {k: d[k] for k in keep}
+        ident = {k: d[k] for k in keep}
+        neg = self.negative_config()
+        if neg is not None:
+            # Only when on, so runs without negatives keep the identity they always had (their
+            # checkpoints still resume); the kinds are normalised so "adversarial,topical" and
+            # "topical,adversarial" are one run.
+            ident["negatives"] = ",".join(neg.kinds)
+            ident["negative_ratio"] = neg.ratio
+        return ident
+
+    def negative_config(self) -> NegativeConfig | None:
+        """The generator's config for this run, or None without negatives (raises UsageError when bad)."""
+        from .negatives import NegativeConfig
+
+        return NegativeConfig.parse(self.negatives, self.negative_ratio, self.seed)
 
 
 def _peak_rss_mb() -> float:
@@ -143,6 +164,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         raise UsageError("--full cannot be combined with --quantize (a quantised base cannot be fully trained)")
     if cfg.max_seq_len < 32:
         raise UsageError("--max-seq-len must be at least 32")
+    neg_cfg = cfg.negative_config()  # bad --negatives / --negative-ratio fail before any loading
     prev = _check_output(out, cfg)
     device = pick_device(cfg.device)
     check_quantize(cfg.quantize, device)  # before minutes of feature building, not after
@@ -154,9 +176,19 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
     eval_examples = load_squad(cfg.eval_data, split="validation") if cfg.eval_data else None
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    corpus = examples
     if cfg.subset_size:
         idx = np.sort(rng.permutation(len(examples))[: cfg.subset_size])
         examples = [examples[i] for i in idx]
+    unanswerable_in_data = sum(1 for e in examples if not e.has_answer)
+    neg_report = None
+    if neg_cfg is not None:
+        from .negatives import with_negatives
+
+        # Paragraphs and replacements come from the whole file, sources only from the subset.
+        examples, neg_report = with_negatives(examples, neg_cfg, corpus=corpus)
+        log(f"negatives: added {neg_report.counts} ({neg_report.seconds:.1f} s)")
+    del corpus
 
     tok = WordPieceTokenizer.from_hf_dir(tokenizer_dir(ref))
     spec = WindowSpec(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_tokens)
@@ -344,6 +376,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         "data": str(cfg.data),
         "train_examples": len(examples),
         "train_features": len(feats),
+        "unanswerable_in_data": unanswerable_in_data,
+        "negatives": {"kinds": cfg.negatives, "ratio": cfg.negative_ratio, **neg_report.as_dict()}
+        if neg_report is not None else None,
+        "null_windows": feats.null_windows,
         "skipped_questions": feats.skipped_questions,
         "steps": step,
         "planned_steps": total_steps,

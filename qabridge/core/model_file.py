@@ -147,5 +147,5 @@ class ModelFile:
         return WordPieceTokenizer.from_gguf_tokens(list(tokens), list(types), lowercase=bool(self.get(Key.LOWERCASE, True)))
 
     def close(self) -> None:
-        # GGUFReader keeps a memmap; dropping the reader releases it.
+        """Release the memory map of the file (the reader keeps one open)."""
         self._reader = None  # type: ignore[assignment]
