@@ -26,6 +26,7 @@ from .schemas import (
     QAResponse,
 )
 from .service import QAService
+from .ui import mount_ui
 
 _ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 422, 429, 503, 504)}
 
@@ -60,12 +61,7 @@ def create_app(cfg: ServeConfig, *, registry: ModelRegistry | None = None, load_
     app.state.service = service
     middleware.install(app, cfg, inflight)
     http_errors.install(app)
-    try:
-        from .ui import mount_ui
-    except ImportError:  # the page is optional until its module lands
-        mount_ui = None
-    if mount_ui is not None:
-        mount_ui(app, cfg)
+    mount_ui(app, cfg)
 
     @app.post("/api/qa", response_model=QAResponse, summary="Answer one question from a context")
     async def qa(req: QARequest) -> QAResponse:
@@ -108,7 +104,7 @@ def model_info(m: LoadedModel) -> ModelInfo:
     return ModelInfo(
         name=m.name, file=str(m.file.path), size=m.file.path.stat().st_size, sha256=m.sha256,
         quantization=m.file.outtype, max_seq_len=m.file.window_spec.max_seq_len, doc_stride=m.file.window_spec.doc_stride,
-        engine=m.engine.name, source=m.source, metadata={k: _jsonable(v) for k, v in meta.items()},
+        engine=m.engine.name, source=m.source, abstention=m.file.abstention, metadata={k: _jsonable(v) for k, v in meta.items()},
     )
 
 

@@ -24,15 +24,30 @@ class QARequest(BaseModel):
     """Longest answer, in tokens (default: the model's, usually 30)."""
     model: str | None = Field(default=None, description="Which loaded model answers (default: the bridge's default).")
     """Which loaded model answers (see ``GET /api/models``)."""
-    top_documents: int = Field(default=3, ge=1, le=50, description="With documents: how many top-ranked passages are read.")
+    top_documents: int | None = Field(
+        default=None, ge=1, le=200,
+        description="With documents: how many top-ranked passages are read (default: all of them when they fit 32 windows, else 3).",
+    )
     """With ``documents``: how many of the top-ranked passages are read for spans."""
+    handle_impossible_answer: bool = Field(
+        default=False,
+        description="Abstain (answer null) when the context does not hold the answer, judged with the model's tuned threshold "
+        "or null_threshold. Off by default, as in the transformers pipeline: every question gets a span.",
+    )
+    """Abstain (``answer: null``) when the text does not answer; off by default."""
+    null_threshold: float | None = Field(
+        default=None, ge=-100, le=100,
+        description="With handle_impossible_answer: abstain iff log p(no answer) - log p(best span) > this "
+        "(default: the model's stored threshold, else 0 = the empty answer wins when it is likelier).",
+    )
+    """Abstention threshold for this request (a log-probability ratio)."""
 
 
 class AnswerItem(BaseModel):
-    answer: str = Field(description="The answer text, exactly ``context[start:end]``.")
-    score: float = Field(description="Probability of this span (softmax over span scores), 0..1.")
-    start: int = Field(description="Character offset of the answer's first character in the context.")
-    end: int = Field(description="Character offset one past the answer's last character.")
+    answer: str | None = Field(description="The answer text, exactly ``context[start:end]``; null for 'the text does not say'.")
+    score: float = Field(description="Probability of this span (p_start * p_end over the window), 0..1; for null, the no-answer probability.")
+    start: int | None = Field(description="Character offset of the answer's first character in the context (null when abstaining).")
+    end: int | None = Field(description="Character offset one past the answer's last character (null when abstaining).")
     document: int | None = Field(default=None, description="With documents: index of the document the answer is from.")
 
 
@@ -44,10 +59,15 @@ class RankedPassage(BaseModel):
 
 
 class QAResponse(BaseModel):
-    answer: str = Field(description="The best answer (empty if none was found).")
-    score: float = Field(description="Probability of the best answer.")
-    start: int = Field(description="Character offset of the best answer.")
-    end: int = Field(description="Character offset one past the best answer.")
+    answer: str | None = Field(description="The best answer; null when the model abstains (handle_impossible_answer).")
+    score: float = Field(description="Probability of the best answer (of no answer, when abstaining).")
+    start: int | None = Field(description="Character offset of the best answer (null when abstaining).")
+    end: int | None = Field(description="Character offset one past the best answer (null when abstaining).")
+    no_answer_probability: float = Field(
+        default=0.0, description="p_start([CLS]) * p_end([CLS]), the smallest over the windows read: how likely the text does not answer."
+    )
+    abstained: bool = Field(default=False, description="True when handle_impossible_answer made the answer null.")
+    null_threshold: float | None = Field(default=None, description="The threshold the abstention was judged with (with handle_impossible_answer).")
     document: int | None = Field(default=None, description="With documents: which document the best answer is from.")
     answers: list[AnswerItem] = Field(description="The top_k answers, best first.")
     model: str = Field(description="The model that answered.")
@@ -100,6 +120,7 @@ class ModelInfo(BaseModel):
     doc_stride: int = Field(description="Overlap between consecutive windows, in tokens.")
     engine: str = Field(description="The engine that computes the encoder states.")
     source: str = Field(description="file or ollama")
+    abstention: dict = Field(default_factory=dict, description="Trained with unanswerable examples?, the stored null threshold and how it was tuned.")
     metadata: dict = Field(description="The GGUF's qabridge.* metadata (span head omitted).")
 
 

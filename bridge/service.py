@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +29,10 @@ from .registry import LoadedModel, ModelRegistry
 from .schemas import AnswerItem, QARequest, QAResponse, RankedPassage
 
 log = logging.getLogger("qabridge.bridge")
+
+#: With documents: read every passage when there are at most this many, else the best TOP_PASSAGES.
+READ_ALL_PASSAGES = 64
+TOP_PASSAGES = 8
 
 
 class QAService:
@@ -71,16 +76,22 @@ class QAService:
         pred = m.pipeline.predict(req.question, req.context, top_k=req.top_k, max_answer_len=req.max_answer_len,
                                   deadline=deadline)
         items = [AnswerItem(answer=req.context[s.start : s.end], score=s.score, start=s.start, end=s.end) for s in pred.spans]
-        return _response(items, m, pred.n_windows, {k: round(v, 3) for k, v in pred.timing_ms.items()})
+        return _response(items, m, pred.n_windows, {k: round(v, 3) for k, v in pred.timing_ms.items()},
+                         null=pred.null_score, req=req)
 
     def _answer_documents(self, m: LoadedModel, req: QARequest, deadline: float | None = None) -> QAResponse:
+        """Rank passages, read the best (all of them when they fit), keep the spans that beat their
+        passage's no-answer probability by the widest margin: a span's probability is normalised
+        within its window, so only the margin over [CLS] compares across passages."""
         docs = list(req.documents or [])
         t0 = time.perf_counter()
         ranked, used = self.registry.retriever.rank(req.question, docs)
         t1 = time.perf_counter()
-        cands: list[tuple[Span, int]] = []
+        n_read = req.top_documents or (len(ranked) if len(ranked) <= READ_ALL_PASSAGES else TOP_PASSAGES)
+        cands: list[tuple[Span, int, float]] = []
         windows = 0
-        for passage, _sim in ranked[: req.top_documents]:
+        null = 1.0
+        for passage, _sim in ranked[:n_read]:
             text = docs[passage.document][passage.start : passage.end]
             try:
                 pred = m.pipeline.predict(req.question, text, top_k=req.top_k, max_answer_len=req.max_answer_len,
@@ -88,15 +99,19 @@ class QAService:
             except EmptyContext:
                 continue  # a passage with no tokens
             windows += pred.n_windows
+            null = min(null, pred.null_score)
             for sp in pred.spans:
-                cands.append((Span(sp.score, sp.start + passage.start, sp.end + passage.start, sp.window), passage.document))
+                margin = math.log(max(sp.score, 1e-300)) - math.log(max(pred.null_score, 1e-300))
+                cands.append((Span(sp.score, sp.start + passage.start, sp.end + passage.start, sp.window), passage.document, margin))
         t2 = time.perf_counter()
-        top = distinct_top(cands, key=lambda c: (c[1], c[0].start, c[0].end), score=lambda c: c[0].score, top_k=req.top_k)
-        items = [AnswerItem(answer=docs[d][sp.start : sp.end], score=sp.score, start=sp.start, end=sp.end, document=d) for sp, d in top]
+        top = distinct_top(cands, key=lambda c: (c[1], c[0].start, c[0].end), score=lambda c: c[2], top_k=req.top_k)
+        items = [AnswerItem(answer=docs[d][sp.start : sp.end], score=sp.score, start=sp.start, end=sp.end, document=d)
+                 for sp, d, _ in top]
         return _response(
             items, m, windows, {"rank": round(1e3 * (t1 - t0), 3), "read": round(1e3 * (t2 - t1), 3)},
+            null=null, req=req, margins=[c[2] for c in top],
             ranking=[RankedPassage(document=p.document, start=p.start, end=p.end, similarity=round(sim, 6))
-                     for p, sim in ranked[: req.top_documents]],
+                     for p, sim in ranked[:n_read]],
             embedder=used,
         )
 
@@ -132,9 +147,30 @@ class QAService:
         return list(await asyncio.gather(*(one(i) for i in items)))
 
 
-def _response(items: list[AnswerItem], m: LoadedModel, n_windows: int, timing: dict, **extra) -> QAResponse:
+def _response(items: list[AnswerItem], m: LoadedModel, n_windows: int, timing: dict, *, null: float,
+              req: QARequest, margins: list[float] | None = None, **extra) -> QAResponse:
+    """The response; with ``handle_impossible_answer`` the null answer takes its place in the ranking.
+
+    Abstain iff log p(null) - log p(best span) > threshold (``margins``: log p(span) - log p(null)
+    per item, when the caller computed them per passage). Threshold 0 is the transformers pipeline's rule.
+    """
+    threshold = None
+    abstained = False
+    if req.handle_impossible_answer:
+        threshold = req.null_threshold if req.null_threshold is not None else m.file.abstention["default_threshold"]
+        null_item = AnswerItem(answer=None, score=null, start=None, end=None)
+
+        def beats(it: AnswerItem, mg: float | None) -> bool:  # does the null answer rank above this span?
+            na = -mg if mg is not None else math.log(max(null, 1e-300)) - math.log(max(it.score, 1e-300))
+            return na > threshold
+
+        mgs = margins or [None] * len(items)
+        pos = next((i for i, it in enumerate(items) if beats(it, mgs[i])), len(items))
+        abstained = pos == 0
+        items = (items[:pos] + [null_item] + items[pos:])[: max(req.top_k, 1)]
     best = items[0] if items else AnswerItem(answer="", score=0.0, start=0, end=0)
     return QAResponse(
         answer=best.answer, score=best.score, start=best.start, end=best.end, document=best.document,
+        no_answer_probability=null, abstained=abstained, null_threshold=threshold,
         answers=items, model=m.name, engine=m.engine.name, windows=n_windows, timing_ms=timing, **extra,
     )

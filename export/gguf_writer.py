@@ -64,6 +64,9 @@ class QAMeta:
     base_model: str = ""
     adapter_sha256: str = ""
     task: str = "extractive-qa"
+    negatives: str = ""
+    null_threshold: float | None = None
+    null_threshold_tuning: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -199,6 +202,11 @@ def write_gguf(
                 raise ModelError(f"span head weight has shape {sw.shape}, expected (2, {spec.hidden_size})")
             w.add_array(Key.SPAN_HEAD_WEIGHT, [float(x) for x in sw.ravel()])
             w.add_array(Key.SPAN_HEAD_BIAS, [float(x) for x in np.asarray(span_bias, dtype=np.float32).ravel()])
+        if meta.negatives:
+            w.add_string(Key.NEGATIVES, meta.negatives)
+        if meta.null_threshold is not None:
+            w.add_float32(Key.NULL_THRESHOLD, float(meta.null_threshold))
+            w.add_string(Key.NULL_THRESHOLD_TUNING, meta.null_threshold_tuning)
         for k, v in meta.extra.items():
             w.add_string(k, str(v))
 

@@ -51,6 +51,9 @@ def export(
         q = merged.qa_config
         meta = QAMeta(
             settings=QASettings.from_mapping(q),
+            negatives=str((q.get("train_identity") or {}).get("negatives") or "none"),
+            null_threshold=q.get("null_threshold"),
+            null_threshold_tuning=str(q.get("null_threshold_tuning", "")),
             base_model=merged.base_name,
             adapter_sha256=adapter_hash(adapter),
         )

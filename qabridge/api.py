@@ -8,7 +8,8 @@
 
 The call shape and the result shape are the transformers pipeline's (``question=``/``context=``,
 lists of them, dicts with ``question``/``context``, ``top_k``, ``doc_stride``, ``max_answer_len``,
-``max_seq_len``, ``max_question_len``, ``handle_impossible_answer``). Two differences, both on
+``max_seq_len``, ``max_question_len``, ``handle_impossible_answer``; ``null_threshold`` moves
+the abstention decision, default the model's tuned threshold if it stores one). Two differences, both on
 purpose: ``top_k`` lists distinct spans (the transformers pipeline can repeat a span found in two
 overlapping windows), and ``max_answer_len`` defaults to the model's (30 tokens for qabridge's
 models; transformers defaults to 15). Offsets are those of the tokens, like the transformers
@@ -18,6 +19,7 @@ pipeline with ``align_to_words=False``; the HTTP bridge answers with the same sp
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -126,7 +128,8 @@ class QuestionAnsweringPipeline:
         return out, one
 
     def _options(self, kw: dict) -> dict:
-        known = {"top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len", "handle_impossible_answer"}
+        known = {"top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len", "handle_impossible_answer",
+                 "null_threshold"}
         unknown = set(kw) - known
         if unknown:
             raise UsageError(f"unknown argument(s): {', '.join(sorted(unknown))}")
@@ -144,18 +147,23 @@ class QuestionAnsweringPipeline:
         if mal is not None and int(mal) < 1:
             raise UsageError(f"max_answer_len must be >= 1, got {mal}")
         return {"top_k": top_k, "spec": spec, "max_answer_len": int(mal) if mal is not None else None,
-                "impossible": bool(kw.get("handle_impossible_answer", False))}
+                "impossible": bool(kw.get("handle_impossible_answer", False)),
+                "threshold": float(kw["null_threshold"]) if kw.get("null_threshold") is not None
+                else self.model_file.abstention["default_threshold"]}
 
     def _answer(self, question: str, context: str, *, top_k: int, spec, max_answer_len: int | None,
-                impossible: bool) -> Answer | list[Answer]:
+                impossible: bool, threshold: float) -> Answer | list[Answer]:
         if not isinstance(question, str) or not isinstance(context, str):
             raise UsageError("question and context must be strings")
         pred = self._qa.predict(question, context, top_k=top_k, max_answer_len=max_answer_len, spec=spec)
         answers = [{"score": s.score, "start": s.start, "end": s.end, "answer": context[s.start : s.end]} for s in pred.spans]
         if impossible:
-            # As the transformers pipeline does: the empty answer competes on its probability.
-            answers.append({"score": pred.null_score, "start": 0, "end": 0, "answer": ""})
-            answers = sorted(answers, key=lambda a: -a["score"])[:top_k]
+            # As the transformers pipeline does, the empty answer competes: it ranks above a span when
+            # log p(null) - log p(span) > threshold (0 unless the model stores a tuned one: then it is
+            # the transformers rule, p(null) > p(span)).
+            lnull = math.log(max(pred.null_score, 1e-300))
+            pos = next((i for i, a in enumerate(answers) if lnull - math.log(max(a["score"], 1e-300)) > threshold), len(answers))
+            answers = (answers[:pos] + [{"score": pred.null_score, "start": 0, "end": 0, "answer": ""}] + answers[pos:])[:top_k]
         if not answers:
             answers = [{"score": 0.0, "start": 0, "end": 0, "answer": ""}]
         return answers[0] if top_k == 1 else answers

@@ -23,6 +23,8 @@ prints one ``error:`` line and exits with ``exit_code``.
     │   ├── NotFound                   404 not_found            (no such route)
     │   ├── MethodNotAllowed           405 method_not_allowed
     │   ├── UnsupportedMediaType       415 unsupported_media_type
+    │   ├── UnsupportedFileType        415 unsupported_file_type
+    │   ├── UnreadableFile             422 unreadable_file
     │   ├── PayloadTooLarge            413 payload_too_large
     │   │   ├── ContextTooLong         413 context_too_long
     │   │   ├── BatchTooLarge          413 batch_too_large
@@ -152,6 +154,20 @@ class MethodNotAllowed(UsageError):
 class UnsupportedMediaType(UsageError):
     code = "unsupported_media_type"
     status = 415
+
+
+class UnsupportedFileType(UsageError):
+    """(/api/extract) a file kind the bridge cannot take text from."""
+
+    code = "unsupported_file_type"
+    status = 415
+
+
+class UnreadableFile(UsageError):
+    """(/api/extract) an empty, damaged, locked or text-less file."""
+
+    code = "unreadable_file"
+    status = 422
 
 
 class PayloadTooLarge(UsageError):

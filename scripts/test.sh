@@ -3,10 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup-browser.sh   # Debian's headless Chromium + chromedriver for tests/test_page.py
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ruff check .
-# A real Ollama (v0.24.0, built from the Go module proxy and cached) with its own models dir.
+# A real Ollama with its own models dir: v0.34.4 (llama-server runner), built by scripts/ollama.sh
+# from the Go module proxy and the llama-cpp-python sdist, cached per version and CPU flags.
 export QABRIDGE_OLLAMA_STATE="$PWD/.cache/ollama-test"
 OLLAMA_BIN=$(bash scripts/ollama.sh build | tail -n 1)
 export OLLAMA_BIN
@@ -15,3 +17,14 @@ export "${host_line?}"
 trap 'bash scripts/ollama.sh stop >/dev/null 2>&1 || true' EXIT
 echo "Ollama: $OLLAMA_BIN at $OLLAMA_HOST"
 python -m pytest "$@"
+# QABRIDGE_TEST_OLLAMA_ALSO="0.24.0": the Ollama tests again against each of these versions
+# (each one built once, ~20 more minutes on 2 cores; each with its own models dir).
+for version in ${QABRIDGE_TEST_OLLAMA_ALSO:-}; do
+  bash scripts/ollama.sh stop >/dev/null 2>&1 || true
+  export QABRIDGE_OLLAMA_VERSION="$version" QABRIDGE_OLLAMA_STATE="$PWD/.cache/ollama-test-v$version"
+  OLLAMA_BIN=$(bash scripts/ollama.sh build | tail -n 1)
+  host_line=$(bash scripts/ollama.sh start | tail -n 1)
+  export "${host_line?}"
+  echo "Ollama: $OLLAMA_BIN at $OLLAMA_HOST"
+  python -m pytest tests/test_ollama.py
+done

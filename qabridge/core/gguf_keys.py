@@ -25,6 +25,10 @@ class Key:
     BASE_MODEL = "qabridge.base_model"  # str
     ADAPTER_SHA256 = "qabridge.adapter_sha256"  # str: hash of the adapter files ("" for a plain base)
     OUTTYPE = "qabridge.outtype"  # str: OutType value
+    # Abstention (optional; absent for models trained without unanswerable examples).
+    NEGATIVES = "qabridge.negatives"  # str: the generated negatives trained with ("none", "topical,adversarial", ...)
+    NULL_THRESHOLD = "qabridge.null_threshold"  # f32: abstain iff log p(no answer) - log p(best span) > this
+    NULL_THRESHOLD_TUNING = "qabridge.null_threshold_tuning"  # str: how it was tuned (data, questions, F1)
 
 
 #: Keys a GGUF must carry for the bridge to serve it.

@@ -138,6 +138,24 @@ class ModelFile:
     def max_answer_len(self) -> int:
         return self.settings.max_answer_len
 
+    @property
+    def null_threshold(self) -> float | None:
+        """The tuned abstention threshold, if the model was trained and tuned for it."""
+        v = self.get(Key.NULL_THRESHOLD)
+        return None if v is None else float(v)
+
+    @property
+    def abstention(self) -> dict:
+        """What the model knows about abstaining (for /api/model/info)."""
+        negatives = str(self.get(Key.NEGATIVES, "none") or "none")
+        return {
+            "trained_with_negatives": negatives != "none",
+            "negatives": negatives,
+            "null_threshold": self.null_threshold,
+            "tuning": self.get(Key.NULL_THRESHOLD_TUNING),
+            "default_threshold": self.null_threshold if self.null_threshold is not None else 0.0,
+        }
+
     @cached_property
     def tokenizer(self) -> WordPieceTokenizer:
         tokens = self.get("tokenizer.ggml.tokens")

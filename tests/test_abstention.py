@@ -1,0 +1,66 @@
+"""Abstention over real HTTP: handle_impossible_answer, null_threshold, batches, bad values."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+EIFFEL = "The Eiffel Tower is in Paris. It was completed in 1889."
+UNANSWERED = "How many legs does a spider have?"
+
+
+def qa(server, **body) -> httpx.Response:
+    return httpx.post(server.url + "/api/qa", json=body, timeout=120)
+
+
+def test_off_by_default_every_question_gets_a_span(server):
+    r = qa(server, question=UNANSWERED, context=EIFFEL).json()
+    assert isinstance(r["answer"], str) and r["answer"] == EIFFEL[r["start"] : r["end"]]
+    assert r["abstained"] is False and r["null_threshold"] is None
+    assert 0.5 < r["no_answer_probability"] <= 1  # the model does put its mass on [CLS] here
+
+
+def test_unanswerable_question_gets_null(server):
+    r = qa(server, question=UNANSWERED, context=EIFFEL, handle_impossible_answer=True, top_k=2).json()
+    assert r["answer"] is None and r["start"] is None and r["end"] is None and r["abstained"] is True
+    assert r["score"] == r["no_answer_probability"] and r["null_threshold"] == 0.0  # no tuned threshold stored
+    assert r["answers"][0]["answer"] is None and isinstance(r["answers"][1]["answer"], str)
+
+
+def test_answerable_question_is_unchanged(server, dev_examples):
+    for e in dev_examples[:10]:
+        plain = qa(server, question=e.question, context=e.context).json()
+        judged = qa(server, question=e.question, context=e.context, handle_impossible_answer=True).json()
+        assert judged["abstained"] is False
+        assert (judged["answer"], judged["start"], judged["end"]) == (plain["answer"], plain["start"], plain["end"])
+
+
+def test_null_threshold_moves_the_decision(server):
+    q = "When was the Eiffel Tower completed?"
+    assert qa(server, question=q, context=EIFFEL, handle_impossible_answer=True).json()["answer"] == "1889"
+    eager = qa(server, question=q, context=EIFFEL, handle_impossible_answer=True, null_threshold=-100).json()
+    assert eager["answer"] is None and eager["null_threshold"] == -100
+    lax = qa(server, question=UNANSWERED, context=EIFFEL, handle_impossible_answer=True, null_threshold=100).json()
+    assert isinstance(lax["answer"], str) and lax["abstained"] is False
+
+
+def test_batch_items_abstain_on_their_own(server):
+    items = [
+        {"question": UNANSWERED, "context": EIFFEL, "handle_impossible_answer": True},
+        {"question": "When was the Eiffel Tower completed?", "context": EIFFEL, "handle_impossible_answer": True},
+        {"question": UNANSWERED, "context": EIFFEL},
+    ]
+    res = httpx.post(server.url + "/api/qa/batch", json={"qa_pairs": items}, timeout=120).json()["results"]
+    assert [r["answer"] for r in res[:2]] == [None, "1889"]
+    assert isinstance(res[2]["answer"], str)
+
+
+@pytest.mark.parametrize("value, code", [("high", "invalid_type"), (1000, "out_of_range"), (-1000, "out_of_range")])
+def test_bad_null_threshold(server, value, code):
+    r = qa(server, question="q?", context=EIFFEL, handle_impossible_answer=True, null_threshold=value)
+    assert r.status_code == 422 and r.json()["error"]["code"] == code
+
+
+def test_model_info_says_what_the_model_knows(server):
+    a = httpx.get(server.url + "/api/model/info").json()["abstention"]
+    assert a["trained_with_negatives"] is False and a["null_threshold"] is None and a["default_threshold"] == 0.0
