@@ -42,3 +42,5 @@ class ServeConfig:
     #: Local embedding GGUF: ranking without Ollama, and the fallback while Ollama is away.
     embedding_gguf: Path | None = None
     ollama_poll_s: float = 1.0
+    #: Rank passages with the offline base as a sentence embedder when nothing better is given.
+    default_embedder: bool = True

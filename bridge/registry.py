@@ -58,6 +58,7 @@ class ModelRegistry:
         self.retriever = None
         self.pending_ollama: list[str] = list(cfg.ollama_models)
         self._embed_engine: LlamaCppEngine | None = None
+        self._lazy_embedder = None
         self._lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -104,7 +105,12 @@ class ModelRegistry:
                     self.default = name
 
     def _setup_retriever(self) -> None:
-        from .retrieval import LocalEmbedder, OllamaEmbedder, Retriever
+        """Ollama's embedding model if given; else (and while Ollama is away) a local one: the given
+        embedding GGUF, else the offline base as a sentence embedder (built on first use), and the
+        QA model's own pooled states only when neither exists."""
+        from qabridge.paths import offline_base_dir
+
+        from .retrieval import LazyLocalEmbedder, LocalEmbedder, OllamaEmbedder, Retriever
 
         primary = OllamaEmbedder(self.ollama, self.cfg.embedding_model) if self.ollama and self.cfg.embedding_model else None
         fallback = None
@@ -112,6 +118,11 @@ class ModelRegistry:
             mf = ModelFile(self.cfg.embedding_gguf, require_qa=False)
             self._embed_engine = LlamaCppEngine(mf, n_threads=self.cfg.n_threads, flash_attn=self.cfg.flash_attn)
             fallback = LocalEmbedder(self._embed_engine, mf.tokenizer, mf.path.name)
+        elif self.cfg.default_embedder and offline_base_dir() is not None:
+            from qabridge.export.run import default_embedder
+
+            fallback = self._lazy_embedder = LazyLocalEmbedder(lambda: default_embedder(log=log.info), "minilm-embed",
+                                                               n_threads=self.cfg.n_threads)
         elif self.default in self.models:
             m = self.models[self.default]
             fallback = LocalEmbedder(m.engine, m.file.tokenizer, m.file.path.name)
@@ -124,6 +135,8 @@ class ModelRegistry:
             m.engine.close()
         if self._embed_engine is not None:
             self._embed_engine.close()
+        if self._lazy_embedder is not None:
+            self._lazy_embedder.close()
 
     # -- reading ------------------------------------------------------------------------------
     @property

@@ -12,7 +12,12 @@ from typing import Protocol
 import numpy as np
 
 from qabridge.core.tokenizer import WordPieceTokenizer
-from qabridge.errors import EmbeddingsUnavailable, EngineUnavailable, OllamaUnavailable
+from qabridge.errors import (
+    EmbeddingsUnavailable,
+    EngineUnavailable,
+    OllamaUnavailable,
+    QABridgeError,
+)
 
 from .llama_engine import LlamaCppEngine
 from .ollama import OllamaClient, OllamaWatch
@@ -47,6 +52,37 @@ class LocalEmbedder:
             h = self.engine.hidden_states(np.asarray(ids, dtype=np.int32))
             out.append(h.mean(axis=0))
         return _normalise(np.asarray(out, dtype=np.float32))
+
+
+class LazyLocalEmbedder:
+    """A LocalEmbedder over a GGUF that is built and loaded on first use (the base sentence model
+    costs nothing until a ``documents`` request needs it)."""
+
+    def __init__(self, locate, label: str, n_threads: int | None = None):
+        self._locate = locate  # () -> Path of the embedding GGUF (may build it)
+        self._inner: LocalEmbedder | None = None
+        self._engine: LlamaCppEngine | None = None
+        self._lock = threading.Lock()
+        self.n_threads = n_threads
+        self.name = f"local:{label}"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if self._inner is None:
+            with self._lock:
+                if self._inner is None:
+                    from qabridge.core.model_file import ModelFile
+
+                    try:
+                        mf = ModelFile(self._locate(), require_qa=False)
+                    except QABridgeError as exc:
+                        raise EmbeddingsUnavailable(f"the default embedder could not be built: {exc.message}") from None
+                    self._engine = LlamaCppEngine(mf, n_threads=self.n_threads)
+                    self._inner = LocalEmbedder(self._engine, mf.tokenizer, mf.path.name)
+        return self._inner.embed(texts)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
 
 
 class OllamaEmbedder:

@@ -26,7 +26,7 @@ class QARequest(BaseModel):
     """Which loaded model answers (see ``GET /api/models``)."""
     top_documents: int | None = Field(
         default=None, ge=1, le=200,
-        description="With documents: how many top-ranked passages are read (default: all of them when they fit 32 windows, else 3).",
+        description="With documents: how many top-ranked passages are read (default: all of them when there are at most 8, else the best 5).",
     )
     """With ``documents``: how many of the top-ranked passages are read for spans."""
     handle_impossible_answer: bool = Field(

@@ -31,8 +31,8 @@ from .schemas import AnswerItem, QARequest, QAResponse, RankedPassage
 log = logging.getLogger("qabridge.bridge")
 
 #: With documents: read every passage when there are at most this many, else the best TOP_PASSAGES.
-READ_ALL_PASSAGES = 64
-TOP_PASSAGES = 8
+READ_ALL_PASSAGES = 8
+TOP_PASSAGES = 5
 
 
 class QAService:

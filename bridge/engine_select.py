@@ -1,0 +1,325 @@
+"""``--engine auto``: measure the candidate engines on this CPU, keep those that agree, pick the fastest.
+
+Which engine and weight type is fastest depends on the CPU (issue 12: bf16 led on an AMD EPYC with
+AVX512-BF16; on an Intel Xeon with AMX, ORT int8 and AMX q8_0 did), so it is measured, not
+guessed from flags. Each candidate encodes the same fixed windows (questions of the committed
+SQuAD dev sample); a candidate whose argmax spans disagree with the reference's on more than
+``1 - min_agreement`` of the questions is dropped, whatever its speed. The choice is cached as
+JSON per CPU (model name and flags), thread count, library versions and model files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qabridge._version import __version__
+from qabridge.core.decode import best_spans
+from qabridge.core.hashing import sha256_file
+from qabridge.errors import ModelError, QABridgeError, UsageError
+from qabridge.paths import REPO_ROOT, cache_dir
+
+ENGINES = ("llama.cpp", "onnx")
+#: Fixed questions for the check: the first paragraphs of SQuAD v1.1 dev (tests/fixtures/README.md).
+DEV_SAMPLE = REPO_ROOT / "tests" / "fixtures" / "squad_dev_sample.json"
+#: Precision order for the reference: the most exact candidate available is the yardstick.
+_REFERENCE_ORDER = ("f32", "f16", "bf16", "q8_0", "int8")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    engine: str  # "llama.cpp" | "onnx"
+    path: Path
+    outtype: str = ""  # f32, f16, bf16, q8_0 (GGUF); f32, int8 (ONNX): read from the file when empty
+
+    @property
+    def label(self) -> str:
+        return f"{'onnxruntime' if self.engine == 'onnx' else self.engine} {self.outtype}".strip()
+
+    def open(self, n_threads: int | None = None):
+        """A QAPipeline over this candidate (one llama.cpp context: one request at a time)."""
+        if self.engine == "onnx":
+            from .onnx_engine import onnx_pipeline
+
+            return onnx_pipeline(self.path, n_threads=n_threads)
+        if self.engine == "llama.cpp":
+            from .llama_engine import gguf_pipeline
+
+            return gguf_pipeline(self.path, n_threads=n_threads, n_contexts=1)
+        raise UsageError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}", code="invalid_option")
+
+
+def candidate_for(path: str | os.PathLike) -> Candidate:
+    """A Candidate for a model file, engine by extension and outtype from its metadata."""
+    p = Path(path)
+    if p.suffix == ".onnx":
+        from .onnx_engine import OnnxModel
+
+        m = OnnxModel(p, n_threads=1)
+        out = m.outtype
+        m.close()
+        return Candidate("onnx", p, out)
+    from qabridge.core.model_file import ModelFile
+
+    return Candidate("llama.cpp", p, ModelFile(p).outtype)
+
+
+@dataclass
+class Measurement:
+    label: str
+    engine: str
+    path: str
+    outtype: str
+    ms_per_window: float | None = None  # best round
+    rounds_ms: list[float] = field(default_factory=list)
+    agreement: float | None = None  # share of questions whose argmax span equals the reference's
+    passed: bool = False
+    error: str | None = None
+
+
+@dataclass
+class EngineChoice:
+    engine: str  # "llama.cpp" | "onnx"
+    path: str
+    outtype: str
+    label: str
+    reference: str
+    cpu: str
+    threads: int
+    key: str
+    cached: bool
+    seconds: float  # spent measuring (0 when read from the cache)
+    candidates: list[Measurement]
+
+    @property
+    def ms_per_window(self) -> dict[str, float | None]:
+        return {m.label: m.ms_per_window for m in self.candidates}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EngineChoice:
+        d = dict(d)
+        d["candidates"] = [Measurement(**m) for m in d["candidates"]]
+        return cls(**d)
+
+
+def cpu_identity() -> tuple[str, list[str]]:
+    """CPU model name and flags (Linux /proc/cpuinfo; elsewhere the platform's processor string)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        info = ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    return name or platform.processor() or platform.machine(), sorted(flags)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"qabridge": __version__}
+    for pkg in ("onnxruntime", "llama_cpp_python"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = ""
+    return out
+
+
+def cache_key(candidates: list[Candidate], threads: int, hashes: dict[Path, str] | None = None) -> str:
+    name, flags = cpu_identity()
+    hashes = hashes or {}
+    files = sorted((c.engine, hashes.get(Path(c.path)) or sha256_file(c.path)) for c in candidates)
+    blob = json.dumps({"cpu": name, "flags": flags, "threads": threads, "versions": _versions(), "files": files},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def sample_questions(n: int, path: Path = DEV_SAMPLE) -> list[tuple[str, str]]:
+    """The first ``n`` (question, context) pairs of the dev sample, in file order."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read the fixed questions for --engine auto ({exc})") from None
+    out = []
+    for art in data["data"]:
+        for para in art["paragraphs"]:
+            for qa in para["qas"]:
+                out.append((qa["question"], para["context"]))
+    return out[:n]
+
+
+def _reference(candidates: list[Candidate]) -> Candidate:
+    rank = {o: i for i, o in enumerate(_REFERENCE_ORDER)}
+    # ONNX f32 before GGUF f32: same precision, and ORT's fp32 kernels are the plain reference.
+    return min(candidates, key=lambda c: (rank.get(c.outtype, len(rank)), c.engine != "onnx"))
+
+
+def choose_engine(
+    candidates: list[Candidate],
+    *,
+    reference: Candidate | None = None,
+    n_questions: int = 48,
+    rounds: int = 2,
+    min_agreement: float = 0.95,
+    n_threads: int | None = None,
+    use_cache: bool = True,
+    hashes: dict[Path, str] | None = None,
+    log=None,
+) -> EngineChoice:
+    """Measure ``candidates`` (and check them against ``reference``), return the fastest that agrees.
+
+    ``reference`` defaults to the most exact candidate (f32, then f16...). Timings are ms per
+    window over ``n_questions`` questions, each question's windows in one ``logits`` call as the
+    bridge makes them, best of ``rounds`` interleaved rounds. With ``use_cache`` a choice stored
+    for the same CPU, threads, versions and files is returned without measuring.
+    """
+    if not candidates:
+        raise UsageError("no candidate engines to choose from", code="invalid_option")
+    candidates = [c if c.outtype else candidate_for(c.path) for c in candidates]
+    threads = max(1, n_threads or os.cpu_count() or 1)
+    ref_c = reference or _reference(candidates)
+    key = cache_key(candidates, threads, hashes)
+    cache_file = cache_dir() / "engine-choice" / f"{key}.json"
+    if use_cache and cache_file.exists():
+        try:
+            choice = EngineChoice.from_dict(json.loads(cache_file.read_text()))
+            if choice.key == key and any(str(c.path) == choice.path for c in candidates):
+                choice.cached, choice.seconds = True, 0.0
+                return choice
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # a damaged cache entry is measured again and rewritten
+
+    t_start = time.perf_counter()
+    questions = sample_questions(n_questions)
+    labels = [c.label for c in candidates]
+    # Two files of one engine and type (say, two exports) are told apart by their file names.
+    measured: dict[Candidate, Measurement] = {
+        c: Measurement(c.label if labels.count(c.label) == 1 else f"{c.label} ({Path(c.path).name})",
+                       c.engine, str(c.path), c.outtype)
+        for c in candidates
+    }
+    pipes = {}
+    ref_pipe = None
+    try:
+        if ref_c not in candidates:
+            ref_pipe = ref_c.open(threads)
+        for c in candidates:
+            try:
+                pipes[c] = c.open(threads)
+            except QABridgeError as exc:
+                measured[c].error = exc.message
+        base = ref_pipe or pipes.get(ref_c)
+        if base is None:
+            raise ModelError(f"{ref_c.path}: the reference engine could not be opened ({measured[ref_c].error})")
+        prepared = [base.prepare(q, ctx) for q, ctx in questions]
+        n_windows = sum(len(w) for _, w in prepared)
+
+        def spans(pipe):
+            out = []
+            for ctx, wins in prepared:
+                lg = pipe.encoder.logits(wins)
+                top = best_spans(lg, wins, ctx, max_answer_len=base.max_answer_len, top_k=1)
+                out.append((top[0].start, top[0].end) if top else None)
+            return out
+
+        ref_spans = spans(base)
+        for c, pipe in pipes.items():
+            if pipe.tokenizer.vocab != base.tokenizer.vocab or pipe.spec != base.spec:
+                measured[c].error = "vocabulary or window settings differ from the reference's"
+        for r in range(max(1, rounds)):
+            # Interleaved: a burst of load from elsewhere on the machine hits every candidate's round alike.
+            for c, pipe in pipes.items():
+                m = measured[c]
+                if m.error:
+                    continue
+                for _, wins in prepared[:3]:
+                    pipe.encoder.logits(wins)  # warm-up: first-call allocations, thread start
+                t0 = time.perf_counter()
+                try:
+                    got = spans(pipe)
+                except QABridgeError as exc:
+                    m.error = exc.message
+                    continue
+                m.rounds_ms.append(1e3 * (time.perf_counter() - t0) / max(1, n_windows))
+                if r == 0:
+                    m.agreement = sum(a == b for a, b in zip(got, ref_spans)) / max(1, len(ref_spans))
+                    m.passed = m.agreement >= min_agreement
+        for m in measured.values():
+            if m.rounds_ms:
+                m.ms_per_window = round(min(m.rounds_ms), 3)
+                m.rounds_ms = [round(x, 3) for x in m.rounds_ms]
+            if log:
+                log(f"auto engine: {m.label}: {m.ms_per_window} ms/window, agreement {m.agreement}"
+                    f"{'' if m.passed else ' (excluded)'}{f', {m.error}' if m.error else ''}")
+    finally:
+        for pipe in pipes.values():
+            pipe.encoder.close()
+        if ref_pipe is not None:
+            ref_pipe.encoder.close()
+
+    ok = [c for c in candidates if measured[c].passed and measured[c].ms_per_window is not None and not measured[c].error]
+    if not ok:
+        raise ModelError("no candidate engine passed the parity check: "
+                         + "; ".join(f"{m.label}: {m.error or f'agreement {m.agreement}'}" for m in measured.values()))
+    best = min(ok, key=lambda c: measured[c].ms_per_window)
+    choice = EngineChoice(
+        engine=best.engine, path=str(best.path), outtype=best.outtype, label=measured[best].label,
+        reference=measured[ref_c].label if ref_c in measured else ref_c.label,
+        cpu=cpu_identity()[0], threads=threads, key=key, cached=False,
+        seconds=round(time.perf_counter() - t_start, 2), candidates=[measured[c] for c in candidates],
+    )
+    if use_cache:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass  # an unwritable cache costs a re-measure next start, nothing more
+    return choice
+
+
+def default_candidates(
+    adapter: str | os.PathLike | None = None,
+    *,
+    gguf_outtypes: tuple[str, ...] = ("q8_0", "bf16", "f16"),
+    onnx_types: tuple[str, ...] = ("f32", "int8"),
+    log=None,
+) -> list[Candidate]:
+    """The committed (or given) adapter exported once per engine and type, cached by adapter hash.
+
+    GGUFs come from :func:`qabridge.export.run.default_model`; ONNX files sit beside them. Building
+    needs torch (the train extra); files already cached are reused without it.
+    """
+    from qabridge.core.hashing import adapter_hash
+    from qabridge.export.run import default_model
+    from qabridge.paths import DEFAULT_ADAPTER
+
+    adapter = Path(adapter) if adapter else DEFAULT_ADAPTER
+    out = [Candidate("llama.cpp", default_model(o, adapter=adapter, log=log), o) for o in gguf_outtypes]
+    h = adapter_hash(adapter)[:16]
+    merged = None
+    for t in onnx_types:
+        p = cache_dir() / "models" / f"default-{h}.{t}.onnx"
+        if not p.exists():
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise ModelError("building the ONNX model needs torch (pip install 'qabridge[train]')") from None
+            from qabridge.export.merge import merge_adapter
+            from qabridge.export.onnx_export import export_onnx
+
+            if log:
+                log(f"building the ONNX {t} model from {adapter} -> {p}")
+            merged = merged or merge_adapter(adapter)
+            export_onnx(adapter, p, quantize="int8" if t == "int8" else "none", merged=merged)
+        out.append(Candidate("onnx", p, t))
+    return out

@@ -1,0 +1,262 @@
+"""Per-token hidden states from ONNX Runtime, span head in numpy: the llama.cpp engine's interface.
+
+Serves the ``.onnx`` files ``qabridge export --format onnx`` writes (export/onnx_export.py):
+the encoder graph maps ``input_ids``/``attention_mask`` to the last hidden state, and the span
+head, window settings and vocabulary come from the model's metadata, so the file alone serves.
+ONNX Runtime rejects bad input with an exception rather than aborting the process, but the
+limits are still checked here first so the errors read the same as the llama.cpp engine's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from qabridge.core.gguf_keys import TASK_QA, Key
+from qabridge.core.model_file import SpanHead
+from qabridge.core.pipeline import QAPipeline
+from qabridge.core.settings import QASettings
+from qabridge.core.tokenizer import WordPieceTokenizer
+from qabridge.core.windows import Window, WindowSpec
+from qabridge.errors import EngineError, ModelError, QABridgeError, UsageError
+from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxKey
+
+#: Windows per ONNX Runtime call. A request's windows go in padded batches of at most this many:
+#: the attention scores of one batch take batch x heads x seq^2 floats (8 x 12 x 384^2 = 57 MB).
+MAX_BATCH = 8
+_ONNX_MAGIC_HINT = b"\x08"  # an ONNX ModelProto starts with field 1 (ir_version), varint
+
+
+def session_options(n_threads: int | None = None):
+    """intra-op threads = ``n_threads`` (default: every core), one inter-op thread, sequential."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, n_threads or os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: ORT's warnings about unused initialisers are noise here
+    return so
+
+
+class OnnxModel:
+    """A validated qabridge ONNX model: its ORT session, metadata, tokenizer and span head.
+
+    Mirrors :class:`qabridge.core.model_file.ModelFile` (``path``, ``tokenizer``, ``settings``,
+    ``window_spec``, ``span_head``, ``outtype``, ``qabridge_metadata()``...), so the bridge can
+    show either file the same way.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None):
+        self.path = Path(path)
+        self._check_file()
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - base dependency
+            raise EngineError(f"onnxruntime is not installed ({exc})") from None
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(n_threads), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented...
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise ModelError(f"{self.path}: not a readable ONNX model ({reason[:300]})") from None
+        self.meta: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._check_contents()
+
+    # -- checks -------------------------------------------------------------------------------
+    def _check_file(self) -> None:
+        if not self.path.exists():
+            raise ModelError(f"{self.path}: no such model file")
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: not a file")
+        size = self.path.stat().st_size
+        if size < 16:
+            raise ModelError(f"{self.path}: too small to be an ONNX model ({size} bytes)")
+        with open(self.path, "rb") as fh:
+            head = fh.read(4)
+        if head == b"GGUF":
+            raise ModelError(f"{self.path}: is a GGUF file; serve it with the llama.cpp engine")
+        if head[:1] != _ONNX_MAGIC_HINT:
+            raise ModelError(f"{self.path}: not an ONNX model (starts with {head!r})")
+
+    def _check_contents(self) -> None:
+        missing = [k for k in REQUIRED if k not in self.meta]
+        if missing:
+            raise ModelError(f"{self.path}: not a qabridge QA model (missing {', '.join(missing)}); "
+                             "export one with `qabridge export --format onnx`")
+        if self.meta[Key.TASK] != TASK_QA:
+            raise ModelError(f"{self.path}: qabridge task is {self.meta[Key.TASK]!r}, not {TASK_QA!r}")
+        names = {i.name: i for i in self.session.get_inputs()}
+        if set(names) != set(INPUTS):
+            raise ModelError(f"{self.path}: inputs are {sorted(names)}, expected {list(INPUTS)}")
+        outs = self.session.get_outputs()
+        if not outs or outs[0].name != OUTPUT or len(outs[0].shape) != 3:
+            raise ModelError(f"{self.path}: first output must be {OUTPUT} [batch, seq, hidden]")
+        hidden = outs[0].shape[2]
+        if isinstance(hidden, int) and hidden != self.hidden_size:
+            raise ModelError(f"{self.path}: output width {hidden} != qabridge.hidden_size {self.hidden_size}")
+        self.input_dtypes = {n: (np.int32 if "int32" in i.type else np.int64) for n, i in names.items()}
+        _ = self.span_head, self.settings, self.tokenizer  # fail now, not on the first request
+
+    # -- metadata -----------------------------------------------------------------------------
+    def get(self, key: str, default=None):
+        return self.meta.get(key, default)
+
+    def _int(self, key: str) -> int:
+        try:
+            return int(self.meta[key])
+        except (KeyError, ValueError):
+            raise ModelError(f"{self.path}: metadata {key} is missing or not an integer") from None
+
+    def qabridge_metadata(self) -> dict:
+        skip = (Key.SPAN_HEAD_WEIGHT, Key.SPAN_HEAD_BIAS, OnnxKey.VOCAB)
+        return {k: v for k, v in self.meta.items() if k.startswith("qabridge.") and k not in skip}
+
+    @property
+    def hidden_size(self) -> int:
+        return self._int(OnnxKey.HIDDEN_SIZE)
+
+    @property
+    def context_length(self) -> int:
+        return self._int(OnnxKey.CONTEXT_LENGTH)
+
+    @property
+    def outtype(self) -> str:
+        return str(self.meta.get(Key.OUTTYPE, "unknown"))
+
+    @cached_property
+    def span_head(self) -> SpanHead:
+        h = self.hidden_size
+        try:
+            w = np.asarray(json.loads(self.meta[Key.SPAN_HEAD_WEIGHT]), dtype=np.float32)
+            b = np.asarray(json.loads(self.meta[Key.SPAN_HEAD_BIAS]), dtype=np.float32)
+        except (ValueError, TypeError):
+            raise ModelError(f"{self.path}: span head metadata is not a list of numbers") from None
+        if w.size != 2 * h or b.size != 2:
+            raise ModelError(f"{self.path}: span head has {w.size}+{b.size} values, expected {2 * h}+2")
+        return SpanHead(w.reshape(2, h), b.reshape(2))
+
+    @cached_property
+    def settings(self) -> QASettings:
+        try:
+            s = QASettings.from_mapping(self.meta, prefix="qabridge.")
+        except ValueError:
+            raise ModelError(f"{self.path}: window settings in the metadata are not integers") from None
+        if s.max_seq_len > self.context_length:
+            raise ModelError(f"{self.path}: max_seq_len {s.max_seq_len} exceeds the position table ({self.context_length})")
+        return s
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        return self.settings.window_spec()
+
+    @property
+    def max_answer_len(self) -> int:
+        return self.settings.max_answer_len
+
+    @cached_property
+    def tokenizer(self) -> WordPieceTokenizer:
+        vocab = self.meta[OnnxKey.VOCAB].split("\n")
+        strip = {"true": True, "false": False}.get(self.meta.get(OnnxKey.STRIP_ACCENTS, ""))
+        return WordPieceTokenizer(vocab, lowercase=self.meta[Key.LOWERCASE] == "true", strip_accents=strip)
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OnnxEngine:
+    """Encoder in ONNX Runtime, span head in numpy. Thread-safe (ORT sessions are).
+
+    One session with ``n_threads`` intra-op threads (default: all cores), one inter-op thread,
+    sequential execution. A request's windows run as padded batches of up to ``max_batch``.
+    Concurrent requests are serialised by default (``concurrent=False``): each call then has
+    every thread, which on 2 cores measured faster than two calls sharing the pool.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: OnnxModel | str | os.PathLike, *, n_threads: int | None = None,
+                 max_batch: int = MAX_BATCH, concurrent: bool = False):
+        self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads)
+        self.session = self.file.session
+        self.head = self.file.span_head
+        self.n_positions = self.file.context_length
+        self.n_embd = self.file.hidden_size
+        self.n_threads = max(1, n_threads or os.cpu_count() or 1)
+        self.max_batch = max(1, max_batch)
+        self.pad_id = self.file.tokenizer.pad_id
+        self._dtypes = self.file.input_dtypes
+        self._run_lock = threading.Lock() if not concurrent else None
+        self._closed = False
+
+    @contextmanager
+    def demand(self):
+        """The bridge holds this for a request, queue time included. ORT's pool cannot be
+        re-split per call (llama.cpp's can), so there is nothing to do here."""
+        yield
+
+    def _check(self, n: int) -> None:
+        if n == 0:
+            raise UsageError("empty token sequence", code="empty_input")
+        if n > self.n_positions:
+            raise UsageError(f"sequence of {n} tokens exceeds the model window ({self.n_positions})", code="sequence_too_long")
+
+    def _run(self, seqs: list[np.ndarray]) -> np.ndarray:
+        """[batch, longest, hidden] for sequences already checked; padding masked out."""
+        if self._closed:
+            raise EngineError("engine is closed")
+        longest = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), longest), self.pad_id, dtype=self._dtypes["input_ids"])
+        mask = np.zeros((len(seqs), longest), dtype=self._dtypes["attention_mask"])
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+            mask[i, : len(s)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        try:
+            if self._run_lock is None:
+                return self.session.run([OUTPUT], feed)[0]
+            with self._run_lock:
+                return self.session.run([OUTPUT], feed)[0]
+        except Exception as exc:
+            raise EngineError(f"onnxruntime failed: {str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__}") from None
+
+    def hidden_states(self, ids: np.ndarray) -> np.ndarray:
+        """[n_tokens, hidden] float32 for one sequence."""
+        ids = np.asarray(ids)
+        self._check(int(len(ids)))
+        return self._run([ids])[0]
+
+    def logits(self, windows: list[Window], deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Span logits per window; past ``deadline`` (time.monotonic) the remaining batches are not run."""
+        for w in windows:
+            self._check(int(len(w.input_ids)))
+        # Longest first, so each padded batch holds windows of similar length (a request's windows
+        # are all full but the last; an eval batch mixes many questions).
+        order = sorted(range(len(windows)), key=lambda i: -len(windows[i].input_ids))
+        out: list = [None] * len(windows)
+        for b in range(0, len(order), self.max_batch):
+            if deadline is not None and time.monotonic() > deadline:
+                raise QABridgeError("request ran past its deadline", code="timeout", status=504)
+            chunk = order[b : b + self.max_batch]
+            hidden = self._run([windows[i].input_ids for i in chunk])
+            for j, i in enumerate(chunk):
+                out[i] = self.head.logits(hidden[j, : len(windows[i].input_ids)])
+        return out
+
+    def close(self) -> None:
+        self._closed = True
+        self.session = None
+        self.file.close()
+
+
+def onnx_pipeline(model, **engine_kw) -> QAPipeline:
+    """A pipeline over a qabridge ONNX model (path or OnnxModel): ORT encoder, settings from its metadata."""
+    mf = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=engine_kw.get("n_threads"))
+    return QAPipeline(mf.tokenizer, OnnxEngine(mf, **engine_kw), mf.window_spec, max_answer_len=mf.max_answer_len)

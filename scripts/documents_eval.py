@@ -1,0 +1,61 @@
+"""`documents` mode on SQuAD: the first 30 distinct dev paragraphs as documents, their first 20 questions.
+
+    .venv/bin/python scripts/documents_eval.py MODEL.gguf [--top-documents 3,all] [serve options...]
+
+Prints, per setting, how many questions were answered (F1 > 0.5), how often the answer came from
+the paragraph that holds it, the seconds and the embedder that ranked the passages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from qabridge.train import metrics
+    from qabridge.train.squad import load_squad, squad_file
+    from tests.helpers import start_server
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--top-documents", default="3,all")
+    args, serve_args = ap.parse_known_args()
+    dev = load_squad(squad_file("dev"))
+    paras: list[str] = []
+    for e in dev:
+        if e.context not in paras:
+            paras.append(e.context)
+        if len(paras) == 30:
+            break
+    qs = [e for e in dev if e.context in paras][:20]
+    tmp = ROOT / ".cache" / "documents-eval"
+    tmp.mkdir(parents=True, exist_ok=True)
+    s = start_server(Path(args.model), tmp, *serve_args)
+    try:
+        for k in args.top_documents.split(","):
+            extra = {} if k == "all" else {"top_documents": int(k)}
+            if k == "all":
+                extra = {"top_documents": 200}
+            ok = right = 0
+            t0 = time.time()
+            b: dict = {}
+            for e in qs:
+                b = httpx.post(s.url + "/api/qa", json={"question": e.question, "documents": paras, **extra}, timeout=600).json()
+                ok += metrics.score(b["answer"] or "", [a.text for a in e.answers])[1] > 0.5
+                right += b["document"] == paras.index(e.context)
+            print(f"top_documents={k}: answered {ok}/20, right passage {right}/20, read {len(b['ranking'])} passages, "
+                  f"{time.time() - t0:.1f} s, embedder {b.get('embedder')}")
+    finally:
+        s.stop()
+
+
+if __name__ == "__main__":
+    main()
