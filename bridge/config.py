@@ -24,6 +24,12 @@ class ServeConfig:
     model_path: Path | None = None
     #: Name the model file is served under (default: the file name without ``.gguf``).
     model_name: str | None = None
+    #: auto (measure candidates for the built-in model; by format for a file), llama.cpp or onnx.
+    engine: str = "llama.cpp"
+    #: Serve the built-in model, its engine and file chosen at load (``model_path`` is then None).
+    builtin_model: bool = False
+    #: GGUF outtype candidates of the built-in model: auto (q8_0 and bf16) or one of them.
+    default_outtype: str = "auto"
     max_body_bytes: int = 2_000_000
     max_context_chars: int = 400_000
     max_batch: int = 64

@@ -22,11 +22,12 @@ from qabridge._version import __version__
 from qabridge.core.decode import best_spans
 from qabridge.core.hashing import sha256_file
 from qabridge.errors import ModelError, QABridgeError, UsageError
-from qabridge.paths import REPO_ROOT, cache_dir
+from qabridge.paths import cache_dir
 
 ENGINES = ("llama.cpp", "onnx")
-#: Fixed questions for the check: the first paragraphs of SQuAD v1.1 dev (tests/fixtures/README.md).
-DEV_SAMPLE = REPO_ROOT / "tests" / "fixtures" / "squad_dev_sample.json"
+#: Fixed questions for the check: the first paragraphs of SQuAD v1.1 dev (tests/fixtures/README.md),
+#: shipped with the package so that `auto` works from a wheel too.
+DEV_SAMPLE = Path(__file__).resolve().parent / "data" / "squad_sample.json"
 #: Precision order for the reference: the most exact candidate available is the yardstick.
 _REFERENCE_ORDER = ("f32", "f16", "bf16", "q8_0", "int8")
 
@@ -103,6 +104,15 @@ class EngineChoice:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> dict:
+        """What /api/health and /api/model/info show: the choice, and what each candidate measured."""
+        return {
+            "engine": self.label, "cached": self.cached, "cpu": self.cpu, "threads": self.threads,
+            "reference": self.reference,
+            "candidates": [{"label": m.label, "ms_per_window": m.ms_per_window, "agreement": m.agreement,
+                            "passed": m.passed, "error": m.error} for m in self.candidates],
+        }
+
     @classmethod
     def from_dict(cls, d: dict) -> EngineChoice:
         d = dict(d)
@@ -166,7 +176,7 @@ def choose_engine(
     candidates: list[Candidate],
     *,
     reference: Candidate | None = None,
-    n_questions: int = 48,
+    n_questions: int = 24,
     rounds: int = 2,
     min_agreement: float = 0.95,
     n_threads: int | None = None,
@@ -290,36 +300,50 @@ def choose_engine(
 def default_candidates(
     adapter: str | os.PathLike | None = None,
     *,
-    gguf_outtypes: tuple[str, ...] = ("q8_0", "bf16", "f16"),
-    onnx_types: tuple[str, ...] = ("f32", "int8"),
+    gguf_outtypes: tuple[str, ...] = ("q8_0", "bf16"),
+    onnx_types: tuple[str, ...] = ("int8",),
+    engines: tuple[str, ...] = ENGINES,
     log=None,
 ) -> list[Candidate]:
-    """The committed (or given) adapter exported once per engine and type, cached by adapter hash.
+    """The shipped (or given) adapter exported once per engine and type, cached by adapter hash.
 
-    GGUFs come from :func:`qabridge.export.run.default_model`; ONNX files sit beside them. Building
-    needs torch (the train extra); files already cached are reused without it.
+    GGUFs come from :func:`qabridge.export.run.default_model` (numpy, no torch). ONNX files need
+    torch to export: they are built by ``qabridge export --format onnx`` in a child process, so the
+    serving process never loads torch (its memory would stay); without torch they are skipped.
     """
+    import importlib.util
+    import subprocess
+    import sys
+
     from qabridge.core.hashing import adapter_hash
     from qabridge.export.run import default_model
-    from qabridge.paths import DEFAULT_ADAPTER
+    from qabridge.paths import default_adapter
 
-    adapter = Path(adapter) if adapter else DEFAULT_ADAPTER
-    out = [Candidate("llama.cpp", default_model(o, adapter=adapter, log=log), o) for o in gguf_outtypes]
+    adapter = Path(adapter) if adapter else default_adapter()
+    out = []
+    if "llama.cpp" in engines:
+        out += [Candidate("llama.cpp", default_model(o, adapter=adapter, log=log), o) for o in gguf_outtypes]
+    if "onnx" not in engines:
+        return out
     h = adapter_hash(adapter)[:16]
-    merged = None
     for t in onnx_types:
         p = cache_dir() / "models" / f"default-{h}.{t}.onnx"
         if not p.exists():
-            try:
-                import torch  # noqa: F401
-            except ImportError:
-                raise ModelError("building the ONNX model needs torch (pip install 'qabridge[train]')") from None
-            from qabridge.export.merge import merge_adapter
-            from qabridge.export.onnx_export import export_onnx
-
+            if importlib.util.find_spec("torch") is None:
+                if log:
+                    log("ONNX candidates skipped: exporting them needs torch (pip install 'qabridge[train]')")
+                continue
             if log:
                 log(f"building the ONNX {t} model from {adapter} -> {p}")
-            merged = merged or merge_adapter(adapter)
-            export_onnx(adapter, p, quantize="int8" if t == "int8" else "none", merged=merged)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            r = subprocess.run([sys.executable, "-m", "qabridge.cli", "export", "--format", "onnx", "--adapter", str(adapter),
+                                "--output", str(p), "--quantize", "none" if t == "f32" else t, "--modelfile", ""],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                if log:
+                    log(f"ONNX {t} candidate skipped: {r.stderr.strip()[-300:]}")
+                continue
         out.append(Candidate("onnx", p, t))
+    if not out:
+        raise ModelError("no candidate engine could be built for the default model")
     return out

@@ -103,7 +103,7 @@ class OnnxModel:
         if isinstance(hidden, int) and hidden != self.hidden_size:
             raise ModelError(f"{self.path}: output width {hidden} != qabridge.hidden_size {self.hidden_size}")
         self.input_dtypes = {n: (np.int32 if "int32" in i.type else np.int64) for n, i in names.items()}
-        _ = self.span_head, self.settings, self.tokenizer  # fail now, not on the first request
+        _ = self.span_head, self.settings, self.tokenizer, self.null_threshold  # fail now, not on a request
 
     # -- metadata -----------------------------------------------------------------------------
     def get(self, key: str, default=None):
@@ -160,6 +160,27 @@ class OnnxModel:
     @property
     def max_answer_len(self) -> int:
         return self.settings.max_answer_len
+
+    @property
+    def null_threshold(self) -> float | None:
+        """The tuned abstention threshold, if the model was trained and tuned for it."""
+        v = self.meta.get(Key.NULL_THRESHOLD)
+        try:
+            return None if v is None else float(v)
+        except ValueError:
+            raise ModelError(f"{self.path}: {Key.NULL_THRESHOLD} is not a number") from None
+
+    @property
+    def abstention(self) -> dict:
+        """What the model knows about abstaining (for /api/model/info), as ModelFile.abstention."""
+        negatives = str(self.meta.get(Key.NEGATIVES, "none") or "none")
+        return {
+            "trained_with_negatives": negatives != "none",
+            "negatives": negatives,
+            "null_threshold": self.null_threshold,
+            "tuning": self.meta.get(Key.NULL_THRESHOLD_TUNING),
+            "default_threshold": self.null_threshold if self.null_threshold is not None else 0.0,
+        }
 
     @cached_property
     def tokenizer(self) -> WordPieceTokenizer:

@@ -19,7 +19,7 @@ from qabridge.errors import (
     UsageError,
 )
 
-from .config import ServeConfig
+from .config import DEFAULT_MODEL_NAME, ServeConfig
 from .llama_engine import LlamaCppEngine, gguf_pipeline
 
 log = logging.getLogger("qabridge.bridge")
@@ -36,8 +36,28 @@ class LoadedModel:
 
 
 def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") -> LoadedModel:
-    pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
+    """The file in the engine its format needs: ``.onnx`` in ONNX Runtime, GGUF in llama.cpp."""
+    if Path(path).suffix == ".onnx":
+        from .onnx_engine import onnx_pipeline
+
+        pipe = onnx_pipeline(path, n_threads=cfg.n_threads)
+    else:
+        pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
     return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, sha256_file(path), source)
+
+
+def choose_builtin(cfg: ServeConfig):
+    """The built-in model's file and engine: measured on this CPU among the candidates (cached)."""
+    from .engine_select import choose_engine, default_candidates
+
+    engines = ("onnx",) if cfg.engine == "onnx" else ("llama.cpp", "onnx")
+    outtypes = ("q8_0", "bf16") if cfg.default_outtype == "auto" else (cfg.default_outtype,)
+    cands = default_candidates(gguf_outtypes=outtypes, engines=engines, log=log.info)
+    if cfg.engine == "onnx" and not cands:
+        raise UsageError("--engine onnx: no ONNX model could be built (exporting needs torch)")
+    choice = choose_engine(cands, n_threads=cfg.n_threads, log=log.info)
+    log.info("engine: %s (%s)", choice.label, "cached choice" if choice.cached else f"measured in {choice.seconds:.1f} s")
+    return choice
 
 
 def model_name(path: Path) -> str:
@@ -57,6 +77,7 @@ class ModelRegistry:
         self.watch = None
         self.retriever = None
         self.pending_ollama: list[str] = list(cfg.ollama_models)
+        self.engine_choice = None  # EngineChoice of the built-in model under --engine auto/onnx
         self._embed_engine: LlamaCppEngine | None = None
         self._lazy_embedder = None
         self._lock = threading.Lock()
@@ -64,9 +85,14 @@ class ModelRegistry:
     # -- lifecycle ----------------------------------------------------------------------------
     def load(self) -> None:
         try:
-            if self.cfg.model_path is None and not self.cfg.ollama_models:
+            if self.cfg.model_path is None and not self.cfg.ollama_models and not self.cfg.builtin_model:
                 raise UsageError("no model given")
-            if self.cfg.model_path is not None:
+            if self.cfg.builtin_model:
+                self.engine_choice = choose_builtin(self.cfg)
+                name = self.cfg.model_name or DEFAULT_MODEL_NAME
+                self.models[name] = load_model(name, Path(self.engine_choice.path), self.cfg)
+                self.default = name
+            elif self.cfg.model_path is not None:
                 name = self.cfg.model_name or model_name(self.cfg.model_path)
                 self.models[name] = load_model(name, Path(self.cfg.model_path), self.cfg)
                 self.default = name

@@ -85,26 +85,31 @@ def create_app(cfg: ServeConfig, *, registry: ModelRegistry | None = None, load_
             engine=reg.models[reg.default].engine.name if ready else None,
             model=reg.default, models={k: f"{m.engine.name} ({m.source})" for k, m in reg.models.items()},
             ollama=ollama, error=reg.error, inflight=inflight[0],
+            engine_choice=reg.engine_choice.summary() if reg.engine_choice else None,
             embedding_cache=reg.retriever.cache.stats() if reg.retriever else None,
         )
 
+    def info_of(m: LoadedModel) -> ModelInfo:
+        choice = reg.engine_choice if reg.engine_choice and m.name == reg.default and m.source == "file" else None
+        return model_info(m, choice.summary() if choice else None)
+
     @app.get("/api/models", response_model=ModelList, summary="Models this bridge can serve")
     async def models() -> ModelList:
-        return ModelList(default=reg.default, models=[model_info(m) for m in list(reg.models.values())])
+        return ModelList(default=reg.default, models=[info_of(m) for m in list(reg.models.values())])
 
     @app.get("/api/model/info", response_model=ModelInfo, summary="Metadata of a model (default: the bridge's default)")
     async def info(model: str | None = None) -> ModelInfo:
-        return model_info(reg.pick(model))
+        return info_of(reg.pick(model))
 
     return app
 
 
-def model_info(m: LoadedModel) -> ModelInfo:
+def model_info(m: LoadedModel, engine_choice: dict | None = None) -> ModelInfo:
     meta = m.file.qabridge_metadata()
     return ModelInfo(
         name=m.name, file=str(m.file.path), size=m.file.path.stat().st_size, sha256=m.sha256,
         quantization=m.file.outtype, max_seq_len=m.file.window_spec.max_seq_len, doc_stride=m.file.window_spec.doc_stride,
-        engine=m.engine.name, source=m.source, abstention=m.file.abstention, metadata={k: _jsonable(v) for k, v in meta.items()},
+        engine=m.engine.name, source=m.source, abstention=m.file.abstention, engine_choice=engine_choice, metadata={k: _jsonable(v) for k, v in meta.items()},
     )
 
 

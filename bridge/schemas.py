@@ -107,6 +107,7 @@ class HealthResponse(BaseModel):
     ollama: dict | None = Field(default=None, description="Ollama host, reachability and version, when configured.")
     error: str | None = Field(default=None, description="Why loading failed, if it did.")
     inflight: int = Field(default=0, description="POST requests being answered now.")
+    engine_choice: dict | None = Field(default=None, description="With --engine auto: the engine chosen for the built-in model and what each candidate measured on this CPU.")
     embedding_cache: dict[str, int] | None = Field(default=None, description="Passage-embedding cache: hits, misses, size.")
 
 
@@ -120,6 +121,7 @@ class ModelInfo(BaseModel):
     doc_stride: int = Field(description="Overlap between consecutive windows, in tokens.")
     engine: str = Field(description="The engine that computes the encoder states.")
     source: str = Field(description="file or ollama")
+    engine_choice: dict | None = Field(default=None, description="With --engine auto: how the engine was chosen on this CPU.")
     abstention: dict = Field(default_factory=dict, description="Trained with unanswerable examples?, the stored null threshold and how it was tuned.")
     metadata: dict = Field(description="The GGUF's qabridge.* metadata (span head omitted).")
 

@@ -5,10 +5,44 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qabridge.core.model_file import ModelFile
+from qabridge.errors import ModelError
+
 BASE_LICENSES = {
     "sentence-transformers/all-MiniLM-L6-v2": "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
 }
 DATA_LICENSE = "SQuAD v1.1 (Rajpurkar et al. 2016), CC BY-SA 4.0"
+
+#: llama.cpp's ``<arch>.pooling_type`` values (enum llama_pooling_type).
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+#: Pooling types Ollama can serve on /api/embed. Ollama calls a GGUF an embedding model when the
+#: key is present at all, but with ``none`` llama-server (Ollama >= 0.30) refuses /v1/embeddings
+#: and Ollama reports a misleading "input exceeds maximum context length"; ``rank`` yields
+#: reranker scores, not vectors; without the key Ollama takes the model for a text generator.
+OLLAMA_POOLING = frozenset({"mean", "cls", "last"})
+
+
+def ollama_pooling(gguf_path: Path) -> str:
+    """The GGUF's pooling type if Ollama can serve it as an embedding model, else ModelError."""
+    mf = ModelFile(gguf_path, require_qa=False)
+    try:
+        arch = mf.get("general.architecture")
+        raw = mf.get(f"{arch}.pooling_type")
+    finally:
+        mf.close()
+    if raw is None:
+        raise ModelError(
+            f"{gguf_path}: no {arch}.pooling_type key; Ollama would treat it as a text-generation "
+            "model, not an embedding model, so no Modelfile is written"
+        )
+    name = POOLING_NAMES.get(int(raw), f"unknown ({int(raw)})")
+    if name not in OLLAMA_POOLING:
+        raise ModelError(
+            f"{gguf_path}: pooling type {name!r} cannot be served by Ollama (/api/embed needs one of "
+            f"{', '.join(sorted(OLLAMA_POOLING))}); export with mean pooling, or load the GGUF "
+            "without Ollama (`qabridge serve --model FILE.gguf`); no Modelfile is written"
+        )
+    return name
 
 
 def render_modelfile(gguf_path: Path, modelfile_path: Path, *, num_ctx: int, base_model: str, embedding: bool = False) -> str:
@@ -32,6 +66,9 @@ def render_modelfile(gguf_path: Path, modelfile_path: Path, *, num_ctx: int, bas
 
 
 def write_modelfile(gguf_path: Path, modelfile_path: Path, **kw) -> Path:
+    # Checked before anything is written: a Modelfile that `ollama create` accepts but whose
+    # model then fails every /api/embed call is worse than none.
+    ollama_pooling(gguf_path)
     modelfile_path.parent.mkdir(parents=True, exist_ok=True)
     text = render_modelfile(gguf_path, modelfile_path, **kw)
     tmp = modelfile_path.with_suffix(modelfile_path.suffix + ".tmp")

@@ -113,15 +113,28 @@ def train(quiet, target_modules, **kw) -> None:
 @click.option("--base", default=None, help="Override the base named in the adapter (HF id or directory).")
 @click.option("--embedding", is_flag=True, help="Export the plain base as a mean-pooled embedding model (no span head) for passage ranking.")
 @click.option("--force", is_flag=True, help="Overwrite an output file that qabridge did not write.")
+@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx"]), default="gguf", show_default=True, help="gguf (llama.cpp, Ollama) or onnx (ONNX Runtime engine; needs torch to export).")
+@click.option("--quantize", type=click.Choice(["int8", "int8-tensor", "none"]), default="int8", show_default=True, help="onnx: int8 (per-token activation scales, per-channel weights), int8-tensor (ORT's quantize_dynamic) or none (fp32).")
 @_fail_cleanly
-def export(adapter, output, outtype, modelfile, name, base, embedding, force) -> None:
-    """Merge an adapter into its base and write GGUF (llama.cpp bert layout) plus an Ollama Modelfile.
+def export(adapter, output, outtype, modelfile, name, base, embedding, force, fmt, quantize) -> None:
+    """Merge an adapter into its base and write GGUF (llama.cpp bert layout) plus an Ollama Modelfile,
+    or (--format onnx) a fused ONNX encoder for the ONNX Runtime engine.
 
     The span head and decoding settings go into `qabridge.*` metadata keys, so the one
-    GGUF file is all the bridge needs.
+    file is all the bridge needs.
     """
     from qabridge.export.run import export as run_export
 
+    if fmt == "onnx":
+        from qabridge.errors import UsageError
+        from qabridge.export.onnx_export import export_onnx
+
+        if embedding or adapter is None:
+            raise UsageError("--format onnx exports a QA adapter: give --adapter (no --embedding)")
+        out = Path(output) if output else Path("models") / f"{name}.{'f32' if quantize == 'none' else quantize}.onnx"
+        info = export_onnx(adapter, out, quantize=quantize, base=base, force=force)
+        click.echo(f"wrote {info['path']}  {info['size']} bytes  sha256 {info['sha256']}")
+        return
     if embedding and modelfile == "modelfiles/Modelfile":
         modelfile = "modelfiles/Modelfile.embedding"  # keep the QA model's Modelfile
     info = run_export(adapter, output=output, outtype=outtype, modelfile=modelfile or None, name=name,
@@ -143,6 +156,7 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 @main.command()
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF written by `qabridge export`. Default: the committed adapter, exported once and cached.")
 @click.option("--name", default=None, help="Name the --model file is served under (default: the file name; 'bert-qa' for the built-in model).")
+@click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx"]), default="auto", show_default=True, help="Encoder engine. auto: for the built-in model, measure the candidates (llama.cpp GGUF types, ONNX Runtime int8 when torch can export it) on this CPU once, keep those that agree, serve the fastest (cached per CPU and model); for a --model file, the engine its format needs.")
 @click.option("--default-outtype", type=click.Choice(["auto", *(o.value for o in OutType)]), default="auto", show_default=True, help="Outtype of the cached default model (auto: bf16 on CPUs with AVX512-BF16, else q8_0).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
 @click.option("--port", type=int, default=8080, show_default=True)
@@ -161,7 +175,7 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 @click.option("--embedding-model", default=None, help="Ollama model that embeds passages for `documents` requests (e.g. one made by `qabridge export --embedding`).")
 @click.option("--embedding-gguf", type=click.Path(dir_okay=False), default=None, help="Local embedding GGUF for `documents` ranking without Ollama (and while Ollama is away).")
 @_fail_cleanly
-def serve(model, name, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, max_context_chars,
+def serve(model, name, engine, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, max_context_chars,
           max_body_bytes, max_batch, max_inflight, timeout, cors_origin, ollama_model, ollama_host, embedding_model,
           embedding_gguf) -> None:
     """Run the QA bridge daemon (POST /api/qa, /api/qa/batch; GET /api/health, /api/model/info).
@@ -182,20 +196,34 @@ def serve(model, name, default_outtype, host, port, allow_remote, threads, conte
         raise UsageError(f"--host {host} would expose the bridge beyond this machine; add --allow-remote to do so")
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding {host}: reachable from other machines" + ("" if env_api_key() else " and no QABRIDGE_API_KEY is set"), err=True)
-    path = None if (ollama_model and not model) else _resolve_model(model, default_outtype)
-    if path is not None:
+    builtin = not model and not ollama_model
+    if model and Path(model).suffix == ".onnx":
+        if engine == "llama.cpp":
+            raise UsageError(f"{model}: an ONNX file runs in ONNX Runtime; use --engine onnx or auto")
+        path = Path(model)
+        from qabridge.bridge.onnx_engine import OnnxModel
+
+        OnnxModel(path).close()  # fail fast, before the port opens, on a wrong file
+    elif builtin and engine != "llama.cpp":
+        path = None  # the registry builds the candidates and measures them (in the background)
+    else:
+        if engine == "onnx":
+            raise UsageError("--engine onnx serves an ONNX file (qabridge export --format onnx) or the built-in model")
+        path = None if (ollama_model and not model) else _resolve_model(model, default_outtype)
+    if path is not None and path.suffix != ".onnx":
         ModelFile(path)  # fail fast, before the port opens, on a wrong file
     if embedding_gguf:
         ModelFile(embedding_gguf, require_qa=False)
     if (ollama_model or embedding_model) and not ollama_host:
         ollama_host = os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
-    if path is not None and not name and not model:
+    if builtin and not name:
         name = DEFAULT_MODEL_NAME
-    cfg = ServeConfig(model_path=path, model_name=name or None, ollama_host=ollama_host, ollama_models=list(ollama_model),
+    cfg = ServeConfig(model_path=path, model_name=name or None, engine=engine, builtin_model=builtin and path is None,
+                      default_outtype=default_outtype, ollama_host=ollama_host, ollama_models=list(ollama_model),
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
                       n_contexts=contexts or default_contexts(), n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
-    what = ", ".join(([str(path)] if path else []) + [f"ollama:{m}" for m in ollama_model])
+    what = ", ".join(([str(path)] if path else ["the built-in model"] if builtin else []) + [f"ollama:{m}" for m in ollama_model])
     click.echo(f"qabridge {__version__}: serving {what} on http://{host}:{port}", err=True)
     run_serve(cfg, host=host, port=port)
 

@@ -1,12 +1,16 @@
-"""Bridge vs the transformers 4.57.6 QA pipeline, on the same questions, in one run.
+"""Bridge vs the transformers 4.57.6 QA pipeline (torch and ONNX Runtime), same questions, one run.
 
-    .venv/bin/python scripts/bench.py [--n 2000] [--outtypes q8_0,bf16] [--variant '--contexts 1']
+    .venv/bin/python scripts/bench.py [--n 2000] [--outtypes q8_0,bf16] [--onnx int8] [--variant '--contexts 1']
+    .venv/bin/python scripts/bench.py --engines-alone --n 200 [--rounds 3]   # encoders only, no HTTP
 
-Sets up .venv-peer (transformers 4.57.6, the last release with the QA pipeline) on first use,
-merges the committed adapter into fp32 weights for the peer (token-type row 1 set equal to row 0,
-so its 0/1 segments compute what the bridge's all-zero segments compute), then for each mode
-(1 client, 8 concurrent clients) runs the peer in-process and the bridge over HTTP, alternating.
-Writes benchmarks/results.json, benchmarks/performance.md and benchmarks/performance.png.
+Sets up .venv-peer (transformers 4.57.6, the last release with the QA pipeline, with optimum 2.1.0,
+optimum-onnx 0.1.0 and onnxruntime 1.32.0) on first use, merges the committed adapter into fp32
+weights for the peers (token-type row 1 set equal to row 0, so their 0/1 segments compute what the
+bridge's all-zero segments compute), exports them with optimum (ORT fp32; O2-fused then int8
+dynamic per-channel), then for each mode (1 client, 8 concurrent clients) runs each peer in-process
+and the bridge over HTTP (llama.cpp per outtype, ONNX Runtime, and the default settings),
+alternating. Writes benchmarks/results.json (this run), appends it to benchmarks/runs.json (every
+run, with the CPU model and flags), and rewrites benchmarks/performance.md and performance.png.
 """
 
 from __future__ import annotations
@@ -35,24 +39,41 @@ def sh(cmd, **kw):
 
 def setup_peer() -> Path:
     py = PEER / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import transformers, torch; assert transformers.__version__ == '4.57.6'"]).returncode == 0:
+    check = ("import transformers, torch, optimum.onnxruntime, onnxruntime; "
+             "assert transformers.__version__ == '4.57.6' and onnxruntime.__version__ == '1.32.0'")
+    if py.exists() and subprocess.run([str(py), "-c", check], capture_output=True).returncode == 0:
         return py
-    sh([sys.executable, "-m", "venv", str(PEER)])
+    if not py.exists():
+        sh([sys.executable, "-m", "venv", str(PEER)])
     # torch comes from the project's .venv (same wheel, no second 2.5 GB download); the peer's own
     # site-packages come first, so its transformers 4.57.6 and tokenizers win.
     site = next((PEER / "lib").glob("python3*/site-packages"))
     main_site = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
     (site / "zz_qabridge_torch.pth").write_text(str(main_site) + "\n")
-    sh([str(py), "-m", "pip", "install", "-q", "transformers==4.57.6", "tokenizers>=0.22,<0.23", "huggingface-hub<1.0", "safetensors"])
+    sh([str(py), "-m", "pip", "install", "-q", "transformers==4.57.6", "tokenizers>=0.22,<0.23", "huggingface-hub<1.0", "safetensors",
+        "optimum==2.1.0", "optimum-onnx==0.1.0", "onnxruntime==1.32.0", "onnx"])
     return py
+
+
+def ort_peer_dirs(py: Path, model_dir: Path) -> dict[str, Path]:
+    """optimum's ORT exports of the merged model (fp32; O2 + int8 dynamic), made once in .venv-peer."""
+    out = model_dir.parent / (model_dir.name + "-ort")
+    if not (out / "o2-int8" / "model.onnx").exists():
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["HF_HUB_OFFLINE"] = "1"
+        r = subprocess.run([str(py), str(ROOT / "scripts" / "bench_peer.py")], capture_output=True, text=True, env=env,
+                           input=json.dumps({"prepare": "ort", "model_dir": str(model_dir), "out_dir": str(out)}))
+        if r.returncode != 0:
+            raise SystemExit(f"ORT peer export failed: {r.stderr[-3000:]}")
+    return {"fp32": out / "fp32", "o2-int8": out / "o2-int8"}
 
 
 def merged_model_dir() -> Path:
     import torch
 
+    from qabridge.core.hashing import adapter_hash
     from qabridge.paths import DEFAULT_ADAPTER
     from qabridge.train.model import load_for_inference, tokenizer_dir
-    from qabridge.core.hashing import adapter_hash
 
     d = CACHE / f"merged-{adapter_hash(DEFAULT_ADAPTER)[:12]}"
     if (d / "config.json").exists():
@@ -71,6 +92,81 @@ def merged_model_dir() -> Path:
     return d
 
 
+def onnx_models(kinds=("fp32", "O2", "O2+int8", "O2+int8-tensor")) -> dict[str, Path]:
+    """The committed adapter as ONNX for qabridge's own ORT engine (export/onnx_export.py), cached."""
+    from qabridge.core.hashing import adapter_hash
+    from qabridge.export.onnx_export import export_onnx
+    from qabridge.paths import DEFAULT_ADAPTER
+
+    h = adapter_hash(DEFAULT_ADAPTER)[:12]
+    out, merged = {}, None
+    for k in kinds:
+        p = CACHE / f"bert-qa-{h}.{k.replace('+', '-').lower()}.onnx"
+        if not p.exists():
+            from qabridge.export.merge import merge_adapter
+
+            merged = merged or merge_adapter(DEFAULT_ADAPTER)
+            export_onnx(DEFAULT_ADAPTER, p, quantize=k.split("+")[1] if "+" in k else "none", optimize=k != "fp32",
+                        merged=merged, force=True)
+        out[k] = p
+    return out
+
+
+def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str]) -> dict:
+    """Encoder alone, no HTTP: ms per question (a question's windows in one call, as the bridge
+    makes it), first ``n`` dev questions, ``rounds`` interleaved rounds, every engine ``threads``."""
+    from qabridge.bridge.llama_engine import gguf_pipeline
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.core.decode import best_spans
+    from qabridge.export.run import export
+    from qabridge.train.squad import load_squad, squad_file
+
+    examples = load_squad(squad_file("dev"))[:n]
+    systems = {}
+    for o in outtypes:
+        p = CACHE / f"bert-qa.{o}.gguf"
+        if not p.exists():
+            export(ROOT / "models" / "lora", output=p, outtype=o, modelfile=None)
+        systems[f"llama.cpp {o}"] = gguf_pipeline(p, n_threads=threads, n_contexts=1)
+    for k, p in onnx_models().items():
+        systems[f"onnxruntime {k}"] = onnx_pipeline(p, n_threads=threads)
+    first = next(iter(systems.values()))
+    prepared = [first.prepare(e.question, e.context) for e in examples]
+    n_windows = sum(len(w) for _, w in prepared)
+    n_tokens = sum(len(x.input_ids) for _, w in prepared for x in w)
+    times: dict[str, list[float]] = {k: [] for k in systems}
+    answers: dict[str, dict] = {}
+    for r in range(rounds):
+        for name, pipe in systems.items():
+            for _, w in prepared[:5]:
+                pipe.encoder.logits(w)
+            t0 = time.perf_counter()
+            logits = [pipe.encoder.logits(w) for _, w in prepared]
+            times[name].append(1e3 * (time.perf_counter() - t0) / len(prepared))
+            if r == 0:
+                ans = {}
+                for e, (ctx, w), lg in zip(examples, prepared, logits):
+                    sp = best_spans(lg, w, ctx, max_answer_len=pipe.max_answer_len, top_k=1)
+                    ans[e.id] = e.context[sp[0].start : sp[0].end] if sp else ""
+                answers[name] = ans
+    rows = []
+    for name, pipe in systems.items():
+        sc = score(answers[name], examples)
+        rows.append({"system": name, "ms_per_question": [round(x, 2) for x in times[name]],
+                     "best_ms": round(min(times[name]), 2), "exact_match": round(sc["exact_match"], 2),
+                     "f1": round(sc["f1"], 2)})
+        pipe.encoder.close()
+    return {"machine": machine_info(), "n": n, "windows": n_windows, "tokens_per_window": round(n_tokens / n_windows, 1),
+            "threads": threads, "rounds": rounds, "rows": rows}
+
+
+def machine_info() -> dict:
+    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("flags")), [])
+    simd = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))]
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": _cpu(), "simd_flags": simd}
+
+
 def percentile(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -82,8 +178,8 @@ def score(answers: dict, examples) -> dict:
     return metrics.evaluate(answers, ((e.id, [a.text for a in e.answers]) for e in examples))
 
 
-def run_peer(py: Path, model_dir: Path, examples, clients: int) -> dict:
-    job = {"model_dir": str(model_dir), "clients": clients, "threads": os.cpu_count() or 2,
+def run_peer(py: Path, peer: dict, examples, clients: int) -> dict:
+    job = {**peer, "clients": clients, "threads": os.cpu_count() or 2,
            "items": [{"id": e.id, "question": e.question, "context": e.context} for e in examples]}
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["HF_HUB_OFFLINE"] = "1"
@@ -101,14 +197,15 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_bridge(model: Path, examples, clients: int, extra: list[str]) -> dict:
+def run_bridge(model: Path | None, examples, clients: int, extra: list[str]) -> dict:
     import httpx
 
     from tests.helpers import start_server
 
     tmp = CACHE / "logs"
     tmp.mkdir(parents=True, exist_ok=True)
-    s = start_server(model, tmp, *extra)
+    # model None: `qabridge serve` with no --model, the default model and settings a user gets.
+    s = start_server(model, tmp, *extra) if model is not None else start_server(None, tmp, argv=extra)
     try:
         client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=clients + 2))
         for e in examples[:5]:
@@ -148,7 +245,29 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="extra `qabridge serve` options to bench as well, e.g. '--contexts 1'")
     ap.add_argument("--modes", default="1,8")
     ap.add_argument("--report-only", action="store_true", help="rewrite performance.md/.png from results.json without running")
+    ap.add_argument("--engines-alone", action="store_true",
+                    help="time the encoders alone (llama.cpp --outtypes, ONNX Runtime fp32/O2/O2+int8), no HTTP; "
+                         "appends to benchmarks/steps/engines-alone.json")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--onnx", default="int8", help="ONNX quantisations to serve with `--engine onnx` (int8, int8-tensor, none); empty: none")
+    ap.add_argument("--no-default-row", dest="default_row", action="store_false",
+                    help="skip `qabridge serve` with no --model/--engine (the default a user gets)")
+    ap.add_argument("--limit", type=int, default=None, help="smoke run: same as --n")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
+    if args.limit:
+        args.n = args.limit
+    if args.engines_alone:
+        res = engines_alone(args.n, args.rounds, args.threads, args.outtypes.split(","))
+        f = OUT / "steps" / "engines-alone.json"
+        runs = json.loads(f.read_text()) if f.exists() else []
+        runs.append(res)
+        f.write_text(json.dumps(runs, indent=2) + "\n")
+        print(f"{res['machine']['cpu']}, {res['threads']} threads, first {res['n']} dev questions "
+              f"({res['windows']} windows, {res['tokens_per_window']} tokens each), ms per question per round:")
+        for r in res["rows"]:
+            print(f"  {r['system']:<26} {r['ms_per_question']}  best {r['best_ms']}  EM {r['exact_match']}  F1 {r['f1']}")
+        return
     if args.report_only:
         saved = json.loads((OUT / "results.json").read_text())
         write_report(saved["rows"], saved["machine"], saved["n"])
@@ -161,28 +280,43 @@ def main() -> None:
     examples = load_squad(squad_file("dev"))[: args.n]
     py = setup_peer()
     model_dir = merged_model_dir()
+    ort_dirs = ort_peer_dirs(py, model_dir)
     ggufs = {}
-    for o in args.outtypes.split(","):
+    for o in filter(None, args.outtypes.split(",")):
         p = CACHE / f"bert-qa.{o}.gguf"
         if not p.exists():
             export(ROOT / "models" / "lora", output=p, outtype=o, modelfile=None)
         ggufs[o] = p
+    onnx_files = onnx_models(tuple(f"O2+{q}" for q in filter(None, args.onnx.split(","))))
+    peers = [("transformers-4.57.6 pipeline (torch fp32)", {"backend": "torch", "model_dir": str(model_dir)}),
+             ("transformers-4.57.6 pipeline (ORT fp32)", {"backend": "ort", "model_dir": str(ort_dirs["fp32"])}),
+             ("transformers-4.57.6 pipeline (ORT O2 + int8 dynamic)", {"backend": "ort", "model_dir": str(ort_dirs["o2-int8"])})]
     rows = []
     plan = []
     for c in (int(x) for x in args.modes.split(",")):
-        plan.append(("transformers-4.57.6 pipeline (torch fp32)", None, c, []))
+        for name, peer in peers:
+            plan.append((name, "peer", peer, c, []))
         for o, p in ggufs.items():
             # Default serving settings: min(4, cores) contexts sharing the cores between the requests encoding at once.
-            plan.append((f"qabridge HTTP (llama.cpp {o})", p, c, []))
+            plan.append((f"qabridge HTTP (llama.cpp {o})", "bridge", p, c, ["--engine", "llama.cpp"]))
             for extra in filter(None, args.variant):
-                plan.append((f"qabridge HTTP (llama.cpp {o}, {extra})", p, c, extra.split()))
-    for name, p, c, extra in tqdm(plan, desc="bench", unit="run"):
-        res = run_peer(py, model_dir, examples, c) if p is None else run_bridge(p, examples, c, extra)
+                plan.append((f"qabridge HTTP (llama.cpp {o}, {extra})", "bridge", p, c, ["--engine", "llama.cpp", *extra.split()]))
+        for k, p in onnx_files.items():
+            plan.append((f"qabridge HTTP (onnxruntime {k.split('+')[1]})", "bridge", p, c, ["--engine", "onnx"]))
+        if args.default_row:
+            plan.append(("qabridge HTTP (default settings)", "bridge", None, c, []))
+    for name, kind, target, c, extra in tqdm(plan, desc="bench", unit="run"):
+        res = run_peer(py, target, examples, c) if kind == "peer" else run_bridge(target, examples, c, extra)
         rows.append(summarise(name, res, examples, c))
         tqdm.write(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}))
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": _cpu()}
+    machine = machine_info()
     OUT.mkdir(exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps({"machine": machine, "n": args.n, "rows": rows}, indent=2) + "\n")
+    run = {"machine": machine, "n": args.n, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+    (OUT / "results.json").write_text(json.dumps(run, indent=2) + "\n")
+    runs_file = OUT / "runs.json"
+    runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
+    runs.append(run)
+    runs_file.write_text(json.dumps(runs, indent=2) + "\n")
     write_report(rows, machine, args.n)
 
 
@@ -216,8 +350,9 @@ def training_cost_section() -> list[str]:
 
 
 def write_report(rows, machine, n) -> None:
-    lines = ["# Performance: bridge vs transformers QA pipeline\n",
+    lines = ["# Performance: bridge vs the transformers QA pipeline (torch, ONNX Runtime)\n",
              f"Machine: {machine['cpu']}, {machine['cpus']} cores ({machine['platform']}). First {n} SQuAD v1.1 dev questions.",
+             f"SIMD flags: {' '.join(machine.get('simd_flags', [])) or 'not recorded'}.",
              "Reproduce: `.venv/bin/python scripts/bench.py` (writes results.json, this file and performance.png).\n",
              "| system | clients | q/s | p50 ms | p95 ms | EM | F1 | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -225,12 +360,17 @@ def write_report(rows, machine, n) -> None:
                      f"{r['exact_match']:.2f} | {r['f1']:.2f} | {r['peak_rss_mb']:.0f} |")
     lines.append("")
     for c in sorted({r["clients"] for r in rows}):
-        peer = next(r for r in rows if r["clients"] == c and r["system"].startswith("transformers"))
+        peers = [r for r in rows if r["clients"] == c and r["system"].startswith("transformers")]
+        if not peers:
+            continue
+        torch_peer = next((r for r in peers if "torch" in r["system"]), peers[0])
+        best = max(peers, key=lambda r: r["qps"])
         for r in rows:
-            if r["clients"] == c and r is not peer:
-                lines.append(f"- {c} client(s), {r['system']}: throughput x{r['qps'] / peer['qps']:.2f}, "
-                             f"p50 x{r['p50_ms'] / peer['p50_ms']:.2f}, RSS x{r['peak_rss_mb'] / peer['peak_rss_mb']:.2f}, "
-                             f"F1 {r['f1'] - peer['f1']:+.2f}")
+            if r["clients"] == c and r not in peers:
+                lines.append(f"- {c} client(s), {r['system']}: throughput x{r['qps'] / best['qps']:.2f} of the best peer "
+                             f"({best['system'].split('(')[-1].rstrip(')')}), x{r['qps'] / torch_peer['qps']:.2f} of torch; "
+                             f"p50 x{r['p50_ms'] / best['p50_ms']:.2f}; RSS x{r['peak_rss_mb'] / best['peak_rss_mb']:.2f}; "
+                             f"F1 {r['f1'] - torch_peer['f1']:+.2f} vs torch")
     lines += training_cost_section()
     (OUT / "performance.md").write_text("\n".join(lines) + "\n")
     try:

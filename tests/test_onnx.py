@@ -1,0 +1,315 @@
+"""ONNX export and the ONNX Runtime engine: parity with torch, int8 spans, refusals, the auto choice."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from qabridge.errors import ModelError, OutputExists, UsageError
+
+
+@pytest.fixture(scope="session")
+def onnx_exported(tmp_path_factory, committed_adapter):
+    """The committed adapter exported to ONNX once per type ("f32" | "int8"), one merge for both."""
+    from qabridge.export.merge import merge_adapter
+    from qabridge.export.onnx_export import export_onnx
+
+    d = tmp_path_factory.mktemp("onnx")
+    cache: dict = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            if "merged" not in cache:
+                cache["merged"] = merge_adapter(committed_adapter)
+            p = d / f"bert-qa.{kind}.onnx"
+            cache[kind] = export_onnx(committed_adapter, p, quantize="int8" if kind == "int8" else "none",
+                                      merged=cache["merged"])
+        return d / f"bert-qa.{kind}.onnx"
+
+    get.info = lambda kind: cache[kind]
+    return get
+
+
+def _windows(pipe, examples, n):
+    out = []
+    for e in examples[:n]:
+        out.extend(pipe.prepare(e.question, e.context)[1])
+    return out
+
+
+def _max_delta(a, b):
+    return max(max(np.abs(x[0] - y[0]).max(), np.abs(x[1] - y[1]).max()) for x, y in zip(a, b))
+
+
+def _long_request(pipe, examples):
+    """One question over several paragraphs: windows of different lengths in one padded batch."""
+    ctx = " ".join(dict.fromkeys(e.context for e in examples))
+    _, wins = pipe.prepare(examples[0].question, ctx)
+    assert len(wins) >= 3 and len({len(w.input_ids) for w in wins}) >= 2
+    return wins
+
+
+def _rewrite_metadata(src, dst, **changes):
+    import onnx
+
+    m = onnx.load(str(src))
+    kept = [p for p in m.metadata_props if p.key not in changes]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    for k, v in changes.items():
+        if v is not None:
+            m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_fp32_logits_match_torch(torch_pipe, onnx_exported, dev_examples):
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+
+    pipe = onnx_pipeline(onnx_exported("f32"), n_threads=2)
+    try:
+        wins = _windows(torch_pipe, dev_examples, 25)
+        t = torch_pipe.encoder.logits(wins)
+        o = pipe.encoder.logits(wins)  # 25 windows: batches of max_batch, padded to the longest
+        assert max(np.abs(x[0]).max() for x in t) > 0.5  # the comparison means something
+        assert _max_delta(t, o) <= 0.05
+        long = _long_request(torch_pipe, dev_examples)
+        assert _max_delta(torch_pipe.encoder.logits(long), pipe.encoder.logits(long)) <= 0.05
+        # Padding is masked out: a window alone gives what it gives inside a padded batch.
+        alone = [pipe.encoder.logits([w])[0] for w in long]
+        assert _max_delta(alone, pipe.encoder.logits(long)) <= 1e-3
+    finally:
+        pipe.encoder.close()
+
+
+def test_export_metadata_and_fusions(onnx_exported, torch_pipe, committed_adapter, exported):
+    from qabridge.bridge.onnx_engine import OnnxModel
+    from qabridge.core.gguf_keys import Key
+    from qabridge.core.hashing import adapter_hash
+    from qabridge.core.settings import QASettings
+    from qabridge.train.model import read_adapter
+
+    path = onnx_exported("f32")
+    info = onnx_exported.info("f32")
+    assert info["outtype"] == "f32" and info["optimization"] == "O2"
+    # ORT's BERT optimizer recognised the graph: one fused Attention per layer.
+    assert info["fused"].get("Attention") == 6 and info["fused"].get("SkipLayerNormalization") == 12
+    m = OnnxModel(path)
+    assert m.settings == QASettings.from_mapping(read_adapter(committed_adapter)[1])
+    assert m.get(Key.ADAPTER_SHA256) == adapter_hash(committed_adapter)
+    assert m.outtype == "f32" and m.context_length == 512 and m.hidden_size == 384
+    model = torch_pipe.encoder.model
+    np.testing.assert_array_equal(m.span_head.weight, model.qa_outputs.weight.detach().numpy())
+    np.testing.assert_array_equal(m.span_head.bias, model.qa_outputs.bias.detach().numpy())
+    for text in ("Which NFL team represented the AFC at Super Bowl 50?", "Café naïve résumé – Zürich 1990s", "日本 x²"):
+        assert m.tokenizer.ids(text) == torch_pipe.tokenizer.ids(text)
+    assert "qabridge.vocab" not in m.qabridge_metadata() and "qabridge.max_seq_len" in m.qabridge_metadata()
+    # Abstention travels as in the GGUF: same answer from both files of one adapter.
+    from qabridge.core.model_file import ModelFile
+
+    assert m.abstention == ModelFile(exported("q8_0")).abstention
+
+
+def test_int8_argmax_spans_agree_with_torch(torch_pipe, onnx_exported, dev_examples):
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.train.evaluate import predict_examples
+
+    path, f32 = onnx_exported("int8"), onnx_exported("f32")
+    info = onnx_exported.info("int8")
+    # Every weight MatMul, Q/K/V included (attention fused as MultiHeadAttention): 6 per layer.
+    assert info["outtype"] == "int8" and info["quantized_matmuls"] == 36
+    assert info["fused"].get("MultiHeadAttention") == 6
+    assert info["size"] < 0.8 * f32.stat().st_size
+    pipe = onnx_pipeline(path, n_threads=2)
+    try:
+        got = predict_examples(pipe, dev_examples)
+    finally:
+        pipe.encoder.close()
+    flips = []
+    for e in dev_examples:
+        top = torch_pipe.predict(e.question, e.context, top_k=2).spans
+        if (got[e.id]["start"], got[e.id]["end"]) != (top[0].start, top[0].end):
+            flips.append(top[0].score - (top[1].score if len(top) > 1 else 0.0))
+    agree = 1 - len(flips) / len(dev_examples)
+    assert agree >= 0.98, f"int8: {len(dev_examples) - len(flips)}/{len(dev_examples)}, margins {sorted(flips)}"
+
+
+@pytest.mark.slow
+@pytest.mark.squad
+def test_int8_agreement_on_squad_dev(torch_pipe, onnx_exported, squad_dev_full):
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.train.evaluate import predict_examples
+
+    examples = squad_dev_full[::50][:200]  # the fixed sample test_export uses for q8_0/bf16
+    pipe = onnx_pipeline(onnx_exported("int8"), n_threads=2)
+    try:
+        got = predict_examples(pipe, examples)
+    finally:
+        pipe.encoder.close()
+    flips = []
+    for e in examples:
+        top = torch_pipe.predict(e.question, e.context, top_k=2).spans
+        if (got[e.id]["start"], got[e.id]["end"]) != (top[0].start, top[0].end):
+            flips.append(top[0].score - top[1].score)
+    # Measured: 192/200 (96.0%), every flip a near-tie (torch's top two spans within 0.07 in
+    # probability); llama.cpp q8_0 agrees on >= 98% of this sample (test_export), so int8 here is
+    # below q8_0's bar while at or above 98% on the fixture and on the first 300 dev questions (98.7%).
+    assert len(flips) <= 0.05 * len(examples), f"{len(examples) - len(flips)}/{len(examples)}"
+    assert all(m < 0.1 for m in flips), f"int8 changed a confident answer: margins {sorted(flips)}"
+
+
+def test_engine_refuses_what_it_cannot_encode(onnx_exported, torch_pipe, dev_examples):
+    from qabridge.bridge.onnx_engine import OnnxEngine
+    from qabridge.core.windows import Window
+
+    eng = OnnxEngine(onnx_exported("f32"), n_threads=2)
+    try:
+        with pytest.raises(UsageError) as e:
+            eng.hidden_states(np.full(513, 1000, dtype=np.int32))
+        assert e.value.code == "sequence_too_long" and "512" in e.value.message
+        with pytest.raises(UsageError) as e:
+            eng.hidden_states(np.zeros(0, dtype=np.int32))
+        assert e.value.code == "empty_input"
+        ok = _windows(torch_pipe, dev_examples, 1)
+        too_long = Window(np.full(600, 1000, dtype=np.int32), 2, 0, 597)
+        with pytest.raises(UsageError) as e:
+            eng.logits([*ok, too_long])
+        assert e.value.code == "sequence_too_long"
+        h = eng.hidden_states(np.full(512, 1000, dtype=np.int32))  # the whole position table is fine
+        assert h.shape == (512, 384) and np.isfinite(h).all()
+    finally:
+        eng.close()
+    from qabridge.errors import EngineError
+
+    with pytest.raises(EngineError):
+        eng.hidden_states(np.array([101, 102], dtype=np.int32))
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_engine_is_thread_safe(onnx_exported, torch_pipe, dev_examples, concurrent):
+    from qabridge.bridge.onnx_engine import OnnxEngine
+
+    wins = _windows(torch_pipe, dev_examples, 6)
+    eng = OnnxEngine(onnx_exported("f32"), n_threads=2, concurrent=concurrent)
+    try:
+        want = eng.logits(wins)
+        got: dict[int, list] = {}
+
+        def run(i):
+            with eng.demand():
+                got[i] = eng.logits(wins)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 4 and all(_max_delta(want, g) <= 1e-4 for g in got.values())
+    finally:
+        eng.close()
+
+
+def test_bad_files_are_clear_model_errors(tmp_path, onnx_exported, exported):
+    from qabridge.bridge.onnx_engine import OnnxModel
+    from qabridge.core.gguf_keys import Key
+
+    good = onnx_exported("f32")
+    data = good.read_bytes()
+    cases = {
+        tmp_path / "missing.onnx": "no such model file",
+        tmp_path: "not a file",
+    }
+    (tmp_path / "random.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "text.onnx").write_text("hello, I am not a model\n" * 10)
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    (tmp_path / "head.onnx").write_bytes(data[:64])
+    cases.update({
+        tmp_path / "random.onnx": "ONNX",
+        tmp_path / "text.onnx": "not an ONNX model",
+        tmp_path / "truncated.onnx": "not a readable ONNX model",
+        tmp_path / "head.onnx": "not a readable ONNX model",
+        exported("q8_0"): "is a GGUF file",
+        _rewrite_metadata(good, tmp_path / "plain.onnx", **{Key.VERSION: None, Key.SPAN_HEAD_WEIGHT: None}):
+            "not a qabridge QA model",
+        _rewrite_metadata(good, tmp_path / "badhead.onnx", **{Key.SPAN_HEAD_WEIGHT: "[1.0, 2.0]"}): "span head",
+        _rewrite_metadata(good, tmp_path / "nan.onnx", **{Key.MAX_SEQ_LEN: "lots"}): "not integers",
+        _rewrite_metadata(good, tmp_path / "long.onnx", **{Key.MAX_SEQ_LEN: "1024"}): "exceeds the position table",
+    })
+    for path, words in cases.items():
+        with pytest.raises(ModelError) as e:
+            OnnxModel(path)
+        assert e.value.code == "invalid_model"
+        assert words in e.value.message and str(path) in e.value.message, (path, e.value.message)
+
+
+def test_export_refuses_bad_arguments(tmp_path, committed_adapter, onnx_exported):
+    from qabridge.export.onnx_export import export_onnx
+
+    foreign = tmp_path / "notes.onnx"
+    foreign.write_text("mine")
+    with pytest.raises(OutputExists):
+        export_onnx(committed_adapter, foreign, quantize="none")
+    assert foreign.read_text() == "mine"
+    with pytest.raises(UsageError) as e:
+        export_onnx(committed_adapter, tmp_path / "x.onnx", quantize="int4")
+    assert e.value.code == "invalid_option"
+    with pytest.raises(UsageError) as e:
+        export_onnx(committed_adapter, tmp_path / "x.onnx", quantize="int8", optimize=False)
+    assert e.value.code == "invalid_option"
+    with pytest.raises(UsageError) as e:
+        export_onnx(committed_adapter, tmp_path, quantize="none")
+    assert e.value.code == "output_unwritable"
+    with pytest.raises(ModelError):
+        export_onnx(tmp_path / "no-such-adapter", tmp_path / "y.onnx", quantize="none")
+
+
+def test_auto_choice_measures_checks_and_caches(tmp_path, monkeypatch, onnx_exported, exported):
+    from qabridge.bridge.engine_select import Candidate, candidate_for, choose_engine
+    from qabridge.core.gguf_keys import Key
+
+    monkeypatch.setenv("QABRIDGE_CACHE", str(tmp_path / "cache"))
+    good = onnx_exported("int8")
+    # A candidate that runs fast and answers wrong: the span head's start/end rows swapped and negated.
+    from qabridge.bridge.onnx_engine import OnnxModel
+
+    head = OnnxModel(good).span_head
+    wrong = _rewrite_metadata(good, tmp_path / "wrong.onnx",
+                              **{Key.SPAN_HEAD_WEIGHT: json.dumps((-head.weight[::-1]).ravel().tolist())})
+    cands = [Candidate("onnx", onnx_exported("f32"), "f32"), candidate_for(good), candidate_for(exported("q8_0")),
+             Candidate("onnx", wrong, "int8")]
+    assert cands[1].outtype == "int8" and cands[2] == Candidate("llama.cpp", exported("q8_0"), "q8_0")
+    logs: list[str] = []
+    choice = choose_engine(cands, n_questions=16, rounds=1, n_threads=2, log=logs.append)
+    by = {m.path: m for m in choice.candidates}
+    assert not choice.cached and choice.reference == "onnxruntime f32"
+    assert by[str(wrong)].passed is False and by[str(wrong)].agreement < 0.5
+    assert by[str(onnx_exported("f32"))].agreement == 1.0
+    assert by[choice.path].passed and choice.path != str(wrong)
+    assert choice.ms_per_window[choice.label] == min(m.ms_per_window for m in choice.candidates if m.passed)
+    assert all(m.ms_per_window > 0 for m in choice.candidates) and len(logs) == 4
+    files = list((tmp_path / "cache" / "engine-choice").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["path"] == choice.path
+    again = choose_engine(cands, n_questions=16, rounds=1, n_threads=2)
+    assert again.cached and again.path == choice.path and again.seconds == 0.0
+    assert again.ms_per_window == choice.ms_per_window
+    # Another thread count is another machine setting: measured afresh.
+    other = choose_engine(cands[:2], n_questions=4, rounds=1, n_threads=1)
+    assert not other.cached and len(list((tmp_path / "cache" / "engine-choice").glob("*.json"))) == 2
+
+
+def test_auto_choice_fails_clearly_when_nothing_agrees(tmp_path, monkeypatch, onnx_exported):
+    from qabridge.bridge.engine_select import Candidate, choose_engine
+    from qabridge.core.gguf_keys import Key
+
+    monkeypatch.setenv("QABRIDGE_CACHE", str(tmp_path / "cache"))
+    good = onnx_exported("f32")
+    wrong = _rewrite_metadata(good, tmp_path / "wrong.onnx", **{Key.SPAN_HEAD_BIAS: "[0.0, 0.0]",
+                              Key.SPAN_HEAD_WEIGHT: json.dumps([0.0] * 768)})
+    with pytest.raises(ModelError) as e:
+        choose_engine([Candidate("onnx", wrong, "int8")], reference=Candidate("onnx", good, "f32"),
+                      n_questions=8, rounds=1, n_threads=2)
+    assert "no candidate engine passed the parity check" in e.value.message
+    assert not (tmp_path / "cache" / "engine-choice").exists()
