@@ -16,10 +16,40 @@ from pathlib import Path
 
 import httpx
 
-from qabridge.errors import ModelError, ModelNotFound, OllamaResponseError, OllamaUnavailable
+from qabridge.errors import (
+    EmbeddingModelUnsupported,
+    ModelError,
+    ModelNotFound,
+    OllamaResponseError,
+    OllamaUnavailable,
+)
 
 log = logging.getLogger("qabridge.bridge")
 _FROM = re.compile(r"^FROM\s+(\S.*?)\s*$", re.MULTILINE)
+
+#: llama.cpp's pooling types (enum llama_pooling_type). Ollama calls any GGUF with a
+#: ``<arch>.pooling_type`` key an embedding model, but embeds only with mean, cls or last: with
+#: none, v0.34.4 answers /api/embed 400 "input exceeds maximum context length and cannot be
+#: truncated further" and v0.24.0 answers 500 "model failed to load, this may be due to resource
+#: limitations or an internal error" (its runner panics on the unknown pooling).
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+EMBED_POOLING = frozenset({1, 2, 3})
+
+
+def version_note(version: str) -> str:
+    """What this Ollama version does with an imported GGUF; logged once per version seen."""
+    try:
+        v = tuple(int(x) for x in version.split("-")[0].split(".")[:3])
+    except ValueError:
+        return "version not recognised; tested: 0.34.4 and 0.24.0"
+    if v < (0, 24):
+        return "older than 0.24.0, the oldest version tested"
+    if v < (0, 30):
+        return "Go engine; keeps an imported GGUF as-is (tested: 0.24.0)"
+    if v < (0, 34):
+        return ("llama-server runner; rewrites an imported GGUF at create time (the blob differs from "
+                "the exported file, its qabridge keys survive; not tested)")
+    return "llama-server runner; keeps an imported GGUF as-is (tested: 0.34.4)"
 
 
 def normalise_host(host: str) -> str:
@@ -88,8 +118,41 @@ class OllamaClient:
             )
         return OllamaModel(name, blob, data.get("model_info", {}))
 
+    def embedding_pooling(self, name: str) -> str:
+        """The pooling type of Ollama model ``name``; ModelError when Ollama cannot embed with it."""
+        try:
+            data = self._post("/api/show", {"model": name})
+        except OllamaResponseError as exc:
+            if exc.status == 404:
+                raise ModelNotFound(f"Ollama at {self.host} has no model {name!r}") from None
+            raise
+        info = data.get("model_info") or {}
+        pooling = info.get(f"{info.get('general.architecture')}.pooling_type")
+        if pooling not in EMBED_POOLING:
+            what = "no pooling type" if pooling is None else f"pooling type {POOLING_NAMES.get(pooling, pooling)!r}"
+            raise EmbeddingModelUnsupported(
+                f"Ollama model {name!r} cannot serve embeddings: its GGUF has {what} (Ollama embeds with "
+                "mean, cls or last pooling); use a mean-pooled model (`qabridge export --embedding`)"
+            )
+        return POOLING_NAMES[pooling]
+
     def embed(self, model: str, texts: list[str]) -> list[list[float]]:
-        data = self._post("/api/embed", {"model": model, "input": texts, "truncate": True})
+        try:
+            data = self._post("/api/embed", {"model": model, "input": texts, "truncate": True})
+        except OllamaResponseError as exc:
+            # Ollama's message for a model it cannot pool names something else (see POOLING_NAMES):
+            # ask /api/show once, and say so when the pooling is the cause.
+            if exc.status in (400, 500):
+                try:
+                    self.embedding_pooling(model)
+                except ModelNotFound:
+                    pass
+                except ModelError as bad:
+                    raise OllamaResponseError(f"{bad.message}. {exc.message}", 502,
+                                              code="embedding_model_unsupported") from None
+                except OllamaResponseError:
+                    pass
+            raise
         vecs = data.get("embeddings")
         if not isinstance(vecs, list) or len(vecs) != len(texts):
             raise OllamaResponseError("Ollama /api/embed returned an unexpected body", 502)
@@ -108,6 +171,7 @@ class OllamaWatch:
         self.on_up = on_up
         self.up = False
         self.version: str | None = None
+        self._logged_version: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qabridge-ollama-watch", daemon=True)
 
@@ -122,6 +186,9 @@ class OllamaWatch:
         except OllamaUnavailable:
             v, up = self.version, False
         self.up, self.version = up, v
+        if up and v != self._logged_version:  # once per version: a restart into another one logs again
+            self._logged_version = v
+            log.info("Ollama %s at %s: %s", v, self.client.host, version_note(v or ""))
         return up
 
     def mark_down(self) -> None:

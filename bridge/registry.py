@@ -138,7 +138,11 @@ class ModelRegistry:
 
         from .retrieval import LazyLocalEmbedder, LocalEmbedder, OllamaEmbedder, Retriever
 
-        primary = OllamaEmbedder(self.ollama, self.cfg.embedding_model) if self.ollama and self.cfg.embedding_model else None
+        primary = None
+        if self.ollama and self.cfg.embedding_model:
+            if self.watch is None or self.watch.up:  # a model Ollama cannot embed with fails at start, not per request
+                self.ollama.embedding_pooling(self.cfg.embedding_model)
+            primary = OllamaEmbedder(self.ollama, self.cfg.embedding_model)
         fallback = None
         if self.cfg.embedding_gguf is not None:
             mf = ModelFile(self.cfg.embedding_gguf, require_qa=False)

@@ -31,7 +31,8 @@ prints one ``error:`` line and exits with ``exit_code``.
     │   │   └── TooManyDocuments       413 too_many_documents
     │   ├── DataError                  400 invalid_data         exit 3   a data file is missing or malformed
     │   ├── ModelError                 400 invalid_model        exit 4   a model/adapter/GGUF is wrong
-    │   │   └── ModelNotFound          404 model_not_found
+    │   │   ├── ModelNotFound          404 model_not_found
+    │   │   └── EmbeddingModelUnsupported 400 embedding_model_unsupported
     │   ├── OutputExists               400 output_exists        exit 5
     │   └── OutputUnwritable           400 output_unwritable    exit 5
     ├── DeviceUnsupported              400 device_unsupported   exit 6
@@ -206,6 +207,12 @@ class ModelNotFound(ModelError):
 
     code = "model_not_found"
     status = 404
+
+
+class EmbeddingModelUnsupported(ModelError):
+    """An Ollama embedding model whose pooling Ollama cannot embed with (e.g. pooling none)."""
+
+    code = "embedding_model_unsupported"
 
 
 class OutputExists(UsageError):

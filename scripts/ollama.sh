@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build and run a real Ollama (default v0.24.0) for qabridge tests and CI.
+# Build and run a real Ollama (default v0.34.4; v0.24.0 kept as a second version) for qabridge
+# tests and CI.
 #
 # Usage: scripts/ollama.sh [build|start|stop|status|help]
 #
@@ -13,15 +14,26 @@
 #   status  print host and version of that server; exit 1 if not running.
 #
 # Why a source build: only PyPI, the Go module proxy, npm and Debian mirrors
-# are reachable. The module zip of github.com/ollama/ollama drops every
-# `vendor` folder, so llama/llama.cpp/vendor/{nlohmann,stb,miniaudio} are
-# missing; they are taken from the llama-cpp-python sdist on PyPI, which
-# vendors the same llama.cpp tree.
+# are reachable, so llama.cpp comes from the llama-cpp-python sdist on PyPI
+# (vendor/llama.cpp, the same tree qabridge's embedded engine is built from).
+# Two build recipes, chosen by version:
+#   >= 0.30 (v0.34.4): ollama runs llama.cpp's `llama-server` as a subprocess.
+#           cmake builds llama-server from ollama's llama/server/CMakeLists.txt
+#           with OLLAMA_LLAMA_CPP_SOURCE=<sdist llama.cpp> (no git fetch; the
+#           compat patch for old published blobs is not applied) and installs
+#           it into $PREFIX/lib/ollama; `go build` writes $PREFIX/bin/ollama,
+#           which finds ../lib/ollama/llama-server beside itself.
+#   <  0.30 (v0.24.0): llama.cpp/ggml are compiled into the Go binary by cgo.
+#           The module zip drops every `vendor` folder, so
+#           llama/llama.cpp/vendor/{nlohmann,stb,miniaudio} are taken from the
+#           sdist.
+# v0.30-v0.33 build with the first recipe but rewrite every imported GGUF
+# through llama-quantize at create time; they are not test targets.
 #
 # Environment:
-#   QABRIDGE_CACHE              cache root (default ~/.cache/qabridge); binary
-#                               at $QABRIDGE_CACHE/ollama/v$VERSION/ollama
-#   QABRIDGE_OLLAMA_VERSION     ollama version to build (default 0.24.0)
+#   QABRIDGE_CACHE              cache root (default ~/.cache/qabridge); builds
+#                               under $QABRIDGE_CACHE/ollama/v$VERSION/<flags>/
+#   QABRIDGE_OLLAMA_VERSION     ollama version to build (default 0.34.4)
 #   QABRIDGE_OLLAMA_BIN         use this binary, never build
 #   QABRIDGE_USE_SYSTEM_OLLAMA  =1: use `ollama` from PATH if there is one
 #   QABRIDGE_OLLAMA_STATE       state dir: models, log, pidfile
@@ -30,16 +42,33 @@
 #   QABRIDGE_OLLAMA_PORT        fixed port instead of a free one
 #   QABRIDGE_OLLAMA_START_TIMEOUT  seconds to wait for the server (default 60)
 #   QABRIDGE_OLLAMA_STOP_TIMEOUT   seconds before SIGKILL (default 15)
-#   QABRIDGE_LCP_VERSION        llama-cpp-python sdist for the headers (0.3.36)
-#   QABRIDGE_OLLAMA_BUILD_JOBS  go build -p (default: nproc)
-#   QABRIDGE_OLLAMA_CFLAGS      CGO_CFLAGS/CGO_CXXFLAGS (default -O2 plus the
-#                               CPU's -mavx -mavx2 -mfma -mf16c)
+#   QABRIDGE_LCP_VERSION        llama-cpp-python sdist for llama.cpp (0.3.36)
+#   QABRIDGE_OLLAMA_BUILD_JOBS  cmake -j / go build -p (default: nproc)
+#   QABRIDGE_OLLAMA_CMAKE_ARGS  (>= 0.30) ggml CPU options for llama-server
+#                               (default: -DGGML_NATIVE=OFF plus the CPU's
+#                               AVX/AVX2/FMA/F16C/AVX-512 switches, as
+#                               scripts/setup.sh builds llama-cpp-python)
+#   QABRIDGE_OLLAMA_REUSE_WHEEL (>= 0.30) =0: build all of llama.cpp even when
+#                               scripts/setup.sh's llama-cpp-python wheel (same
+#                               sdist, same switches) has its libraries (default
+#                               1: compile only llama-server and link to those)
+#   QABRIDGE_OLLAMA_CFLAGS      (< 0.30) CGO_CFLAGS/CGO_CXXFLAGS (default -O2
+#                               plus the CPU's -mavx -mavx2 -mfma -mf16c)
 set -euo pipefail
 
-OLLAMA_VERSION="${QABRIDGE_OLLAMA_VERSION:-0.24.0}"
+OLLAMA_VERSION="${QABRIDGE_OLLAMA_VERSION:-0.34.4}"
 OLLAMA_VERSION="${OLLAMA_VERSION#v}"
 CACHE_ROOT="${QABRIDGE_CACHE:-${HOME:-/tmp}/.cache/qabridge}"
 OLLAMA_CACHE="$CACHE_ROOT/ollama/v$OLLAMA_VERSION"
+LCP_VERSION="${QABRIDGE_LCP_VERSION:-0.3.36}"
+BUILD_JOBS="${QABRIDGE_OLLAMA_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+
+version_ge() {  # $1 >= $2 (dotted versions)
+    [[ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" == "$2" ]]
+}
+# Ollama v0.30 replaced its cgo engine with an upstream llama-server subprocess.
+if version_ge "$OLLAMA_VERSION" 0.30.0; then ENGINE=llama-server; else ENGINE=cgo; fi
+
 # ggml's SIMD paths are chosen at compile time by -m flags; a plain build is generic
 # x86-64 and ran ~10x slower here. Use what this CPU has (the binary is cached per flags).
 simd_flags() {
@@ -50,11 +79,29 @@ simd_flags() {
     done
     printf '%s' "$f"
 }
-OLLAMA_CFLAGS="${QABRIDGE_OLLAMA_CFLAGS:--O2$(simd_flags)}"
-FLAGS_TAG=$(printf '%s' "$OLLAMA_CFLAGS" | sha256sum | cut -c1-8)
-BUILT_BIN="$OLLAMA_CACHE/$FLAGS_TAG/ollama"
+# The same switches scripts/setup.sh gives llama-cpp-python: explicit ones rather than
+# GGML_NATIVE, so the cache key below names every instruction set the build may use and a
+# machine with another CPU builds its own instead of crashing on ours.
+ggml_cpu_args() {
+    local args="-DGGML_NATIVE=OFF" have pair
+    have=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+    for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C avx512f:AVX512 avx512_vnni:AVX512_VNNI \
+                avx512_bf16:AVX512_BF16 avx512vbmi:AVX512_VBMI; do
+        if [[ "$have" == *" ${pair%%:*} "* ]]; then args="$args -DGGML_${pair##*:}=ON"; fi
+    done
+    printf '%s' "$args"
+}
+if [[ $ENGINE == llama-server ]]; then
+    LLAMA_CMAKE_ARGS="${QABRIDGE_OLLAMA_CMAKE_ARGS:-$(ggml_cpu_args)}"
+    FLAGS_TAG=$(printf 'lcp-%s %s' "$LCP_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)
+    PREFIX="$OLLAMA_CACHE/$FLAGS_TAG"   # bin/ollama + lib/ollama/llama-server, libllama.so, ...
+    BUILT_BIN="$PREFIX/bin/ollama"
+else
+    OLLAMA_CFLAGS="${QABRIDGE_OLLAMA_CFLAGS:--O2$(simd_flags)}"
+    FLAGS_TAG=$(printf '%s' "$OLLAMA_CFLAGS" | sha256sum | cut -c1-8)
+    BUILT_BIN="$OLLAMA_CACHE/$FLAGS_TAG/ollama"
+fi
 
-LCP_VERSION="${QABRIDGE_LCP_VERSION:-0.3.36}"
 # sha256 of llama_cpp_python-0.3.36.tar.gz on PyPI (checked when pinned).
 LCP_SHA256_0_3_36="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 # Header files ollama's llama.cpp vendor dir must provide (see .rsync-filter).
@@ -78,26 +125,26 @@ python_bin() {
     else die "python3 is needed (pip download, free port)"; fi
 }
 
-# Download the llama-cpp-python sdist and extract the vendor headers into $1.
-fetch_vendor_headers() {
-    local dest="$1" dl="$CACHE_ROOT/downloads" py sdist top tmp f
+# The llama-cpp-python sdist from PyPI, downloaded once and checked; prints its path.
+fetch_sdist() {
+    local dl="$CACHE_ROOT/downloads" py sdist tmp f
     py="$(python_bin)"
     mkdir -p "$dl"
     sdist="$dl/llama_cpp_python-$LCP_VERSION.tar.gz"
     if [[ ! -s "$sdist" ]]; then
-        log "downloading llama-cpp-python==$LCP_VERSION sdist from PyPI (vendored llama.cpp headers)"
+        log "downloading llama-cpp-python==$LCP_VERSION sdist from PyPI (vendored llama.cpp)"
         tmp="$(mktemp -d "$dl/pip.XXXXXX")"
         if ! "$py" -m pip download --quiet --no-deps --no-binary :all: \
                 "llama-cpp-python==$LCP_VERSION" -d "$tmp" >&2; then
             log "pip download failed; trying the PyPI JSON API directly"
             local url
-            url="$("$py" - "$LCP_VERSION" <<'EOF'
+            url="$("$py" - "$LCP_VERSION" <<'PYEOF'
 import json, sys, urllib.request
 v = sys.argv[1]
 with urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{v}/json", timeout=60) as r:
     data = json.load(r)
 print(next(u["url"] for u in data["urls"] if u["packagetype"] == "sdist"))
-EOF
+PYEOF
 )"
             curl -fsSL --retry 3 -o "$tmp/llama_cpp_python-$LCP_VERSION.tar.gz" "$url"
         fi
@@ -110,6 +157,13 @@ EOF
         echo "$LCP_SHA256_0_3_36  $sdist" | sha256sum -c --quiet - >&2 \
             || { rm -f "$sdist"; die "sha256 mismatch for $sdist (removed; rerun)"; }
     fi
+    printf '%s\n' "$sdist"
+}
+
+# Extract the vendor headers of the sdist's llama.cpp into $1 (the < 0.30 recipe).
+fetch_vendor_headers() {
+    local dest="$1" sdist top f
+    sdist="$(fetch_sdist)"
     top="llama_cpp_python-$LCP_VERSION"
     mkdir -p "$dest"
     local members=()
@@ -120,7 +174,36 @@ EOF
     done
 }
 
-do_build() {
+# The sdist's whole llama.cpp tree, extracted once and shared read-only by every build
+# (cmake writes only into its build dir); prints its path. Caller holds a build lock.
+llama_cpp_source() {
+    local dest="$CACHE_ROOT/src/llama.cpp-lcp-$LCP_VERSION" sdist tmp
+    if [[ ! -f "$dest/CMakeLists.txt" || ! -d "$dest/tools/server" ]]; then
+        sdist="$(fetch_sdist)"
+        mkdir -p "$CACHE_ROOT/src"
+        tmp="$(mktemp -d "$CACHE_ROOT/src/.extract.XXXXXX")"
+        tar -xzf "$sdist" -C "$tmp" --strip-components=2 "llama_cpp_python-$LCP_VERSION/vendor/llama.cpp"
+        [[ -f "$tmp/llama.cpp/tools/server/CMakeLists.txt" ]] || die "sdist lacks vendor/llama.cpp/tools/server"
+        rm -rf "$dest"
+        mv "$tmp/llama.cpp" "$dest"
+        rm -rf "$tmp"
+    fi
+    printf '%s\n' "$dest"
+}
+
+# `go mod download` the ollama module; prints its (read-only) dir in the module cache.
+ollama_module_dir() {  # $1 = a scratch dir to run go in
+    local modjson moddir
+    modjson="$(cd "$1" && GOFLAGS=-mod=mod GOTOOLCHAIN="${GOTOOLCHAIN:-local}" \
+        go mod download -json "github.com/ollama/ollama@v$OLLAMA_VERSION")" \
+        || die "go mod download github.com/ollama/ollama@v$OLLAMA_VERSION failed"
+    moddir="$(printf '%s' "$modjson" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p' | head -n1)"
+    [[ -d "$moddir" ]] || die "no module Dir in: $modjson"
+    printf '%s\n' "$moddir"
+}
+
+# Ollama < 0.30: one Go binary with llama.cpp/ggml compiled in by cgo.
+build_go_engine() {
     mkdir -p "$OLLAMA_CACHE"
     # Serialise concurrent builds (parallel CI jobs sharing a cache).
     exec 9>"$OLLAMA_CACHE/.build.lock"
@@ -188,6 +271,179 @@ do_build() {
     rm -rf "$work"
     trap - EXIT
     exec 9>&-
+}
+
+# The llama-cpp-python wheel scripts/setup.sh built from the same sdist with the same ggml
+# switches (its cache key, recomputed here) holds libggml*, libllama, libllama-common and libmtmd:
+# all llama-server needs besides its own sources, about 80% of its compile time. Extracts them into
+# $1/lib and prints $1; fails when there is no such wheel (then llama.cpp is built in full).
+wheel_lib_dir() {
+    local dest="$1" args tag whl f
+    [[ -z "${QABRIDGE_OLLAMA_CMAKE_ARGS:-}" ]] || return 1
+    args="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+    args="$args -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF${LLAMA_CMAKE_ARGS#-DGGML_NATIVE=OFF}"
+    tag=$(printf '%s %s' "$LCP_VERSION" "$args" | sha256sum | cut -c1-12)
+    whl=$(find "$CACHE_ROOT/wheels/llama-cpp-python-$tag" -maxdepth 1 \
+        -name "llama_cpp_python-$LCP_VERSION-*.whl" 2>/dev/null | head -n1)
+    [[ -n "$whl" ]] || return 1
+    rm -rf "$dest"
+    "$(python_bin)" - "$whl" "$dest/lib" <<'PYEOF' || return 1
+import os, sys, zipfile
+whl, dest = sys.argv[1:]
+os.makedirs(dest)
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        if n.startswith("lib/") and n.count("/") == 1 and ".so" in n:
+            with z.open(n) as src, open(os.path.join(dest, n[4:]), "wb") as out:
+                out.write(src.read())
+PYEOF
+    for f in libggml-base libggml-cpu libggml libllama libllama-common libmtmd; do
+        [[ -f "$dest/lib/$f.so.0" ]] || return 1
+    done
+    printf '%s\n' "$dest"
+}
+
+# Compile only llama-server's own objects in the configured build dir $1 and link them against
+# the libraries in $2; install into $3/lib/ollama as `cmake --install` would ($4: llama.cpp source).
+server_on_wheel_libs() {
+    local bdir="$1" libs="$2" stage="$3" lsrc="$4" objs cxx
+    set -x
+    objs=$(ninja -C "$bdir" -t targets all | sed -n \
+        -e 's/^\([^:]*\/\(tools\/server\|tools\/ui\|vendor\/cpp-httplib\)\/CMakeFiles\/[^:]*\.o\): .*/\1/p' \
+        -e 's/^\([^:]*\/common\/CMakeFiles\/llama-common-base\.dir\/[^:]*\.o\): .*/\1/p' | sort -u)
+    [[ -n "$objs" ]] || return 1
+    # shellcheck disable=SC2086  # a list of object paths
+    ninja -C "$bdir" -j "$BUILD_JOBS" $objs || return 1
+    cxx=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$bdir/CMakeCache.txt")
+    rm -rf "$stage"
+    mkdir -p "$stage/lib/ollama"
+    cp -a "$libs"/*.so* "$stage/lib/ollama/"
+    # shellcheck disable=SC2086,SC2016  # object paths; $ORIGIN is for the dynamic linker
+    (cd "$bdir" && "${cxx:-g++}" -O3 -o "$stage/lib/ollama/llama-server" $objs -L"$stage/lib/ollama" \
+        -l:libllama-common.so.0 -l:libmtmd.so.0 -l:libllama.so.0 -l:libggml.so.0 \
+        -l:libggml-cpu.so.0 -l:libggml-base.so.0 -pthread -Wl,-rpath,'$ORIGIN') || return 1
+    cp "$lsrc/LICENSE" "$stage/lib/ollama/LLAMA_CPP_LICENSE"
+    cp "$lsrc/vendor/cpp-httplib/LICENSE" "$stage/lib/ollama/CPP_HTTPLIB_LICENSE"
+    cp "$bdir/ollama-vendor-licenses/LLAMA_CPP_VENDORS_LICENSE" "$stage/lib/ollama/" 2>/dev/null || true
+    "$stage/lib/ollama/llama-server" --version || return 1
+}
+
+# Ollama >= 0.30: llama-server (cmake, from the sdist's llama.cpp) + the Go binary, installed
+# as $PREFIX/{bin/ollama,lib/ollama/}. The work dir survives a failed build, so a rerun
+# continues cmake's build instead of starting over; a success replaces $PREFIX atomically.
+build_llama_server() {
+    mkdir -p "$OLLAMA_CACHE"
+    # Serialise concurrent builds (parallel CI jobs sharing a cache).
+    exec 9>"$OLLAMA_CACHE/.build.lock"
+    if command -v flock >/dev/null 2>&1; then
+        flock 9 || die "cannot lock $OLLAMA_CACHE/.build.lock"
+    fi
+    if [[ -x "$BUILT_BIN" ]]; then exec 9>&-; return 0; fi
+
+    command -v go >/dev/null 2>&1 || die "go is needed to build ollama"
+    command -v cmake >/dev/null 2>&1 || die "cmake (>= 3.24) is needed to build llama-server"
+    command -v gcc >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 \
+        || die "gcc and g++ are needed (llama.cpp)"
+
+    local t0 t1 work src lsrc bdir stage gen=() blog rc=0 llama_secs go_secs
+    t0="$(date +%s)"
+    work="$OLLAMA_CACHE/build-$FLAGS_TAG"
+    src="$work/src"
+    bdir="$work/llama-server"
+    stage="$work/prefix"
+    blog="$OLLAMA_CACHE/build.log"
+    mkdir -p "$work"
+    log "building ollama v$OLLAMA_VERSION with llama-server (one-time; 5-25 min on 2 cores); log: $blog"
+    : >"$blog"
+
+    # A fresh writable copy of the module each time (cmake's build dir keys on this path).
+    [[ -e "$src" ]] && { chmod -R u+w "$src"; rm -rf "$src"; }
+    cp -R "$(ollama_module_dir "$work")" "$src"
+    chmod -R u+w "$src"
+    lsrc="$(llama_cpp_source)"
+    command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
+    if [[ -f "$bdir/CMakeCache.txt" ]] && ! grep -q "^CMAKE_GENERATOR:INTERNAL=${gen[1]:-Unix Makefiles}\$" "$bdir/CMakeCache.txt"; then
+        rm -rf "$bdir"
+    fi
+
+    # shellcheck disable=SC2086  # LLAMA_CMAKE_ARGS is a list of -D switches
+    (
+        set -x
+        OLLAMA_LLAMA_CPP_SOURCE="$lsrc" cmake -S "$src/llama/server" -B "$bdir" "${gen[@]}" \
+            -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=OFF \
+            -DGGML_OPENMP=OFF -DOLLAMA_RUNNER_DIR= $LLAMA_CMAKE_ARGS
+    ) >>"$blog" 2>&1 || rc=$?
+    [[ $rc -eq 0 ]] || { tail -n 40 "$blog" >&2; die "cmake configure failed (rc=$rc); full log: $blog"; }
+
+    local wheel_libs="" llama_libs="built here"
+    if [[ "${QABRIDGE_OLLAMA_REUSE_WHEEL:-1}" == 1 && "${gen[1]:-}" == Ninja ]] \
+            && wheel_libs="$(wheel_lib_dir "$work/wheel-libs")"; then
+        log "reusing the llama.cpp libraries of scripts/setup.sh's llama-cpp-python wheel; compiling llama-server only"
+        if (server_on_wheel_libs "$bdir" "$wheel_libs/lib" "$stage" "$lsrc") >>"$blog" 2>&1; then
+            llama_libs="llama-cpp-python==$LCP_VERSION wheel (scripts/setup.sh)"
+        else
+            log "reusing them failed (see $blog); building llama.cpp in full"
+        fi
+    fi
+    if [[ "$llama_libs" == "built here" ]]; then
+        (
+            set -x
+            cmake --build "$bdir" --target llama-server -j "$BUILD_JOBS"
+            rm -rf "$stage"
+            cmake --install "$bdir" --prefix "$stage" --component llama-server
+        ) >>"$blog" 2>&1 || rc=$?
+        if [[ $rc -ne 0 ]]; then
+            tail -n 40 "$blog" >&2
+            die "llama-server build failed (rc=$rc); full log: $blog (rerun continues it)"
+        fi
+    fi
+    [[ -x "$stage/lib/ollama/llama-server" ]] || die "no $stage/lib/ollama/llama-server after cmake --install"
+    t1="$(date +%s)"; llama_secs=$(( t1 - t0 ))
+    log "llama-server built in ${llama_secs}s"
+
+    mkdir -p "$stage/bin"
+    (
+        cd "$src"
+        export CGO_ENABLED=1 GOFLAGS=-mod=mod GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+        set -x
+        go build -p "$BUILD_JOBS" -trimpath -buildvcs=false \
+            -ldflags "-w -s -X=github.com/ollama/ollama/version.Version=$OLLAMA_VERSION -X=github.com/ollama/ollama/server.mode=release" \
+            -o "$stage/bin/ollama" .
+    ) >>"$blog" 2>&1 || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        tail -n 40 "$blog" >&2
+        die "go build failed (rc=$rc); full log: $blog"
+    fi
+    go_secs=$(( $(date +%s) - t1 ))
+    "$stage/bin/ollama" --version >/dev/null 2>&1 || die "built binary does not run"
+    "$stage/lib/ollama/llama-server" --version >>"$blog" 2>&1 || die "built llama-server does not run (see $blog)"
+
+    local secs=$(( $(date +%s) - t0 ))
+    {
+        echo "version=$OLLAMA_VERSION"
+        echo "engine=llama-server"
+        echo "llama_cpp=llama-cpp-python==$LCP_VERSION sdist (vendor/llama.cpp)"
+        echo "go=$(go env GOVERSION)"
+        echo "cmake=$(cmake --version | head -n1)"
+        echo "jobs=$BUILD_JOBS"
+        echo "cmake_args=$LLAMA_CMAKE_ARGS"
+        echo "llama_libs=$llama_libs"
+        echo "llama_server_seconds=$llama_secs"
+        echo "go_seconds=$go_secs"
+        echo "build_seconds=$secs"
+        echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    } >"$stage/build-info.txt"
+    cp "$stage/build-info.txt" "$OLLAMA_CACHE/build-info.txt"
+    rm -rf "$PREFIX"
+    mv "$stage" "$PREFIX"   # publish: bin/ollama appears with its lib/ollama
+    log "built $BUILT_BIN in ${secs}s (llama-server ${llama_secs}s, go ${go_secs}s)"
+    chmod -R u+w "$work" 2>/dev/null || true
+    rm -rf "$work"
+    exec 9>&-
+}
+
+do_build() {
+    if [[ $ENGINE == llama-server ]]; then build_llama_server; else build_go_engine; fi
 }
 
 # Decide which binary to use; build when needed. Prints the path.

@@ -17,7 +17,10 @@ def test_demo_script_serves_the_default_model(tmp_path):
     assert f"curl -s http://127.0.0.1:{port}/api/qa" in out
     answer = json.loads(out.split("It answered:", 1)[1].strip().splitlines()[0])
     assert answer["answer"] == "a field of artificial intelligence"
-    from qabridge.export.run import auto_outtype
-
-    built = list((tmp_path / "cache" / "models").glob("default-*.gguf"))
-    assert [p.name.split(".")[-2] for p in built] == [auto_outtype()]  # exported once into the cache
+    assert answer["model"] == "bert-qa" and answer["engine"] in ("llama.cpp", "onnxruntime")
+    # --engine auto: the candidates built once into the (empty) cache, measured, the choice cached.
+    built = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache" / "models").glob("default-*"))
+    assert built == ["bf16.gguf", "int8.onnx", "q8_0.gguf"], built
+    (choice,) = (tmp_path / "cache" / "engine-choice").glob("*.json")
+    chosen = json.loads(choice.read_text())
+    assert {"llama.cpp": "llama.cpp", "onnx": "onnxruntime"}[chosen["engine"]] == answer["engine"]

@@ -1,8 +1,13 @@
-"""A real Ollama (built by scripts/ollama.sh, started by scripts/test.sh) in the loop."""
+"""A real Ollama (built by scripts/ollama.sh, started by scripts/test.sh) in the loop.
+
+The suite runs against v0.34.4 (llama-server runner); the same tests run against v0.24.0 (Go
+engine) with QABRIDGE_OLLAMA_VERSION=0.24.0. Nothing here may depend on which one answers.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
@@ -17,6 +22,7 @@ pytestmark = pytest.mark.ollama
 
 OLLAMA_HOST = os.environ.get("OLLAMA_HOST")
 OLLAMA_BIN = os.environ.get("OLLAMA_BIN")
+_FROM = re.compile(r"^FROM\s+(\S.*?)\s*$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +55,39 @@ def created(ollama, committed_adapter, tmp_path_factory):
     return {"qa": "qabridge-test-qa", "embed": "qabridge-test-embed", "qa_file": Path(qa["path"]), "embed_file": Path(emb["path"])}
 
 
+def same_qa_model(blob: Path, exported: Path) -> None:
+    """The blob Ollama keeps is the exported qabridge model: same qabridge keys and span head.
+
+    Checked by content, not bytes: Ollama v0.30-v0.33 rewrite an imported GGUF at create time.
+    """
+    import numpy as np
+
+    from qabridge.core.model_file import ModelFile
+
+    got, want = ModelFile(blob), ModelFile(exported)
+    try:
+        assert got.qabridge_metadata() == want.qabridge_metadata()
+        assert np.array_equal(got.span_head.weight, want.span_head.weight)
+        assert np.array_equal(got.span_head.bias, want.span_head.bias)
+        assert got.tokenizer.vocab == want.tokenizer.vocab
+    finally:
+        got.close()
+        want.close()
+
+
 def test_create_list_show_embed(ollama, created):
     names = [m["name"] for m in httpx.get(ollama + "/api/tags").json()["models"]]
     assert any(n.startswith(created["qa"]) for n in names)
     show = httpx.post(ollama + "/api/show", json={"model": created["qa"], "verbose": True}, timeout=60).json()
-    assert "embedding" in show.get("capabilities", [])
+    # An embedding model (from bert.pooling_type), never a text generator.
+    assert "embedding" in show.get("capabilities", []) and "completion" not in show["capabilities"]
     info = show["model_info"]
-    assert info["general.architecture"] == "bert"
+    assert info["general.architecture"] == "bert" and info["bert.pooling_type"] == 1
     assert info["qabridge.segment_ids"] == "zeros" and info["qabridge.task"] == "extractive-qa"
+    # The bridge finds the GGUF through the FROM line; it must name a readable blob.
+    m = _FROM.search(show["modelfile"])
+    assert m and "sha256" in m.group(1), show["modelfile"][:500]
+    same_qa_model(Path(m.group(1)), created["qa_file"])
     r = httpx.post(ollama + "/api/embed", json={"model": created["qa"], "input": ["hello world", "qabridge"]}, timeout=120)
     assert r.status_code == 200, r.text
     vecs = r.json()["embeddings"]
@@ -85,6 +116,46 @@ def test_bf16_export_is_an_ollama_model(ollama, created, committed_adapter, tmp_
 
 
 @pytest.fixture(scope="module")
+def pooling_none_gguf(committed_adapter, tmp_path_factory) -> Path:
+    """The committed model written with pooling type none: llama.cpp runs it, Ollama cannot serve it."""
+    from qabridge.core.hashing import adapter_hash
+    from qabridge.core.settings import QASettings
+    from qabridge.export.gguf_writer import QAMeta, write_gguf
+    from qabridge.export.merge import merge_adapter
+
+    m = merge_adapter(committed_adapter)
+    meta = QAMeta(settings=QASettings.from_mapping(m.qa_config), base_model=m.base_name,
+                  adapter_sha256=adapter_hash(committed_adapter))
+    out = tmp_path_factory.mktemp("pooling_none") / "bert-qa.none.q8_0.gguf"
+    write_gguf(out, m.tensors, m.spec, m.span_weight, m.span_bias, meta, outtype="q8_0", pooling="none")
+    return out
+
+
+def test_no_modelfile_for_a_pooling_ollama_cannot_serve(pooling_none_gguf, exported):
+    from qabridge.errors import ModelError
+    from qabridge.export.modelfile import ollama_pooling, write_modelfile
+
+    mf = pooling_none_gguf.parent / "Modelfile"
+    with pytest.raises(ModelError, match="pooling type 'none'") as exc:
+        write_modelfile(pooling_none_gguf, mf, num_ctx=384, base_model="sentence-transformers/all-MiniLM-L6-v2")
+    assert exc.value.code == "invalid_model" and not mf.exists()
+    assert ollama_pooling(exported("q8_0")) == "mean"
+
+
+def test_ollama_fails_to_embed_with_pooling_none(ollama, pooling_none_gguf):
+    """Why export refuses: Ollama imports the model as an embedding model, then fails /api/embed."""
+    mf = pooling_none_gguf.parent / "Modelfile.by-hand"
+    mf.write_text(f"FROM {pooling_none_gguf}\n")
+    r = ollama_cli("create", "qabridge-test-pooling-none", "-f", str(mf))
+    assert r.returncode == 0, r.stderr[-2000:]
+    show = httpx.post(ollama + "/api/show", json={"model": "qabridge-test-pooling-none"}, timeout=60).json()
+    assert "embedding" in show["capabilities"]
+    r = httpx.post(ollama + "/api/embed", json={"model": "qabridge-test-pooling-none", "input": ["hello world"]},
+                   timeout=120)
+    assert r.status_code >= 400, r.text[:300]
+
+
+@pytest.fixture(scope="module")
 def ollama_bridge(ollama, created, tmp_path_factory):
     s = start_server(None, tmp_path_factory.mktemp("obridge"),
                      argv=["--ollama-model", created["qa"], "--ollama-host", ollama, "--embedding-model", created["embed"],
@@ -93,18 +164,21 @@ def ollama_bridge(ollama, created, tmp_path_factory):
     s.stop()
 
 
-def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama_bridge, created, dev_examples):
+def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama, ollama_bridge, created, squad_dev_full):
     from qabridge.bridge.llama_engine import gguf_pipeline
 
     h = httpx.get(ollama_bridge.url + "/api/health").json()
-    assert h["status"] == "ok" and h["ollama"]["up"] and h["ollama"]["version"] == "0.24.0"
+    version = httpx.get(ollama + "/api/version", timeout=10).json()["version"]
+    assert h["status"] == "ok" and h["ollama"]["up"] and h["ollama"]["version"] == version
     assert h["models"][created["qa"]].endswith("(ollama)")
     models = httpx.get(ollama_bridge.url + "/api/models").json()["models"]
     blob = Path(models[0]["file"])
-    assert "blobs" in str(blob) and blob.read_bytes() == created["qa_file"].read_bytes()
+    assert "blobs" in str(blob)
+    same_qa_model(blob, created["qa_file"])
+    # The embedded engine on the exported file is the reference for every answer.
     pipe = gguf_pipeline(created["qa_file"])
     try:
-        for e in dev_examples[:40]:
+        for e in squad_dev_full[:100]:
             ref = pipe.predict(e.question, e.context).spans[0]
             r = httpx.post(ollama_bridge.url + "/api/qa", json={"question": e.question, "context": e.context,
                                                                 "model": created["qa"]}, timeout=60).json()
@@ -168,7 +242,7 @@ def test_ollama_outage_degrades_and_recovers(ollama, ollama_bridge, dev_examples
     port = ollama.rsplit(":", 1)[1]
     docs = [e.context for e in dev_examples[::10]]
     statuses: list[int] = []
-    embedders: set[str] = set()
+    served_by: list[str] = []  # the embedder of each answered `documents` request, in order
     stop = threading.Event()
 
     def load():
@@ -184,28 +258,31 @@ def test_ollama_outage_degrades_and_recovers(ollama, ollama_bridge, dev_examples
                 raise AssertionError(f"request lost: {exc}") from None
             statuses.append(r.status_code)
             if r.status_code == 200 and "documents" in body:
-                embedders.add(r.json()["embedder"].split(":")[0])
+                served_by.append(r.json()["embedder"].split(":")[0])
+
+    def wait_until(cond, seconds: float, what: str) -> None:
+        deadline = time.time() + seconds
+        while not cond():
+            assert th.is_alive(), "the load thread stopped"
+            assert time.time() < deadline, f"no {what} within {seconds}s"
+            time.sleep(0.2)
 
     th = threading.Thread(target=load)
     th.start()
     try:
         time.sleep(1)
+        down = len(served_by)
         subprocess.run(["bash", str(ROOT / "scripts" / "ollama.sh"), "stop"], check=True, cwd=ROOT, capture_output=True)
-        deadline = time.time() + 30
-        while httpx.get(ollama_bridge.url + "/api/health").json()["status"] != "degraded":
-            assert time.time() < deadline
-            time.sleep(0.2)
-        time.sleep(2)
+        wait_until(lambda: httpx.get(ollama_bridge.url + "/api/health").json()["status"] == "degraded", 30, "degraded health")
+        # Requests keep being answered, ranked by the in-process embedder while Ollama is away.
+        wait_until(lambda: "local" in served_by[down:], 60, "documents request ranked locally")
         r = subprocess.run(["bash", str(ROOT / "scripts" / "ollama.sh"), "start"], cwd=ROOT, capture_output=True, text=True,
                            env={**os.environ, "QABRIDGE_OLLAMA_PORT": port})
         assert r.returncode == 0, r.stderr[-2000:]
-        deadline = time.time() + 60
-        while httpx.get(ollama_bridge.url + "/api/health").json()["status"] != "ok":
-            assert time.time() < deadline
-            time.sleep(0.2)
-        time.sleep(2)
+        wait_until(lambda: httpx.get(ollama_bridge.url + "/api/health").json()["status"] == "ok", 60, "recovery to ok")
+        back = len(served_by)
+        wait_until(lambda: "ollama" in served_by[back:], 60, "documents request ranked by Ollama again")
     finally:
         stop.set()
         th.join(120)
     assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
-    assert "local" in embedders  # served by the in-process embedder while Ollama was away

@@ -19,7 +19,7 @@ from qabridge._version import __version__
 from qabridge.core.settings import DEFAULTS
 from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.core.windows import WindowSpec
-from qabridge.errors import OutputExists, UsageError
+from qabridge.errors import DeviceUnsupported, OutputExists, UsageError
 
 from .features import build_features, length_grouped_batches, pad_batch
 from .model import (
@@ -149,7 +149,7 @@ def pick_device(device: str) -> str:
     except (RuntimeError, ValueError):
         raise UsageError(f"--device {device}: not a torch device (use cpu, cuda, cuda:N or auto)") from None
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: torch {torch.__version__} sees no CUDA device here (use cpu or auto)")
+        raise DeviceUnsupported(f"--device {device}: torch {torch.__version__} sees no CUDA device here (use cpu or auto)")
     return device
 
 
