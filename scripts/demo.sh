@@ -8,6 +8,8 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PORT=${QABRIDGE_PORT:-8080}
 URL="http://127.0.0.1:$PORT"
+CACHE_DIR=$(python -c "from qabridge.paths import cache_dir; print(cache_dir())")
+T0=$(date +%s)
 qabridge serve --port "$PORT" &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT INT TERM
@@ -19,6 +21,8 @@ done
 BODY='{"question": "What is machine learning?", "context": "Machine learning is a field of artificial intelligence that uses statistical techniques to give computer systems the ability to learn from data, without being explicitly programmed."}'
 echo
 echo "qabridge is ready on $URL"
+echo "(up in $(( $(date +%s) - T0 )) s; the first start builds the built-in model's candidates and measures"
+echo " them on this CPU once; the models and the engine choice are cached under $CACHE_DIR)"
 echo "Try it:"
 echo "  curl -s $URL/api/qa -H 'Content-Type: application/json' -d '$BODY'"
 ANSWER=$(curl -fsS "$URL/api/qa" -H 'Content-Type: application/json' -d "$BODY")

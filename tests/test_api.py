@@ -93,6 +93,7 @@ def test_handle_impossible_answer_adds_the_empty_answer(qa, dev_examples):
     assert qa(question=e.question, context=e.context, handle_impossible_answer=True)["answer"] != ""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HF_RECORD.exists(), reason="tests/fixtures/hf_pipeline_4.57.6.json not recorded (scripts/record_hf_pipeline.py)")
 def test_top_k_and_impossible_answers_match_transformers_4_57_6(exported):
     """Recorded from transformers 4.57.6's pipeline on the same merged weights (fp32); qabridge on the f32 GGUF."""

@@ -4,7 +4,11 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from .helpers import ROOT, free_port
+
+pytestmark = pytest.mark.slow  # builds every candidate of the built-in model into an empty cache
 
 
 def test_demo_script_serves_the_default_model(tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from .helpers import start_server
 
@@ -29,6 +30,7 @@ def test_client_disconnect_mid_request_leaves_the_bridge_serving(server, dev_exa
     assert httpx.get(server.url + "/api/health").json()["ready"]
 
 
+@pytest.mark.slow
 def test_sigterm_during_load_finishes_accepted_requests(exported, tmp_path, dev_examples):
     s = start_server(exported("q8_0"), tmp_path)
     items = dev_examples[:24]
@@ -60,6 +62,7 @@ def test_sigterm_during_load_finishes_accepted_requests(exported, tmp_path, dev_
             assert e.context[body["start"] : body["end"]] == body["answer"]
 
 
+@pytest.mark.slow
 def test_schemathesis_fuzz_finds_no_server_error(server, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json", "--checks", "not_a_server_error",
@@ -76,6 +79,7 @@ def test_schemathesis_fuzz_finds_no_server_error(server, tmp_path):
     assert httpx.get(server.url + "/api/health").json()["ready"]
 
 
+@pytest.mark.slow
 def test_full_queue_gets_429_and_slow_requests_504(exported, tmp_path, dev_examples):
     s = start_server(exported("q8_0"), tmp_path, "--max-inflight", "1", "--timeout", "0.5")
     try:
