@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from qabridge.core.gguf_keys import TASK_QA, Key
-from qabridge.core.model_file import SpanHead
+from qabridge.core.model_file import QAModelMeta, SpanHead
 from qabridge.core.pipeline import QAPipeline
-from qabridge.core.settings import QASettings
 from qabridge.core.tokenizer import WordPieceTokenizer
-from qabridge.core.windows import Window, WindowSpec
+from qabridge.core.windows import Window
 from qabridge.errors import EngineError, ModelError, QABridgeError, UsageError
 from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxKey
 
@@ -47,7 +46,7 @@ def session_options(n_threads: int | None = None):
     return so
 
 
-class OnnxModel:
+class OnnxModel(QAModelMeta):
     """A validated qabridge ONNX model: its ORT session, metadata, tokenizer and span head.
 
     Mirrors :class:`qabridge.core.model_file.ModelFile` (``path``, ``tokenizer``, ``settings``,
@@ -142,45 +141,6 @@ class OnnxModel:
         if w.size != 2 * h or b.size != 2:
             raise ModelError(f"{self.path}: span head has {w.size}+{b.size} values, expected {2 * h}+2")
         return SpanHead(w.reshape(2, h), b.reshape(2))
-
-    @cached_property
-    def settings(self) -> QASettings:
-        try:
-            s = QASettings.from_mapping(self.meta, prefix="qabridge.")
-        except ValueError:
-            raise ModelError(f"{self.path}: window settings in the metadata are not integers") from None
-        if s.max_seq_len > self.context_length:
-            raise ModelError(f"{self.path}: max_seq_len {s.max_seq_len} exceeds the position table ({self.context_length})")
-        return s
-
-    @property
-    def window_spec(self) -> WindowSpec:
-        return self.settings.window_spec()
-
-    @property
-    def max_answer_len(self) -> int:
-        return self.settings.max_answer_len
-
-    @property
-    def null_threshold(self) -> float | None:
-        """The tuned abstention threshold, if the model was trained and tuned for it."""
-        v = self.meta.get(Key.NULL_THRESHOLD)
-        try:
-            return None if v is None else float(v)
-        except ValueError:
-            raise ModelError(f"{self.path}: {Key.NULL_THRESHOLD} is not a number") from None
-
-    @property
-    def abstention(self) -> dict:
-        """What the model knows about abstaining (for /api/model/info), as ModelFile.abstention."""
-        negatives = str(self.meta.get(Key.NEGATIVES, "none") or "none")
-        return {
-            "trained_with_negatives": negatives != "none",
-            "negatives": negatives,
-            "null_threshold": self.null_threshold,
-            "tuning": self.meta.get(Key.NULL_THRESHOLD_TUNING),
-            "default_threshold": self.null_threshold if self.null_threshold is not None else 0.0,
-        }
 
     @cached_property
     def tokenizer(self) -> WordPieceTokenizer:

@@ -37,7 +37,60 @@ class SpanHead:
         return out[:, 0], out[:, 1]
 
 
-class ModelFile:
+class QAModelMeta:
+    """What a qabridge model file says about itself, whatever its format (GGUF here, ONNX in the
+    bridge): window settings and abstention, read through ``get()``."""
+
+    path: Path
+
+    def get(self, key: str, default=None):  # pragma: no cover - provided by each format
+        raise NotImplementedError
+
+    @property
+    def context_length(self) -> int:  # pragma: no cover - provided by each format
+        raise NotImplementedError
+
+    @cached_property
+    def settings(self) -> QASettings:
+        try:
+            s = QASettings.from_mapping({f: self.get(PREFIX + f) for f in QASettings.__dataclass_fields__})
+        except (TypeError, ValueError):
+            raise ModelError(f"{self.path}: window settings in the metadata are not integers") from None
+        if s.max_seq_len > self.context_length:
+            raise ModelError(f"{self.path}: max_seq_len {s.max_seq_len} exceeds the position table ({self.context_length})")
+        return s
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        return self.settings.window_spec()
+
+    @property
+    def max_answer_len(self) -> int:
+        return self.settings.max_answer_len
+
+    @property
+    def null_threshold(self) -> float | None:
+        """The tuned abstention threshold, if the model was trained and tuned for it."""
+        v = self.get(Key.NULL_THRESHOLD)
+        try:
+            return None if v is None else float(v)
+        except (TypeError, ValueError):
+            raise ModelError(f"{self.path}: {Key.NULL_THRESHOLD} is not a number") from None
+
+    @property
+    def abstention(self) -> dict:
+        """What the model knows about abstaining (for /api/model/info)."""
+        negatives = str(self.get(Key.NEGATIVES, "none") or "none")
+        return {
+            "trained_with_negatives": negatives != "none",
+            "negatives": negatives,
+            "null_threshold": self.null_threshold,
+            "tuning": self.get(Key.NULL_THRESHOLD_TUNING),
+            "default_threshold": self.null_threshold if self.null_threshold is not None else 0.0,
+        }
+
+
+class ModelFile(QAModelMeta):
     """A validated qabridge GGUF: metadata, tokenizer and span head."""
 
     def __init__(self, path: str | os.PathLike, *, require_qa: bool = True):
@@ -122,39 +175,6 @@ class ModelFile:
         if w.size != 2 * h or b.size != 2:
             raise ModelError(f"{self.path}: span head has {w.size}+{b.size} values, expected {2 * h}+2")
         return SpanHead(w.reshape(2, h), b)
-
-    @cached_property
-    def settings(self) -> QASettings:
-        s = QASettings.from_mapping({k: self.get(k) for k in self._reader.fields if k.startswith(PREFIX)}, prefix=PREFIX)
-        if s.max_seq_len > self.context_length:
-            raise ModelError(f"{self.path}: max_seq_len {s.max_seq_len} exceeds the position table ({self.context_length})")
-        return s
-
-    @property
-    def window_spec(self) -> WindowSpec:
-        return self.settings.window_spec()
-
-    @property
-    def max_answer_len(self) -> int:
-        return self.settings.max_answer_len
-
-    @property
-    def null_threshold(self) -> float | None:
-        """The tuned abstention threshold, if the model was trained and tuned for it."""
-        v = self.get(Key.NULL_THRESHOLD)
-        return None if v is None else float(v)
-
-    @property
-    def abstention(self) -> dict:
-        """What the model knows about abstaining (for /api/model/info)."""
-        negatives = str(self.get(Key.NEGATIVES, "none") or "none")
-        return {
-            "trained_with_negatives": negatives != "none",
-            "negatives": negatives,
-            "null_threshold": self.null_threshold,
-            "tuning": self.get(Key.NULL_THRESHOLD_TUNING),
-            "default_threshold": self.null_threshold if self.null_threshold is not None else 0.0,
-        }
 
     @cached_property
     def tokenizer(self) -> WordPieceTokenizer:
