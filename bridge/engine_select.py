@@ -52,7 +52,7 @@ class Candidate:
             from .llama_engine import gguf_pipeline
 
             return gguf_pipeline(self.path, n_threads=n_threads, n_contexts=1)
-        raise UsageError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}", code="invalid_option")
+        raise UsageError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
 
 
 def candidate_for(path: str | os.PathLike) -> Candidate:
@@ -192,7 +192,7 @@ def choose_engine(
     for the same CPU, threads, versions and files is returned without measuring.
     """
     if not candidates:
-        raise UsageError("no candidate engines to choose from", code="invalid_option")
+        raise UsageError("no candidate engines to choose from")
     candidates = [c if c.outtype else candidate_for(c.path) for c in candidates]
     threads = max(1, n_threads or os.cpu_count() or 1)
     ref_c = reference or _reference(candidates)

@@ -24,7 +24,7 @@ from qabridge.core.model_file import QAModelMeta, SpanHead
 from qabridge.core.pipeline import QAPipeline
 from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.core.windows import Window
-from qabridge.errors import EngineError, ModelError, QABridgeError, UsageError
+from qabridge.errors import EmptyInput, EngineError, ModelError, SequenceTooLong, Timeout
 from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxKey
 
 #: Windows per ONNX Runtime call. A request's windows go in padded batches of at most this many:
@@ -185,9 +185,9 @@ class OnnxEngine:
 
     def _check(self, n: int) -> None:
         if n == 0:
-            raise UsageError("empty token sequence", code="empty_input")
+            raise EmptyInput("empty token sequence")
         if n > self.n_positions:
-            raise UsageError(f"sequence of {n} tokens exceeds the model window ({self.n_positions})", code="sequence_too_long")
+            raise SequenceTooLong(f"sequence of {n} tokens exceeds the model window ({self.n_positions})")
 
     def _run(self, seqs: list[np.ndarray]) -> np.ndarray:
         """[batch, longest, hidden] for sequences already checked; padding masked out."""
@@ -224,7 +224,7 @@ class OnnxEngine:
         out: list = [None] * len(windows)
         for b in range(0, len(order), self.max_batch):
             if deadline is not None and time.monotonic() > deadline:
-                raise QABridgeError("request ran past its deadline", code="timeout", status=504)
+                raise Timeout("request ran past its deadline")
             chunk = order[b : b + self.max_batch]
             hidden = self._run([windows[i].input_ids for i in chunk])
             for j, i in enumerate(chunk):

@@ -100,12 +100,16 @@ def owned_by_qabridge(path: Path) -> bool:
         return False
 
 
-def prepare_output(out_path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Check (before any slow work) that ``out_path`` can be written and may be replaced."""
+def prepare_output(out_path: str | os.PathLike, *, force: bool = False, owned=None, kind: str = ".gguf") -> Path:
+    """Check (before any slow work) that ``out_path`` can be written and may be replaced.
+
+    ``owned(path)`` says whether an existing file is one qabridge wrote (default: a qabridge GGUF).
+    """
     out = Path(out_path)
+    owned = owned or owned_by_qabridge
     if out.is_dir():
-        raise OutputUnwritable(f"{out}: is a directory; give a .gguf file path")
-    if out.exists() and not force and not owned_by_qabridge(out):
+        raise OutputUnwritable(f"{out}: is a directory; give a {kind} file path")
+    if out.exists() and not force and not owned(out):
         raise OutputExists(f"{out}: exists and was not written by qabridge; pass --force to overwrite")
     parent = out.parent
     if parent.exists() and not parent.is_dir():

@@ -34,7 +34,9 @@ from qabridge._version import __version__
 from qabridge.core.gguf_keys import TASK_QA, Key, SegmentIds
 from qabridge.core.hashing import sha256_file
 from qabridge.core.settings import QASettings
-from qabridge.errors import ModelError, OutputExists, UsageError
+from qabridge.errors import ModelError, UsageError
+
+from .gguf_writer import prepare_output
 
 ONNX_OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
@@ -77,21 +79,7 @@ def owned_by_qabridge(path: Path) -> bool:
 
 def prepare_onnx_output(out_path: str | os.PathLike, *, force: bool = False) -> Path:
     """Check before the slow work that ``out_path`` can be written and may be replaced."""
-    out = Path(out_path)
-    if out.is_dir():
-        raise UsageError(f"{out}: is a directory; give a .onnx file path", code="output_unwritable")
-    if out.exists() and not force and not owned_by_qabridge(out):
-        raise OutputExists(f"{out}: exists and was not written by qabridge; pass --force to overwrite")
-    parent = out.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"{parent}: cannot create output directory (a file is in the way)", code="output_unwritable")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{parent}: cannot create output directory ({exc.strerror})", code="output_unwritable") from None
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{parent}: output directory is not writable", code="output_unwritable")
-    return out
+    return prepare_output(out_path, force=force, owned=owned_by_qabridge, kind=".onnx")
 
 
 def _torch_encoder(merged):
@@ -342,9 +330,9 @@ def export_onnx(
     Returns path, size, sha256, outtype and the fusion counts.
     """
     if quantize not in QUANTIZE_CHOICES:
-        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, not {quantize!r}", code="invalid_option")
+        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
     if quantize != "none" and not optimize:
-        raise UsageError("int8 quantisation applies to the fused graph; drop --no-optimize", code="invalid_option")
+        raise UsageError("int8 quantisation applies to the fused graph; drop --no-optimize")
     out = prepare_onnx_output(output, force=force)
     adapter = Path(adapter)
     if merged is None:

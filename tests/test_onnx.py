@@ -255,10 +255,10 @@ def test_export_refuses_bad_arguments(tmp_path, committed_adapter, onnx_exported
     assert foreign.read_text() == "mine"
     with pytest.raises(UsageError) as e:
         export_onnx(committed_adapter, tmp_path / "x.onnx", quantize="int4")
-    assert e.value.code == "invalid_option"
+    assert e.value.code == "invalid_request" and e.value.exit_code == 2
     with pytest.raises(UsageError) as e:
         export_onnx(committed_adapter, tmp_path / "x.onnx", quantize="int8", optimize=False)
-    assert e.value.code == "invalid_option"
+    assert e.value.code == "invalid_request" and e.value.exit_code == 2
     with pytest.raises(UsageError) as e:
         export_onnx(committed_adapter, tmp_path, quantize="none")
     assert e.value.code == "output_unwritable"
@@ -313,3 +313,35 @@ def test_auto_choice_fails_clearly_when_nothing_agrees(tmp_path, monkeypatch, on
                       n_questions=8, rounds=1, n_threads=2)
     assert "no candidate engine passed the parity check" in e.value.message
     assert not (tmp_path / "cache" / "engine-choice").exists()
+
+
+def test_http_answers_equal_eval_with_the_onnx_engine(onnx_exported, dev_examples, tmp_path):
+    """`qabridge serve --engine onnx` answers over HTTP exactly what `qabridge eval` computes with that engine."""
+    import httpx
+
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.train.evaluate import predict_examples
+
+    from .helpers import start_server
+
+    path = onnx_exported("int8")
+    pipe = onnx_pipeline(path)
+    try:
+        ref = predict_examples(pipe, dev_examples)
+    finally:
+        pipe.encoder.close()
+    s = start_server(path, tmp_path, "--engine", "onnx")
+    try:
+        info = httpx.get(s.url + "/api/model/info").json()
+        assert info["engine"] == "onnxruntime" and info["file"] == str(path)
+        for e in dev_examples:
+            r = httpx.post(s.url + "/api/qa", json={"question": e.question, "context": e.context}, timeout=60).json()
+            assert (r["answer"], r["start"], r["end"]) == (ref[e.id]["text"], ref[e.id]["start"], ref[e.id]["end"]), e.id
+            assert r["score"] == pytest.approx(ref[e.id]["score"], abs=1e-4)
+    finally:
+        assert s.stop() == 0
+    # An ONNX file cannot go to llama.cpp: a usage error before the port opens.
+    from .helpers import run_cli
+
+    r = run_cli("serve", "--model", str(path), "--engine", "llama.cpp", "--port", "1")
+    assert r.returncode == 2 and "ONNX Runtime" in r.stderr
