@@ -55,10 +55,10 @@ def resolve_model(model: str | os.PathLike | None, *, ollama_host: str | None = 
         return default_model(outtype), DEFAULT_MODEL_NAME, "file"
     text = os.fspath(model)
     path = Path(text)
-    if not text.startswith(OLLAMA_PREFIX) and (path.exists() or path.suffix == ".gguf" or os.sep in text):
+    if not text.startswith(OLLAMA_PREFIX) and (path.exists() or path.suffix in (".gguf", ".onnx") or os.sep in text):
         if not path.exists():
             raise ModelError(f"{path}: no such model file")
-        return path, path.name.removesuffix(".gguf"), "file"
+        return path, path.name.removesuffix(path.suffix) if path.suffix in (".gguf", ".onnx") else path.name, "file"
     name = text.removeprefix(OLLAMA_PREFIX)
     from qabridge.bridge.ollama import OllamaClient
 
@@ -70,20 +70,29 @@ def resolve_model(model: str | os.PathLike | None, *, ollama_host: str | None = 
 
 
 class QuestionAnsweringPipeline:
-    """Extractive QA over one qabridge GGUF: tokenizer and span head from its metadata, encoder in llama.cpp.
+    """Extractive QA over one qabridge model file: tokenizer and span head from its metadata, the
+    encoder in llama.cpp (GGUF) or ONNX Runtime (``.onnx`` from ``qabridge export --format onnx``).
 
-    Thread-safe; ``close()`` (or a ``with`` block) frees llama.cpp's memory.
+    Thread-safe; ``close()`` (or a ``with`` block) frees the engine's memory.
     """
 
     task = TASK
 
     def __init__(self, model: str | os.PathLike | None = None, *, ollama_host: str | None = None,
                  threads: int | None = None, contexts: int = 1, flash_attn: bool = True, outtype: str = "auto"):
-        from qabridge.bridge.llama_engine import LlamaCppEngine
-
         path, self.name, self.source = resolve_model(model, ollama_host=ollama_host, outtype=outtype)
-        self.model_file = ModelFile(path)
-        self._engine = LlamaCppEngine(self.model_file, n_threads=threads, flash_attn=flash_attn, n_contexts=contexts)
+        if path.suffix == ".onnx":
+            from qabridge.bridge.onnx_engine import OnnxEngine, OnnxModel
+
+            self.model_file = OnnxModel(path, n_threads=threads)
+            self._engine = OnnxEngine(self.model_file, n_threads=threads)
+            self._max_tokens = self._engine.n_positions
+        else:
+            from qabridge.bridge.llama_engine import LlamaCppEngine
+
+            self.model_file = ModelFile(path)
+            self._engine = LlamaCppEngine(self.model_file, n_threads=threads, flash_attn=flash_attn, n_contexts=contexts)
+            self._max_tokens = self._engine.n_ctx
         self._qa = QAPipeline(self.model_file.tokenizer, self._engine, self.model_file.window_spec,
                               max_answer_len=self.model_file.max_answer_len)
 
@@ -141,8 +150,8 @@ class QuestionAnsweringPipeline:
                                             ("max_question_tokens", "max_question_len")) if kw.get(a) is not None}
         if over:
             spec = dataclasses.replace(spec, **over)
-            if spec.max_seq_len > self._engine.n_ctx:
-                raise SequenceTooLong(f"max_seq_len {spec.max_seq_len} exceeds the model's window ({self._engine.n_ctx})")
+            if spec.max_seq_len > self._max_tokens:
+                raise SequenceTooLong(f"max_seq_len {spec.max_seq_len} exceeds the model's window ({self._max_tokens})")
         mal = kw.get("max_answer_len")
         if mal is not None and int(mal) < 1:
             raise UsageError(f"max_answer_len must be >= 1, got {mal}")

@@ -345,3 +345,23 @@ def test_http_answers_equal_eval_with_the_onnx_engine(onnx_exported, dev_example
 
     r = run_cli("serve", "--model", str(path), "--engine", "llama.cpp", "--port", "1")
     assert r.returncode == 2 and "ONNX Runtime" in r.stderr
+
+
+def test_python_api_over_an_onnx_file(onnx_exported, dev_examples):
+    import qabridge
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+
+    path = onnx_exported("int8")
+    ref = onnx_pipeline(path)
+    try:
+        with qabridge.pipeline(model=path) as qa:
+            assert qa.name == "bert-qa.int8"
+            for e in dev_examples[:10]:
+                got = qa(question=e.question, context=e.context)
+                s = ref.predict(e.question, e.context).spans[0]
+                assert (got["start"], got["end"]) == (s.start, s.end) and got["answer"] == e.context[s.start : s.end]
+            with pytest.raises(UsageError) as ei:
+                qa(question=e.question, context=e.context, max_seq_len=4096)
+            assert ei.value.code == "sequence_too_long"
+    finally:
+        ref.encoder.close()
