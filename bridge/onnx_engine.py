@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 import time
 from contextlib import contextmanager
@@ -159,12 +160,19 @@ class OnnxEngine:
     sequential execution. A request's windows run as padded batches of up to ``max_batch``.
     Concurrent requests are serialised by default (``concurrent=False``): each call then has
     every thread, which on 2 cores measured faster than two calls sharing the pool.
+
+    With ``n_contexts`` > 1 the engine also keeps that many narrow sessions (the threads split
+    between them): while more than one request is in the engine (``demand()``), each runs on a
+    narrow session of its own, one alone still gets the wide one. ORT's thread pool is fixed per
+    session, so this is how its threads are shared (the llama.cpp engine re-splits per call). On the
+    2-core AMD EPYC, 8 concurrent clients: 2 one-thread sessions 114 q/s against one two-thread
+    session serialised 97 (engine alone, 300 dev questions).
     """
 
     name = "onnxruntime"
 
     def __init__(self, model: OnnxModel | str | os.PathLike, *, n_threads: int | None = None,
-                 max_batch: int = MAX_BATCH, concurrent: bool = False):
+                 max_batch: int = MAX_BATCH, concurrent: bool = False, n_contexts: int = 1):
         self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads)
         self.session = self.file.session
         self.head = self.file.span_head
@@ -176,12 +184,27 @@ class OnnxEngine:
         self._dtypes = self.file.input_dtypes
         self._run_lock = threading.Lock() if not concurrent else None
         self._closed = False
+        self._narrow: queue.Queue = queue.Queue()
+        self.n_narrow = n_contexts if n_contexts > 1 and self.n_threads > 1 else 0
+        for _ in range(self.n_narrow):
+            import onnxruntime as ort
+
+            per = max(1, self.n_threads // self.n_narrow)
+            self._narrow.put(ort.InferenceSession(str(self.file.path), session_options(per), providers=["CPUExecutionProvider"]))
+        self._demand = 0
+        self._demand_lock = threading.Lock()
 
     @contextmanager
     def demand(self):
-        """The bridge holds this for a request, queue time included. ORT's pool cannot be
-        re-split per call (llama.cpp's can), so there is nothing to do here."""
-        yield
+        """Held by the bridge for a whole request, queue time included: with more than one
+        request waiting, each runs on a narrow session instead of queueing for the wide one."""
+        with self._demand_lock:
+            self._demand += 1
+        try:
+            yield
+        finally:
+            with self._demand_lock:
+                self._demand -= 1
 
     def _check(self, n: int) -> None:
         if n == 0:
@@ -201,6 +224,12 @@ class OnnxEngine:
             mask[i, : len(s)] = 1
         feed = {"input_ids": ids, "attention_mask": mask}
         try:
+            if self.n_narrow and self._demand > 1:
+                sess = self._narrow.get()
+                try:
+                    return sess.run([OUTPUT], feed)[0]
+                finally:
+                    self._narrow.put(sess)
             if self._run_lock is None:
                 return self.session.run([OUTPUT], feed)[0]
             with self._run_lock:
@@ -234,6 +263,8 @@ class OnnxEngine:
     def close(self) -> None:
         self._closed = True
         self.session = None
+        while not self._narrow.empty():
+            self._narrow.get_nowait()
         self.file.close()
 
 

@@ -40,7 +40,7 @@ def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") ->
     if Path(path).suffix == ".onnx":
         from .onnx_engine import onnx_pipeline
 
-        pipe = onnx_pipeline(path, n_threads=cfg.n_threads)
+        pipe = onnx_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.n_contexts)
     else:
         pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
     return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, sha256_file(path), source)

@@ -365,3 +365,27 @@ def test_python_api_over_an_onnx_file(onnx_exported, dev_examples):
             assert ei.value.code == "sequence_too_long"
     finally:
         ref.encoder.close()
+
+
+def test_concurrent_requests_run_on_narrow_sessions(onnx_exported, torch_pipe, dev_examples):
+    """With several requests in the engine each gets a narrow session; the logits do not change."""
+    from qabridge.bridge.onnx_engine import OnnxEngine
+
+    wins = _windows(torch_pipe, dev_examples, 4)
+    eng = OnnxEngine(onnx_exported("int8"), n_threads=2, n_contexts=2)
+    try:
+        assert eng.n_narrow == 2
+        alone = eng.logits(wins)
+        out: list = [None, None]
+
+        def one(i):
+            with eng.demand():
+                out[i] = eng.logits(wins)
+
+        with eng.demand():  # a request already waiting: the two below count as concurrent
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+            [t.start() for t in ts]
+            [t.join() for t in ts]
+    finally:
+        eng.close()
+    assert _max_delta(alone, out[0]) < 1e-3 and _max_delta(alone, out[1]) < 1e-3
