@@ -38,6 +38,8 @@ class ServeConfig:
     max_inflight: int = 64
     n_contexts: int = field(default_factory=default_contexts)
     n_threads: int | None = None
+    #: ONNX Runtime: narrow sessions for concurrent requests (1: one session with every thread).
+    onnx_sessions: int = 1
     flash_attn: bool = True
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)

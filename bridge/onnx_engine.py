@@ -166,7 +166,8 @@ class OnnxEngine:
     narrow session of its own, one alone still gets the wide one. ORT's thread pool is fixed per
     session, so this is how its threads are shared (the llama.cpp engine re-splits per call). On the
     2-core AMD EPYC, 8 concurrent clients: 2 one-thread sessions 114 q/s against one two-thread
-    session serialised 97 (engine alone, 300 dev questions).
+    session serialised 97 (engine alone, 300 dev questions), at +100-145 MB peak RSS: the bridge
+    keeps it off unless ``--onnx-sessions`` asks for it.
     """
 
     name = "onnxruntime"

@@ -40,7 +40,9 @@ def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") ->
     if Path(path).suffix == ".onnx":
         from .onnx_engine import onnx_pipeline
 
-        pipe = onnx_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.n_contexts)
+        # One wide session: narrow sessions per concurrent request measured +18% q/s at 8 clients
+        # but +100-145 MB peak RSS (benchmarks/performance-steps.md): over the 350 MB budget.
+        pipe = onnx_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.onnx_sessions)
     else:
         pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
     return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, sha256_file(path), source)
