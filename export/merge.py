@@ -36,6 +36,22 @@ def encoder_tensors(state: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def read_local_base(ref) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(config.json, encoder tensors in float32)`` of a base on disk, read without torch or
+    transformers, so a serving install can build the default model and embedder."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    d = Path(ref.path)
+    if not (d / "model.safetensors").exists() or not (d / "config.json").exists():
+        raise ModelError(f"{ref.name}: base has no local model.safetensors/config.json")
+    cfg = json.loads((d / "config.json").read_text())
+    if cfg.get("model_type") != "bert":
+        raise ModelError(f"base model {ref.name!r} is {cfg.get('model_type')!r}, not BERT-family (GGUF export supports BERT only)")
+    return cfg, encoder_tensors(load_file(str(d / "model.safetensors")))
+
+
 def merge_adapter(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
     """The adapter merged into its base: in numpy for plain LoRA adapters (no torch needed, so a
     serving install can build the default model), through peft otherwise."""
@@ -74,8 +90,6 @@ def lora_merge_supported(adapter_dir: str | os.PathLike, *, base: str | None = N
 
 def merge_lora_numpy(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
     """W + (alpha / r) * B @ A for every LoRA pair, on the base's safetensors, in float32."""
-    import json
-
     from safetensors.numpy import load_file
 
     from qabridge.core.tokenizer import WordPieceTokenizer
@@ -85,16 +99,7 @@ def merge_lora_numpy(adapter_dir: str | os.PathLike, *, base: str | None = None)
     acfg, qcfg = read_adapter(d)
     ref = resolve_base(base or qcfg.get("base_model") or acfg.get("base_model_name_or_path"))
     bdir = Path(ref.path)
-    if not (bdir / "model.safetensors").exists() or not (bdir / "config.json").exists():
-        raise ModelError(f"{ref.name}: base has no local model.safetensors/config.json to merge into")
-    cfg = json.loads((bdir / "config.json").read_text())
-    if cfg.get("model_type") != "bert":
-        raise ModelError(f"{adapter_dir}: base is {cfg.get('model_type')!r}; GGUF export supports BERT only")
-    tensors = {}
-    for k, v in load_file(str(bdir / "model.safetensors")).items():
-        name = k[5:] if k.startswith("bert.") else k
-        if not name.startswith(_DROP_PREFIXES) and not name.startswith("qa_outputs."):
-            tensors[name] = v.astype(np.float32)
+    cfg, tensors = read_local_base(ref)
     lora = load_file(str(d / "adapter_model.safetensors"))
     r = int(acfg["r"])
     scale = float(acfg["lora_alpha"]) / (r**0.5 if acfg.get("use_rslora") else r)
@@ -161,28 +166,10 @@ def merge_adapter_torch(adapter_dir: str | os.PathLike, *, base: str | None = No
 
 def load_plain_encoder(base: str | None = None) -> MergedModel:
     """A base encoder without a span head (for ``--embedding``: a pooled embedding model)."""
-    from safetensors.numpy import load_file
-
     from qabridge.core.tokenizer import WordPieceTokenizer
     from qabridge.train.model import resolve_base
 
     ref = resolve_base(base)
-    d = Path(ref.path)
-    st = d / "model.safetensors"
-    if not st.exists():
-        raise ModelError(f"{d}: no model.safetensors")
-    # config.json read as JSON: a serving install (no transformers) builds the default embedder too.
-    import json
-
-    cfg = json.loads((d / "config.json").read_text())
-    if cfg.get("model_type") != "bert":
-        raise ModelError(f"base model {ref.name!r} is {cfg.get('model_type')!r}, not BERT-family")
-    state = load_file(str(st))
-    tensors = {}
-    for k, v in state.items():
-        name = k[5:] if k.startswith("bert.") else k
-        if name.startswith(_DROP_PREFIXES) or name.startswith("qa_outputs."):
-            continue
-        tensors[name] = v.astype(np.float32)
-    tok = WordPieceTokenizer.from_hf_dir(d)
+    cfg, tensors = read_local_base(ref)
+    tok = WordPieceTokenizer.from_hf_dir(Path(ref.path))
     return MergedModel(tensors, EncoderSpec.from_config(cfg, tok.vocab, tok.lowercase), None, None, ref.name, {})
