@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import ValidationError
 
-from qabridge.core.decode import Span, distinct_top
+from qabridge.core.decode import Span, distinct_top, null_log_ratio, null_rank
 from qabridge.errors import (
     ContextTooLong,
     EmptyContext,
@@ -88,7 +87,7 @@ class QAService:
         ranked, used = self.registry.retriever.rank(req.question, docs)
         t1 = time.perf_counter()
         n_read = req.top_documents or (len(ranked) if len(ranked) <= READ_ALL_PASSAGES else TOP_PASSAGES)
-        cands: list[tuple[Span, int, float]] = []
+        cands: list[tuple[Span, int, float]] = []  # span, document, its null_log_ratio in its passage
         windows = 0
         null = 1.0
         for passage, _sim in ranked[:n_read]:
@@ -101,15 +100,15 @@ class QAService:
             windows += pred.n_windows
             null = min(null, pred.null_score)
             for sp in pred.spans:
-                margin = math.log(max(sp.score, 1e-300)) - math.log(max(pred.null_score, 1e-300))
-                cands.append((Span(sp.score, sp.start + passage.start, sp.end + passage.start, sp.window), passage.document, margin))
+                cands.append((Span(sp.score, sp.start + passage.start, sp.end + passage.start, sp.window), passage.document,
+                              null_log_ratio(pred.null_score, sp.score)))
         t2 = time.perf_counter()
-        top = distinct_top(cands, key=lambda c: (c[1], c[0].start, c[0].end), score=lambda c: c[2], top_k=req.top_k)
+        top = distinct_top(cands, key=lambda c: (c[1], c[0].start, c[0].end), score=lambda c: -c[2], top_k=req.top_k)
         items = [AnswerItem(answer=docs[d][sp.start : sp.end], score=sp.score, start=sp.start, end=sp.end, document=d)
                  for sp, d, _ in top]
         return _response(
             items, m, windows, {"rank": round(1e3 * (t1 - t0), 3), "read": round(1e3 * (t2 - t1), 3)},
-            null=null, req=req, margins=[c[2] for c in top],
+            null=null, req=req, ratios=[c[2] for c in top],
             ranking=[RankedPassage(document=p.document, start=p.start, end=p.end, similarity=round(sim, 6))
                      for p, sim in ranked[:n_read]],
             embedder=used,
@@ -148,24 +147,16 @@ class QAService:
 
 
 def _response(items: list[AnswerItem], m: LoadedModel, n_windows: int, timing: dict, *, null: float,
-              req: QARequest, margins: list[float] | None = None, **extra) -> QAResponse:
-    """The response; with ``handle_impossible_answer`` the null answer takes its place in the ranking.
-
-    Abstain iff log p(null) - log p(best span) > threshold (``margins``: log p(span) - log p(null)
-    per item, when the caller computed them per passage). Threshold 0 is the transformers pipeline's rule.
-    """
+              req: QARequest, ratios: list[float] | None = None, **extra) -> QAResponse:
+    """The response; with ``handle_impossible_answer`` the null answer takes its place in the ranking
+    (decode.null_rank). ``ratios``: each item's null_log_ratio when the caller computed them per
+    passage; else against ``null``."""
     threshold = None
     abstained = False
     if req.handle_impossible_answer:
         threshold = req.null_threshold if req.null_threshold is not None else m.file.abstention["default_threshold"]
         null_item = AnswerItem(answer=None, score=null, start=None, end=None)
-
-        def beats(it: AnswerItem, mg: float | None) -> bool:  # does the null answer rank above this span?
-            na = -mg if mg is not None else math.log(max(null, 1e-300)) - math.log(max(it.score, 1e-300))
-            return na > threshold
-
-        mgs = margins or [None] * len(items)
-        pos = next((i for i, it in enumerate(items) if beats(it, mgs[i])), len(items))
+        pos = null_rank(ratios if ratios is not None else [null_log_ratio(null, it.score) for it in items], threshold)
         abstained = pos == 0
         items = (items[:pos] + [null_item] + items[pos:])[: max(req.top_k, 1)]
     best = items[0] if items else AnswerItem(answer="", score=0.0, start=0, end=0)

@@ -19,12 +19,12 @@ pipeline with ``align_to_words=False``; the HTTP bridge answers with the same sp
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from qabridge.core.decode import null_log_ratio, null_rank
 from qabridge.core.model_file import ModelFile
 from qabridge.core.pipeline import QAPipeline
 from qabridge.errors import MissingContext, ModelError, SequenceTooLong, UsageError
@@ -170,8 +170,7 @@ class QuestionAnsweringPipeline:
             # As the transformers pipeline does, the empty answer competes: it ranks above a span when
             # log p(null) - log p(span) > threshold (0 unless the model stores a tuned one: then it is
             # the transformers rule, p(null) > p(span)).
-            lnull = math.log(max(pred.null_score, 1e-300))
-            pos = next((i for i, a in enumerate(answers) if lnull - math.log(max(a["score"], 1e-300)) > threshold), len(answers))
+            pos = null_rank([null_log_ratio(pred.null_score, a["score"]) for a in answers], threshold)
             answers = (answers[:pos] + [{"score": pred.null_score, "start": 0, "end": 0, "answer": ""}] + answers[pos:])[:top_k]
         if not answers:
             answers = [{"score": 0.0, "start": 0, "end": 0, "answer": ""}]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qabridge.core.decode import best_spans, null_score
+from qabridge.core.decode import best_spans, null_log_ratio, null_score
 from qabridge.core.pipeline import QAPipeline
 from qabridge.core.settings import QASettings
 from qabridge.core.tokenizer import WordPieceTokenizer
@@ -97,7 +97,7 @@ def predict_examples(pipe: QAPipeline, examples: list[Example], *, chunk: int = 
             nul = null_score(lg, ws)
             if spans:
                 s = spans[0]
-                na = math.log(max(nul, 1e-300)) - math.log(max(s.score, 1e-300))
+                na = null_log_ratio(nul, s.score)
                 preds[e.id] = {"text": e.context[s.start : s.end], "start": s.start, "end": s.end, "score": s.score,
                                "null": nul, "na": na}
             else:

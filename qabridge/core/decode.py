@@ -9,6 +9,7 @@ windows and across requests. [CLS] itself is never returned as an answer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -82,6 +83,19 @@ def null_score(logits: list[tuple[np.ndarray, np.ndarray]], windows: list[Window
         pe = _softmax(np.asarray(el, dtype=np.float64)[idx].copy())[0]
         best = min(best, float(ps * pe))
     return best
+
+
+def null_log_ratio(null: float, score: float) -> float:
+    """log p(no answer) - log p(span). Abstaining iff this exceeds a threshold is the one rule for
+    ``handle_impossible_answer`` everywhere (API, HTTP, eval); threshold 0 is the transformers
+    pipeline's: the empty answer wins when it is likelier than the span."""
+    return math.log(max(null, 1e-300)) - math.log(max(score, 1e-300))
+
+
+def null_rank(ratios: list[float], threshold: float) -> int:
+    """Where the null answer goes among spans ranked best first, given each span's null_log_ratio:
+    before the first span it beats (0: it is the answer)."""
+    return next((i for i, r in enumerate(ratios) if r > threshold), len(ratios))
 
 
 def distinct_top(items: Iterable[T], key: Callable[[T], Hashable], score: Callable[[T], float], top_k: int) -> list[T]:
