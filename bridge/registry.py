@@ -63,7 +63,9 @@ def choose_builtin(cfg: ServeConfig):
 
 
 def model_name(path: Path) -> str:
-    return Path(path).name.removesuffix(".gguf")
+    """A model file's name without its format suffix (``bert-qa.q8_0.gguf`` -> ``bert-qa.q8_0``)."""
+    p = Path(path)
+    return p.name.removesuffix(p.suffix) if p.suffix in (".gguf", ".onnx") else p.name
 
 
 class ModelRegistry:

@@ -58,7 +58,9 @@ def resolve_model(model: str | os.PathLike | None, *, ollama_host: str | None = 
     if not text.startswith(OLLAMA_PREFIX) and (path.exists() or path.suffix in (".gguf", ".onnx") or os.sep in text):
         if not path.exists():
             raise ModelError(f"{path}: no such model file")
-        return path, path.name.removesuffix(path.suffix) if path.suffix in (".gguf", ".onnx") else path.name, "file"
+        from qabridge.bridge.registry import model_name
+
+        return path, model_name(path), "file"
     name = text.removeprefix(OLLAMA_PREFIX)
     from qabridge.bridge.ollama import OllamaClient
 

@@ -202,15 +202,21 @@ ollama_module_dir() {  # $1 = a scratch dir to run go in
     printf '%s\n' "$moddir"
 }
 
-# Ollama < 0.30: one Go binary with llama.cpp/ggml compiled in by cgo.
-build_go_engine() {
+# Serialise concurrent builds (parallel CI jobs sharing a cache): holds the lock on fd 9 and
+# returns 1 to build; returns 0 (lock released) when another build already made the binary.
+build_lock() {
     mkdir -p "$OLLAMA_CACHE"
-    # Serialise concurrent builds (parallel CI jobs sharing a cache).
     exec 9>"$OLLAMA_CACHE/.build.lock"
     if command -v flock >/dev/null 2>&1; then
         flock 9 || die "cannot lock $OLLAMA_CACHE/.build.lock"
     fi
     if [[ -x "$BUILT_BIN" ]]; then exec 9>&-; return 0; fi
+    return 1
+}
+
+# Ollama < 0.30: one Go binary with llama.cpp/ggml compiled in by cgo.
+build_go_engine() {
+    build_lock && return 0
 
     command -v go >/dev/null 2>&1 || die "go is needed to build ollama"
     command -v gcc >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 \
@@ -332,13 +338,7 @@ server_on_wheel_libs() {
 # as $PREFIX/{bin/ollama,lib/ollama/}. The work dir survives a failed build, so a rerun
 # continues cmake's build instead of starting over; a success replaces $PREFIX atomically.
 build_llama_server() {
-    mkdir -p "$OLLAMA_CACHE"
-    # Serialise concurrent builds (parallel CI jobs sharing a cache).
-    exec 9>"$OLLAMA_CACHE/.build.lock"
-    if command -v flock >/dev/null 2>&1; then
-        flock 9 || die "cannot lock $OLLAMA_CACHE/.build.lock"
-    fi
-    if [[ -x "$BUILT_BIN" ]]; then exec 9>&-; return 0; fi
+    build_lock && return 0
 
     command -v go >/dev/null 2>&1 || die "go is needed to build ollama"
     command -v cmake >/dev/null 2>&1 || die "cmake (>= 3.24) is needed to build llama-server"
