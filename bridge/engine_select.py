@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,13 +121,10 @@ class EngineChoice:
 
 def cpu_identity() -> tuple[str, list[str]]:
     """CPU model name and flags (Linux /proc/cpuinfo; elsewhere the platform's processor string)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        info = ""
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    return name or platform.processor() or platform.machine(), sorted(flags)
+    from qabridge.core.machine import cpu_info
+
+    cpu = cpu_info()
+    return cpu.name, list(cpu.flags)
 
 
 def _versions() -> dict[str, str]:

@@ -128,6 +128,10 @@ class OnnxModel(QAModelMeta):
         return self._int(OnnxKey.CONTEXT_LENGTH)
 
     @property
+    def num_layers(self) -> int:
+        return self._int(OnnxKey.NUM_LAYERS)
+
+    @property
     def outtype(self) -> str:
         return str(self.meta.get(Key.OUTTYPE, "unknown"))
 

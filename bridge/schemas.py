@@ -117,6 +117,8 @@ class ModelInfo(BaseModel):
     size: int = Field(description="File size in bytes.")
     sha256: str = Field(description="SHA-256 of the file.")
     quantization: str = Field(description="Weight type of the 2-D tensors (f32, f16, bf16, q8_0).")
+    base_model: str | None = Field(default=None, description="The encoder it was trained from (e.g. sentence-transformers/all-MiniLM-L6-v2, BAAI/bge-small-en-v1.5).")
+    layers: int = Field(description="Transformer layers in the encoder (6 for MiniLM-L6, 12 for bge-small).")
     max_seq_len: int = Field(description="Window length in tokens.")
     doc_stride: int = Field(description="Overlap between consecutive windows, in tokens.")
     engine: str = Field(description="The engine that computes the encoder states.")

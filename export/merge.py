@@ -65,16 +65,21 @@ _LORA_PREFIX = "base_model.model."
 
 def lora_merge_supported(adapter_dir: str | os.PathLike, *, base: str | None = None) -> bool:
     """Plain LoRA (no DoRA, no per-module rank or alpha) over a base with local safetensors."""
+    from qabridge.train.bases import lookup
     from qabridge.train.model import read_adapter, resolve_base
 
     d = Path(adapter_dir)
     if not (d / "adapter_model.safetensors").exists():
         return False
     acfg, qcfg = read_adapter(d)
-    try:
-        ref = resolve_base(base or qcfg.get("base_model") or acfg.get("base_model_name_or_path"))
-    except ModelError:
-        return False  # the torch path reports it
+    name = base or qcfg.get("base_model") or acfg.get("base_model_name_or_path")
+    if lookup(name) is not None:
+        ref = resolve_base(name)  # a named base that cannot be fetched: report it once, not download twice
+    else:
+        try:
+            ref = resolve_base(name)
+        except ModelError:
+            return False  # the torch path reports it
     if not (Path(ref.path) / "model.safetensors").exists():
         return False
     return (

@@ -10,6 +10,7 @@ from qabridge.errors import ModelError
 
 BASE_LICENSES = {
     "sentence-transformers/all-MiniLM-L6-v2": "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
+    "BAAI/bge-small-en-v1.5": "MIT (BAAI/bge-small-en-v1.5)",  # train/bases.py: named base from Maven Central
 }
 DATA_LICENSE = "SQuAD v1.1 (Rajpurkar et al. 2016), CC BY-SA 4.0"
 

@@ -76,12 +76,9 @@ def auto_outtype(cpuinfo: str | None = None) -> str:
     picked the torch model's span more often (99.6% vs 98.5%); without them bf16 is emulated and
     q8_0 (half the size of bf16) is the better default (benchmarks/performance-steps.md).
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
-    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
+    from qabridge.core.machine import cpu_info, parse_cpuinfo
+
+    flags = (cpu_info() if cpuinfo is None else parse_cpuinfo(cpuinfo)).flags
     return OutType.BF16.value if "avx512_bf16" in flags else OutType.Q8_0.value
 
 

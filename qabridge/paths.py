@@ -64,7 +64,8 @@ def offline_base_dir() -> Path | None:
 
 
 def is_offline_base(name: str | os.PathLike) -> bool:
-    return str(name) in {OFFLINE_BASE_NAME, "all-MiniLM-L6-v2", "offline", "default"}
+    # "all-minilm-l6-v2": its key among the named bases (qabridge.train.bases, `qabridge bases`).
+    return str(name) in {OFFLINE_BASE_NAME, "all-MiniLM-L6-v2", "all-minilm-l6-v2", "offline", "default"}
 
 
 #: The shipped adapter's directory (see default_adapter()).

@@ -161,10 +161,10 @@ def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str]) -> dic
 
 
 def machine_info() -> dict:
-    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("flags")), [])
-    simd = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))]
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": _cpu(), "simd_flags": simd}
+    from qabridge.core.machine import cpu_info
+
+    cpu = cpu_info()
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu.name, "simd_flags": cpu.simd}
 
 
 def percentile(xs, p):
@@ -318,13 +318,6 @@ def main() -> None:
     runs.append(run)
     runs_file.write_text(json.dumps(runs, indent=2) + "\n")
     write_report(rows, machine, args.n)
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def training_cost_section() -> list[str]:

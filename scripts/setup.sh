@@ -39,5 +39,5 @@ if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PY"
 fi
 python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
-python -m pip install -q -e ".[train,report,test]"
+python -m pip install -q -e ".[train,report,test,ray]"
 echo "$want" > "$stamp"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import COMMITTED_ADAPTER, DEV_SAMPLE, TRAIN_SAMPLE, start_server
+from .helpers import COMMITTED_ADAPTER, DEV_SAMPLE, TRAIN_SAMPLE, lazy_exports, start_server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -92,19 +92,7 @@ def committed_adapter() -> Path:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, committed_adapter):
     """The committed adapter exported once per outtype (built lazily)."""
-    from qabridge.export.run import export
-
-    d = tmp_path_factory.mktemp("gguf")
-    cache: dict[str, Path] = {}
-
-    def get(outtype: str) -> Path:
-        if outtype not in cache:
-            p = d / f"bert-qa.{outtype}.gguf"
-            export(committed_adapter, output=p, outtype=outtype, modelfile=None)
-            cache[outtype] = p
-        return cache[outtype]
-
-    return get
+    return lazy_exports(committed_adapter, tmp_path_factory.mktemp("gguf"), "bert-qa")
 
 
 @pytest.fixture(scope="session")

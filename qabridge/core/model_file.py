@@ -50,6 +50,16 @@ class QAModelMeta:
     def context_length(self) -> int:  # pragma: no cover - provided by each format
         raise NotImplementedError
 
+    @property
+    def num_layers(self) -> int:  # pragma: no cover - provided by each format
+        raise NotImplementedError
+
+    @property
+    def base_model(self) -> str | None:
+        """The encoder the model was trained from (``Key.BASE_MODEL``), as the adapter recorded it."""
+        v = self.get(Key.BASE_MODEL)
+        return str(v) if v else None
+
     @cached_property
     def settings(self) -> QASettings:
         try:
@@ -158,6 +168,10 @@ class ModelFile(QAModelMeta):
     @property
     def hidden_size(self) -> int:
         return int(self.get("bert.embedding_length"))
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.get("bert.block_count"))
 
     @property
     def context_length(self) -> int:
