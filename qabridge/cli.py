@@ -385,10 +385,11 @@ def ask(question, context, context_file, model, ollama_host, top_k, handle_impos
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a Markdown report (EM/F1 by question type and context length) and a PNG plot beside it.")
 @click.option("--null-threshold", type=float, default=None, help="SQuAD 2.0 data: abstain where log p(no answer) - log p(best span) exceeds this (default: never abstain; best_f1 still reported).")
 @click.option("--tune-articles", type=click.IntRange(min=1), default=None, help="SQuAD 2.0 data: tune the threshold on the first N articles and report on the rest (issue 13 uses 17).")
+@click.option("--save-threshold", type=click.Path(file_okay=False, exists=True), default=None, help="With --tune-articles: store the tuned threshold and how it was tuned in this adapter's qabridge.json (the next export puts it in the GGUF/ONNX metadata).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, report, null_threshold, tune_articles,
-             quiet) -> None:
+             save_threshold, quiet) -> None:
     """Official SQuAD EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp).
 
     Both engines share windows, n-best span search (longest answer from the model's
@@ -418,6 +419,8 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
         pipe = torch_pipeline(adapter or DEFAULT_ADAPTER, device=pick_device(device))
         label = str(adapter or DEFAULT_ADAPTER)
     progress = not quiet and not as_json
+    if save_threshold and not tune_articles:
+        raise UsageError("--save-threshold stores a tuned threshold: give --tune-articles N")
     if has_unanswerable(examples):
         tune_on = None
         if tune_articles:
@@ -429,14 +432,19 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
         res["metric"] = "squad_v2"
         preds = {k: {"text": v} for k, v in res.pop("predictions").items()}
     else:
-        if null_threshold is not None or tune_articles:
-            raise UsageError("--null-threshold/--tune-articles need data with unanswerable questions (SQuAD 2.0)")
-        res = evaluate_pipeline(pipe, examples, limit=limit, progress=progress)
+        if tune_articles:
+            raise UsageError("--tune-articles needs data with unanswerable questions (SQuAD 2.0)")
+        # A threshold on v1.1 data measures what abstaining costs on questions that all have answers.
+        res = evaluate_pipeline(pipe, examples, limit=limit, progress=progress, threshold=null_threshold)
         res["metric"] = "squad_v1.1"
         preds = res.pop("predictions")
     if predictions:
         Path(predictions).write_text(json.dumps({k: v["text"] for k, v in preds.items()}, ensure_ascii=False))
     res.update({"engine": engine, "model": label, "data": str(data)})
+    if save_threshold:
+        from qabridge.train.evaluate import store_threshold
+
+        res["saved_to"] = str(store_threshold(save_threshold, res, tune_articles=tune_articles))
     if report:
         from qabridge.train.report import write_report
 

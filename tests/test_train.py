@@ -203,3 +203,53 @@ def test_warm_start_refuses_what_cannot_fit(tiny_adapter, tmp_path):
     r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(tmp_path / "b"), "--init-adapter",
                 str(tiny_adapter), "--full", "--max-steps", "1", "--quiet")
     assert r.returncode == 2 and "cannot be combined with --full" in r.stderr
+
+
+def _v2_from_sample(path):
+    """The dev sample as SQuAD 2.0: per article, the first paragraph's questions asked of its last
+    paragraph too (unanswerable there: a paragraph that holds none of their answers)."""
+    doc = json.loads(DEV_SAMPLE.read_text())
+    for art in doc["data"]:
+        art["paragraphs"] = [dict(p, qas=p["qas"][:8]) for p in art["paragraphs"]]
+        first, last = art["paragraphs"][0], art["paragraphs"][-1]
+        unans = [{"id": q["id"] + "-u", "question": q["question"], "answers": [], "is_impossible": True}
+                 for q in first["qas"] if not any(a["text"] in last["context"] for a in q["answers"])]
+        last["qas"] = last["qas"] + unans
+    doc["version"] = "v2.0"
+    return write_json(path, doc)
+
+
+def test_tuned_threshold_is_stored_and_exported(committed_adapter, tmp_path):
+    """eval --tune-articles --save-threshold: the threshold lands in qabridge.json, then in the GGUF."""
+    import shutil
+
+    from qabridge.core.model_file import ModelFile
+
+    adapter = tmp_path / "lora"
+    shutil.copytree(committed_adapter, adapter)
+    data = _v2_from_sample(tmp_path / "v2.json")
+    r = run_cli("eval", "--adapter", str(adapter), "--data", str(data), "--tune-articles", "1",
+                "--save-threshold", str(adapter), "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["metric"] == "squad_v2" and res["tuned"]["count"] > 0 and res["count"] > 0
+    q = json.loads((adapter / "qabridge.json").read_text())
+    assert q["null_threshold"] == res["tuned"]["threshold"] == res["threshold"]
+    assert "articles 1-1 of v2.json" in q["null_threshold_tuning"] and f"F1 {res['f1']:.2f}" in q["null_threshold_tuning"]
+    run = run_cli("export", "--adapter", str(adapter), "--output", str(tmp_path / "m.gguf"), "--outtype", "f32",
+                  "--modelfile", str(tmp_path / "Modelfile"))
+    assert run.returncode == 0, run.stderr
+    mf = ModelFile(tmp_path / "m.gguf")
+    try:
+        assert mf.null_threshold == pytest.approx(q["null_threshold"], abs=1e-6)
+        assert mf.abstention["tuning"] == q["null_threshold_tuning"]
+    finally:
+        mf.close()
+    # On v1.1 data a threshold measures what abstaining costs (every abstention there is wrong).
+    on = json.loads(run_cli("eval", "--adapter", str(adapter), "--data", str(DEV_SAMPLE), "--limit", "20", "--json",
+                            "--null-threshold", "-1e9", "--device", "cpu").stdout)
+    off = json.loads(run_cli("eval", "--adapter", str(adapter), "--data", str(DEV_SAMPLE), "--limit", "20", "--json",
+                             "--device", "cpu").stdout)
+    assert on["abstained"] == 20 and on["f1"] == 0.0 < off["f1"] and "abstained" not in off
+    bad = run_cli("eval", "--adapter", str(adapter), "--data", str(DEV_SAMPLE), "--save-threshold", str(adapter))
+    assert bad.returncode == 2 and "give --tune-articles" in bad.stderr

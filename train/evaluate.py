@@ -18,7 +18,7 @@ from qabridge.core.pipeline import QAPipeline
 from qabridge.core.settings import QASettings
 from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.core.windows import Window
-from qabridge.errors import QABridgeError
+from qabridge.errors import QABridgeError, UsageError
 
 from . import metrics
 from .squad import Example
@@ -107,14 +107,22 @@ def predict_examples(pipe: QAPipeline, examples: list[Example], *, chunk: int = 
     return preds
 
 
-def evaluate_pipeline(pipe: QAPipeline, examples: list[Example], *, limit: int | None = None, progress: bool = False) -> dict:
+def evaluate_pipeline(pipe: QAPipeline, examples: list[Example], *, limit: int | None = None, progress: bool = False,
+                      threshold: float | None = None) -> dict:
+    """SQuAD v1.1 EM/F1. ``threshold``: abstain (answer "") iff na > threshold, to measure what
+    abstention at a model's stored threshold costs on questions that all have answers."""
     if limit:
         examples = examples[:limit]
     t0 = time.time()
     preds = predict_examples(pipe, examples, progress=progress)
     seconds = time.time() - t0
+    if threshold is not None:
+        preds = {k: (dict(v, text="") if v["na"] > threshold else v) for k, v in preds.items()}
     res = metrics.evaluate({k: v["text"] for k, v in preds.items()}, ((e.id, [a.text for a in e.answers]) for e in examples))
     res["seconds"] = round(seconds, 2)
+    if threshold is not None:
+        res["threshold"] = threshold
+        res["abstained"] = sum(1 for v in preds.values() if v["na"] > threshold)
     res["predictions"] = preds
     return res
 
@@ -157,3 +165,27 @@ def torch_pipeline(adapter: str | Path, *, device: str = "cpu", base: str | None
 
 def evaluate_adapter(adapter, examples, *, limit=None, device="cpu", progress=False) -> dict:
     return evaluate_pipeline(torch_pipeline(adapter, device=device), examples, limit=limit, progress=progress)
+
+
+def store_threshold(adapter_dir: str | Path, res: dict, *, tune_articles: int) -> Path:
+    """Write a tuned null threshold (``qabridge eval --tune-articles``) into the adapter's qabridge.json,
+    with how it was tuned and what it scored on the held-out articles: the export copies both into
+    the model file (``qabridge.null_threshold``, ``qabridge.null_threshold_tuning``)."""
+    import json
+
+    from .model import QA_CONFIG
+
+    path = Path(adapter_dir) / QA_CONFIG
+    if not path.exists():
+        raise UsageError(f"--save-threshold {adapter_dir}: no {QA_CONFIG} (not an adapter from `qabridge train`)")
+    tuned = res["tuned"]
+    d = json.loads(path.read_text())
+    d["null_threshold"] = float(tuned["threshold"])
+    d["null_threshold_tuning"] = (
+        f"tuned on articles 1-{tune_articles} of {Path(str(res['data'])).name} ({tuned['count']} questions, "
+        f"F1 {tuned['f1']:.2f}) through {res['engine']} ({Path(str(res['model'])).name}); held-out articles: "
+        f"F1 {res['f1']:.2f}, HasAns F1 {res.get('HasAns_f1', float('nan')):.2f}, "
+        f"NoAns {res.get('NoAns_exact', float('nan')):.2f} ({res['count']} questions)"
+    )
+    path.write_text(json.dumps(d, indent=2) + "\n")
+    return path
