@@ -251,5 +251,6 @@ def test_tuned_threshold_is_stored_and_exported(committed_adapter, tmp_path):
     off = json.loads(run_cli("eval", "--adapter", str(adapter), "--data", str(DEV_SAMPLE), "--limit", "20", "--json",
                              "--device", "cpu").stdout)
     assert on["abstained"] == 20 and on["f1"] == 0.0 < off["f1"] and "abstained" not in off
+    assert on["without_abstention"] == {"exact_match": off["exact_match"], "f1": off["f1"]}
     bad = run_cli("eval", "--adapter", str(adapter), "--data", str(DEV_SAMPLE), "--save-threshold", str(adapter))
     assert bad.returncode == 2 and "give --tune-articles" in bad.stderr

@@ -116,13 +116,17 @@ def evaluate_pipeline(pipe: QAPipeline, examples: list[Example], *, limit: int |
     t0 = time.time()
     preds = predict_examples(pipe, examples, progress=progress)
     seconds = time.time() - t0
+    gold = [(e.id, [a.text for a in e.answers]) for e in examples]
+    without = None
     if threshold is not None:
+        without = metrics.evaluate({k: v["text"] for k, v in preds.items()}, gold)
         preds = {k: (dict(v, text="") if v["na"] > threshold else v) for k, v in preds.items()}
-    res = metrics.evaluate({k: v["text"] for k, v in preds.items()}, ((e.id, [a.text for a in e.answers]) for e in examples))
+    res = metrics.evaluate({k: v["text"] for k, v in preds.items()}, gold)
     res["seconds"] = round(seconds, 2)
-    if threshold is not None:
+    if without is not None:
         res["threshold"] = threshold
         res["abstained"] = sum(1 for v in preds.values() if v["na"] > threshold)
+        res["without_abstention"] = {"exact_match": without["exact_match"], "f1": without["f1"]}
     res["predictions"] = preds
     return res
 
