@@ -217,11 +217,16 @@ def write_md(rep: dict, path: Path) -> None:
         lines.append(f"| {r['label']} | {r['qps']} | {', '.join(str(q) for q in r['all_qps'])} | {rel} | {r['p50_ms']} | {r['p95_ms']} | {r['failed']} | {r['start_to_ready_s']} | "
                      f"{r['total_rss_mb']} | {r['total_pss_mb']} | {', '.join(str(x) for x in r['replica_rss_mb']) or '-'} | "
                      f"{r['loadavg_before']}/{r['loadavg_after']} |")
-    busy = max(r["loadavg_before"] for r in rep["results"])
-    if busy > 0.5 * rep["cores"]:
-        lines += ["", f"**Load was present**: the 1-minute load average reached {busy} on {rep['cores']} cores during the "
-                  "run (other people's jobs on a shared machine): the q/s are what each setup got out of a busy box, "
-                  "not its capacity."]
+    # Only the load before the first setup is foreign: later "before" values still hold the previous
+    # setup's own clients and servers (a 1-minute average decays slowly).
+    foreign = rep["results"][0]["loadavg_before"]
+    if foreign > 0.5 * rep["cores"]:
+        lines += ["", f"**Load was present**: the 1-minute load average was {foreign} on {rep['cores']} cores before the "
+                  "benchmark started anything (other jobs on the machine): the q/s are what each setup got out of a busy "
+                  "box, not its capacity."]
+    else:
+        lines += ["", f"Quiet machine: load average {foreign} before the first setup started; the later values count "
+                  "the benchmark's own clients, servers and Ray processes."]
     lines += ["", f"Reproduce: `{rep['command']}` (root: it runs in a network namespace of its own).", ""]
     path.write_text("\n".join(lines))
 
