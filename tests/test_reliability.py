@@ -32,32 +32,38 @@ def test_client_disconnect_mid_request_leaves_the_bridge_serving(server, dev_exa
 
 @pytest.mark.slow
 def test_sigterm_during_load_finishes_accepted_requests(exported, tmp_path, dev_examples):
+    import time
+
     s = start_server(exported("q8_0"), tmp_path)
     items = dev_examples[:24]
-    results: list = []
+    sigterm_at = [float("inf")]
 
     def call(e):
+        t0 = time.monotonic()
         try:
             r = httpx.post(s.url + "/api/qa", json={"question": e.question, "context": e.context}, timeout=120)
-            return r.status_code, r.json()
+            return t0, r.status_code, r.json()
         except httpx.ConnectError:
-            return "refused", None  # arrived after shutdown began: never accepted
+            return t0, "refused", None  # arrived after shutdown began: never accepted
         except httpx.HTTPError as exc:
-            return f"lost: {exc.__class__.__name__}", None
+            return t0, f"lost: {exc.__class__.__name__}", None
 
     with cf.ThreadPoolExecutor(16) as ex:
         futs = [ex.submit(call, e) for e in items]
-        import time
-
         time.sleep(0.5)
+        sigterm_at[0] = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
         results = [f.result() for f in futs]
     code = s.proc.wait(60)
     assert code == 0
-    statuses = [r[0] for r in results]
-    assert all(st in (200, "refused") for st in statuses), statuses
-    assert statuses.count(200) >= 1
-    for (st, body), e in zip(results, items):
+    # Sent well before the signal: the server holds them and must answer every one. Sent around or
+    # after it: refused, or reset while still in the kernel's accept queue (the listening socket
+    # closes at the signal, and the app never saw them) - never a wrong or partial answer.
+    before = [st for t0, st, _ in results if t0 < sigterm_at[0] - 0.2]
+    after = [st for t0, st, _ in results if t0 >= sigterm_at[0] - 0.2]
+    assert before and all(st == 200 for st in before), (before, after)
+    assert all(st in (200, "refused", "lost: RemoteProtocolError", "lost: ReadError") for st in after), (before, after)
+    for (_, st, body), e in zip(results, items):
         if st == 200:
             assert e.context[body["start"] : body["end"]] == body["answer"]
 
