@@ -124,3 +124,20 @@ def lazy_exports(adapter: Path, out_dir: Path, name: str, *, modelfile: bool = F
         return cache[outtype]
 
     return get
+
+
+def span_flips(pipe, torch_pipe, examples) -> list[float]:
+    """Run ``pipe`` (closing its encoder) and compare its best span with the torch model's on each example:
+    for every question where they differ, torch's margin between its top two spans (a near-tie is small)."""
+    from qabridge.train.evaluate import predict_examples
+
+    try:
+        got = predict_examples(pipe, examples)
+    finally:
+        pipe.encoder.close()
+    flips = []
+    for e in examples:
+        top = torch_pipe.predict(e.question, e.context, top_k=2).spans
+        if (got[e.id]["start"], got[e.id]["end"]) != (top[0].start, top[0].end):
+            flips.append(top[0].score - (top[1].score if len(top) > 1 else 0.0))
+    return flips
