@@ -144,7 +144,7 @@ def merge_lora_numpy(adapter_dir: str | os.PathLike, *, base: str | None = None)
 
 def merge_adapter_torch(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
     from qabridge.core.tokenizer import WordPieceTokenizer
-    from qabridge.train.model import load_config, load_for_inference, tokenizer_dir
+    from qabridge.train.model import adapter_tokenizer_dir, load_config, load_for_inference
 
     model, ref, qcfg = load_for_inference(adapter_dir, device="cpu", base=base)
     if model.config.model_type != "bert":
@@ -154,8 +154,7 @@ def merge_adapter_torch(adapter_dir: str | os.PathLike, *, base: str | None = No
     head_b = state.get("qa_outputs.bias")
     if head_w is None:
         raise ModelError(f"{adapter_dir}: merged model has no qa_outputs span head")
-    tok_dir = Path(adapter_dir) if (Path(adapter_dir) / "vocab.txt").exists() else tokenizer_dir(ref)
-    tok = WordPieceTokenizer.from_hf_dir(tok_dir)
+    tok = WordPieceTokenizer.from_hf_dir(adapter_tokenizer_dir(adapter_dir, ref))
     if ref.name and Path(ref.path).exists():
         load_config(ref)  # re-checks the family with a clear message
     spec = EncoderSpec.from_config(model.config.to_dict(), tok.vocab, tok.lowercase)

@@ -35,7 +35,14 @@ from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.errors import DataError, ModelError, UsageError
 
 from . import distributed
-from .model import BaseRef, load_config, read_adapter, resolve_base, tokenizer_dir
+from .model import (
+    BaseRef,
+    adapter_tokenizer_dir,
+    load_config,
+    read_adapter,
+    resolve_base,
+    tokenizer_dir,
+)
 
 if TYPE_CHECKING:
     from .features import Features
@@ -56,17 +63,9 @@ def check_options(cfg: TrainConfig) -> None:
     check_same_tokenizer(cfg.teacher, WordPieceTokenizer.from_hf_dir(tokenizer_dir(student)), student)
 
 
-def teacher_tokenizer_dir(teacher: str | os.PathLike) -> str:
-    d = Path(teacher)
-    if (d / "vocab.txt").exists() or (d / "tokenizer.json").exists():
-        return str(d)
-    acfg, qcfg = read_adapter(d)
-    return tokenizer_dir(resolve_base(qcfg.get("base_model") or acfg.get("base_model_name_or_path")))
-
-
 def check_same_tokenizer(teacher: str, student_tok: WordPieceTokenizer, student: BaseRef) -> None:
     """Soft targets are per token position: teacher and student must read the same token ids."""
-    t = WordPieceTokenizer.from_hf_dir(teacher_tokenizer_dir(teacher))
+    t = WordPieceTokenizer.from_hf_dir(adapter_tokenizer_dir(teacher))
     if t.vocab != student_tok.vocab:
         n = min(len(t.vocab), len(student_tok.vocab))
         first = next((i for i in range(n) if t.vocab[i] != student_tok.vocab[i]), n)

@@ -158,11 +158,10 @@ def evaluate_v2_pipeline(pipe: QAPipeline, examples: list[Example], *, threshold
 
 
 def torch_pipeline(adapter: str | Path, *, device: str = "cpu", base: str | None = None) -> QAPipeline:
-    from .model import load_for_inference, tokenizer_dir
+    from .model import adapter_tokenizer_dir, load_for_inference
 
     model, ref, qcfg = load_for_inference(adapter, device=device, base=base)
-    tok_dir = Path(adapter) if (Path(adapter) / "vocab.txt").exists() else tokenizer_dir(ref)
-    tok = WordPieceTokenizer.from_hf_dir(tok_dir)
+    tok = WordPieceTokenizer.from_hf_dir(adapter_tokenizer_dir(adapter, ref))
     s = QASettings.from_mapping(qcfg)
     return QAPipeline(tok, TorchEncoder(model, device), s.window_spec(), max_answer_len=s.max_answer_len)
 

@@ -78,6 +78,19 @@ def tokenizer_dir(ref: BaseRef) -> str:
         raise ModelError(f"cannot fetch the tokenizer of {ref.name!r}: {exc.__class__.__name__}") from None
 
 
+def adapter_tokenizer_dir(adapter_dir: str | os.PathLike, ref: BaseRef | None = None) -> str:
+    """The tokenizer for an adapter or model directory: its own when it carries one (a full
+    fine-tune saves vocab.txt; a QA model directory may hold tokenizer.json), else its base's
+    (``ref``, or the base the adapter records)."""
+    d = Path(adapter_dir)
+    if (d / "vocab.txt").exists() or (d / "tokenizer.json").exists():
+        return str(d)
+    if ref is None:
+        acfg, qcfg = read_adapter(d)
+        ref = resolve_base(qcfg.get("base_model") or acfg.get("base_model_name_or_path"))
+    return tokenizer_dir(ref)
+
+
 @functools.cache  # the trainer probes before feature building; loading the model then asks again
 def check_quantize(quantize: str, device: str) -> None:
     """Fail at once where bitsandbytes cannot run the requested quantisation here."""
