@@ -38,8 +38,9 @@ class ServeConfig:
     max_inflight: int = 64
     n_contexts: int = field(default_factory=default_contexts)
     n_threads: int | None = None
-    #: ONNX Runtime: narrow sessions for concurrent requests (1: one session with every thread).
-    onnx_sessions: int = 1
+    #: ONNX Runtime sessions: 2 adds a narrow one that concurrent requests share without a lock
+    #: (bridge/onnx_engine.py); 1: one session with every thread, requests take turns.
+    onnx_sessions: int = 2
     flash_attn: bool = True
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)

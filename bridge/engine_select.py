@@ -321,9 +321,11 @@ def default_candidates(
         out += [Candidate("llama.cpp", default_model(o, adapter=adapter, log=log), o) for o in gguf_outtypes]
     if "onnx" not in engines:
         return out
+    from qabridge.export.onnx_export import ONNX_RECIPE
+
     h = adapter_hash(adapter)[:16]
     for t in onnx_types:
-        p = cache_dir() / "models" / f"default-{h}.{t}.onnx"
+        p = cache_dir() / "models" / f"default-{h}.{t}.r{ONNX_RECIPE}.onnx"
         if not p.exists():
             if importlib.util.find_spec("torch") is None:
                 if log:

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from qabridge.errors import Overloaded, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 
@@ -80,40 +80,62 @@ def install(app: FastAPI, cfg: ServeConfig, inflight: list[int]) -> None:
 
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
+    app.add_middleware(Guard, cfg=cfg, inflight=inflight)
+
+
+class Guard:
+    """Pure ASGI middleware (Starlette's ``@app.middleware("http")`` wraps every request and response
+    in extra tasks and streams): API key, media type, in-flight limit, request id, one log line."""
+
+    def __init__(self, app, cfg: ServeConfig, inflight: list[int]):
+        self.app = app
+        self.cfg = cfg
+        self.inflight = inflight
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex[:12]
         t0 = time.perf_counter()
-        path = request.url.path
+        path, method = scope["path"], scope["method"]
+        cfg = self.cfg
         refusal = None
         if cfg.api_key and path.startswith("/api/") and path not in OPEN_ROUTES:
-            auth = request.headers.get("authorization", "")
+            auth = headers.get(b"authorization", b"").decode("latin-1")
             token = auth[7:] if auth.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), cfg.api_key.encode()):
                 refusal = error_response(Unauthorized("missing or wrong API key"), headers={"WWW-Authenticate": "Bearer"})
-        if refusal is None and request.method == "POST" and path in JSON_ROUTES:
-            ctype = request.headers.get("content-type", "")
+        if refusal is None and method == "POST" and path in JSON_ROUTES:
+            ctype = headers.get(b"content-type", b"").decode("latin-1")
             if not _is_json(ctype):
                 refusal = error_response(UnsupportedMediaType(f"send the body as Content-Type: application/json, not {ctype!r}"))
-        counted = request.method == "POST"
-        if refusal is None and counted and inflight[0] >= cfg.max_inflight:
+        counted = method == "POST"
+        if refusal is None and counted and self.inflight[0] >= cfg.max_inflight:
             refusal = error_response(Overloaded("too many requests in flight; retry"))
+        status = [500]
+
+        async def send_with_id(msg):
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]}
+            await send(msg)
+
         if refusal is not None:
-            _log_request(rid, request, refusal.status_code, t0)
-            refusal.headers["x-request-id"] = rid
-            return refusal
+            await refusal(scope, receive, send_with_id)
+            _log_request(rid, method, path, status[0], t0)
+            return
         if counted:
-            inflight[0] += 1
+            self.inflight[0] += 1
         try:
-            resp = await call_next(request)
+            await self.app(scope, receive, send_with_id)
         finally:
             if counted:
-                inflight[0] -= 1
-        resp.headers["x-request-id"] = rid
-        _log_request(rid, request, resp.status_code, t0)
-        return resp
+                self.inflight[0] -= 1
+            _log_request(rid, method, path, status[0], t0)
 
 
-def _log_request(rid: str, request: Request, status: int, t0: float) -> None:
-    log.info(json.dumps({"id": rid, "method": request.method, "path": request.url.path, "status": status,
-                         "ms": round(1e3 * (time.perf_counter() - t0), 2)}))
+def _log_request(rid: str, method: str, path: str, status: int, t0: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info(json.dumps({"id": rid, "method": method, "path": path, "status": status,
+                             "ms": round(1e3 * (time.perf_counter() - t0), 2)}))

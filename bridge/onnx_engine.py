@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
 import time
 from contextlib import contextmanager
@@ -34,8 +33,13 @@ MAX_BATCH = 8
 _ONNX_MAGIC_HINT = b"\x08"  # an ONNX ModelProto starts with field 1 (ir_version), varint
 
 
-def session_options(n_threads: int | None = None):
-    """intra-op threads = ``n_threads`` (default: every core), one inter-op thread, sequential."""
+#: fp32 initialisers at least this large are shared between the sessions of one model.
+SHARE_BYTES = 1 << 20
+
+
+def session_options(n_threads: int | None = None, shared: dict | None = None):
+    """intra-op threads = ``n_threads`` (default: every core), one inter-op thread, sequential;
+    ``shared``: initialisers (name -> OrtValue) the session uses in place of its own copy."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -44,7 +48,29 @@ def session_options(n_threads: int | None = None):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only: ORT's warnings about unused initialisers are noise here
+    for name, value in (shared or {}).items():
+        so.add_initializer(name, value)
     return so
+
+
+def shared_tables(path: Path) -> dict:
+    """The model's large fp32 initialisers (the 47 MB word-embedding table) as OrtValues, so two
+    sessions of one model hold them once. The int8 weights are not shared: each session keeps
+    its own prepacked copy whatever it is given. {} when the file cannot be read this way."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, numpy_helper
+
+        model = onnx.load(str(path))
+        out = {}
+        for init in model.graph.initializer:
+            if init.data_type == TensorProto.FLOAT and 4 * int(np.prod(init.dims)) >= SHARE_BYTES:
+                out[init.name] = ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(init).copy())
+        del model, init  # a message still referenced keeps the whole parsed file alive
+        return out
+    except Exception:  # the session's own error says what is wrong with the file
+        return {}
 
 
 class OnnxModel(QAModelMeta):
@@ -55,15 +81,18 @@ class OnnxModel(QAModelMeta):
     show either file the same way.
     """
 
-    def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None, share: bool = False):
         self.path = Path(path)
         self._check_file()
+        #: Initialisers a second session of this model can use as well (``share``: shared_tables).
+        self.shared: dict = shared_tables(self.path) if share else {}
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - base dependency
             raise EngineError(f"onnxruntime is not installed ({exc})") from None
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(n_threads), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), session_options(n_threads, self.shared),
+                                                providers=["CPUExecutionProvider"])
         except Exception as exc:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise ModelError(f"{self.path}: not a readable ONNX model ({reason[:300]})") from None
@@ -155,30 +184,33 @@ class OnnxModel(QAModelMeta):
 
     def close(self) -> None:
         self.session = None
+        self.shared = {}
 
 
 class OnnxEngine:
     """Encoder in ONNX Runtime, span head in numpy. Thread-safe (ORT sessions are).
 
-    One session with ``n_threads`` intra-op threads (default: all cores), one inter-op thread,
-    sequential execution. A request's windows run as padded batches of up to ``max_batch``.
-    Concurrent requests are serialised by default (``concurrent=False``): each call then has
-    every thread, which on 2 cores measured faster than two calls sharing the pool.
-
-    With ``n_contexts`` > 1 the engine also keeps that many narrow sessions (the threads split
-    between them): while more than one request is in the engine (``demand()``), each runs on a
-    narrow session of its own, one alone still gets the wide one. ORT's thread pool is fixed per
-    session, so this is how its threads are shared (the llama.cpp engine re-splits per call). On the
-    2-core AMD EPYC, 8 concurrent clients: 2 one-thread sessions 114 q/s against one two-thread
-    session serialised 97 (engine alone, 300 dev questions), at +100-145 MB peak RSS: the bridge
-    keeps it off unless ``--onnx-sessions`` asks for it.
+    A wide session (``n_threads`` intra-op threads, one inter-op thread, sequential) runs a
+    request that is alone in the engine; requests take turns on it. With ``n_contexts`` > 1 a
+    second, narrow session (``n_threads // n_contexts`` threads, at least 1) is shared *without a
+    lock* by the requests that arrive while others are in the engine (``demand()``): each runs on
+    its own calling thread, so two requests on 2 cores each get a core and no thread waits at the
+    barrier of a parallel op. ORT's thread pool is fixed per session, which is why this takes a
+    second session (the llama.cpp engine re-splits its threads per call). Measured on the 2-core
+    AMD EPYC, engine alone, 400 dev questions from 8 threads: wide session taking turns 86-111
+    q/s, the wide session without a lock 111-118, a one-thread session without a lock 123-129;
+    alone, one request at a time, the one-thread session took 14.3 ms per question against the
+    wide session's 8.6, hence both. The second session costs ~13 MB RSS: the word-embedding
+    table (47 MB fp32) is loaded once and given to both (``shared_tables``); alone it took ~60 MB
+    (benchmarks/performance-steps.md). A request's windows run as padded batches of up to
+    ``max_batch``.
     """
 
     name = "onnxruntime"
 
     def __init__(self, model: OnnxModel | str | os.PathLike, *, n_threads: int | None = None,
                  max_batch: int = MAX_BATCH, concurrent: bool = False, n_contexts: int = 1):
-        self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads)
+        self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads, share=n_contexts > 1)
         self.session = self.file.session
         self.head = self.file.span_head
         self.n_positions = self.file.context_length
@@ -189,20 +221,21 @@ class OnnxEngine:
         self._dtypes = self.file.input_dtypes
         self._run_lock = threading.Lock() if not concurrent else None
         self._closed = False
-        self._narrow: queue.Queue = queue.Queue()
-        self.n_narrow = n_contexts if n_contexts > 1 and self.n_threads > 1 else 0
-        for _ in range(self.n_narrow):
+        self.narrow = None
+        self.runs = {"wide": 0, "narrow": 0}  # calls per session, for tests and logs
+        if n_contexts > 1 and self.n_threads > 1:
             import onnxruntime as ort
 
-            per = max(1, self.n_threads // self.n_narrow)
-            self._narrow.put(ort.InferenceSession(str(self.file.path), session_options(per), providers=["CPUExecutionProvider"]))
+            per = max(1, self.n_threads // n_contexts)
+            self.narrow = ort.InferenceSession(str(self.file.path), session_options(per, self.file.shared),
+                                               providers=["CPUExecutionProvider"])
         self._demand = 0
         self._demand_lock = threading.Lock()
 
     @contextmanager
     def demand(self):
         """Held by the bridge for a whole request, queue time included: with more than one
-        request waiting, each runs on a narrow session instead of queueing for the wide one."""
+        request waiting, each runs on the narrow session instead of queueing for the wide one."""
         with self._demand_lock:
             self._demand += 1
         try:
@@ -229,12 +262,10 @@ class OnnxEngine:
             mask[i, : len(s)] = 1
         feed = {"input_ids": ids, "attention_mask": mask}
         try:
-            if self.n_narrow and self._demand > 1:
-                sess = self._narrow.get()
-                try:
-                    return sess.run([OUTPUT], feed)[0]
-                finally:
-                    self._narrow.put(sess)
+            if self.narrow is not None and self._demand > 1:
+                self.runs["narrow"] += 1
+                return self.narrow.run([OUTPUT], feed)[0]
+            self.runs["wide"] += 1
             if self._run_lock is None:
                 return self.session.run([OUTPUT], feed)[0]
             with self._run_lock:
@@ -268,12 +299,12 @@ class OnnxEngine:
     def close(self) -> None:
         self._closed = True
         self.session = None
-        while not self._narrow.empty():
-            self._narrow.get_nowait()
+        self.narrow = None
         self.file.close()
 
 
 def onnx_pipeline(model, **engine_kw) -> QAPipeline:
     """A pipeline over a qabridge ONNX model (path or OnnxModel): ORT encoder, settings from its metadata."""
-    mf = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=engine_kw.get("n_threads"))
+    mf = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=engine_kw.get("n_threads"),
+                                                              share=engine_kw.get("n_contexts", 1) > 1)
     return QAPipeline(mf.tokenizer, OnnxEngine(mf, **engine_kw), mf.window_spec, max_answer_len=mf.max_answer_len)

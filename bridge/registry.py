@@ -40,8 +40,8 @@ def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") ->
     if Path(path).suffix == ".onnx":
         from .onnx_engine import onnx_pipeline
 
-        # One wide session: narrow sessions per concurrent request measured +18% q/s at 8 clients
-        # but +100-145 MB peak RSS (benchmarks/performance-steps.md): over the 350 MB budget.
+        # A wide session for a request alone, a narrow one shared by concurrent requests
+        # (benchmarks/performance-steps.md: +14-50% q/s at 8 clients for ~67 MB).
         pipe = onnx_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.onnx_sessions)
     else:
         pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)

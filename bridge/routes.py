@@ -7,7 +7,7 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from qabridge._version import __version__
 from qabridge.errors import BatchTooLarge
@@ -64,8 +64,9 @@ def create_app(cfg: ServeConfig, *, registry: ModelRegistry | None = None, load_
     mount_ui(app, cfg)
 
     @app.post("/api/qa", response_model=QAResponse, summary="Answer one question from a context")
-    async def qa(req: QARequest) -> QAResponse:
-        return await service.answer(req)
+    async def qa(req: QARequest) -> Response:
+        # Serialised here: returned as a model, FastAPI would validate it against QAResponse again.
+        return Response((await service.answer(req)).model_dump_json(), media_type="application/json")
 
     @app.post("/api/qa/batch", response_model=BatchResponse, summary="Answer several questions; errors in place")
     async def qa_batch(req: BatchRequest) -> JSONResponse:

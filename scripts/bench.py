@@ -1,6 +1,6 @@
 """Bridge vs the transformers 4.57.6 QA pipeline (torch and ONNX Runtime), same questions, one run.
 
-    .venv/bin/python scripts/bench.py [--n 2000] [--outtypes q8_0,bf16] [--onnx int8] [--variant '--contexts 1']
+    .venv/bin/python scripts/bench.py [--n 2000] [--rounds 3] [--outtypes q8_0,bf16] [--onnx int8] [--variant '--contexts 1']
     .venv/bin/python scripts/bench.py --engines-alone --n 200 [--rounds 3]   # encoders only, no HTTP
 
 Sets up .venv-peer (transformers 4.57.6, the last release with the QA pipeline, with optimum 2.1.0,
@@ -8,8 +8,9 @@ optimum-onnx 0.1.0 and onnxruntime 1.32.0) on first use, merges the committed ad
 weights for the peers (token-type row 1 set equal to row 0, so their 0/1 segments compute what the
 bridge's all-zero segments compute), exports them with optimum (ORT fp32; O2-fused then int8
 dynamic per-channel), then for each mode (1 client, 8 concurrent clients) runs each peer in-process
-and the bridge over HTTP (llama.cpp per outtype, ONNX Runtime, and the default settings),
-alternating. Writes benchmarks/results.json (this run), appends it to benchmarks/runs.json (every
+and the bridge over HTTP (llama.cpp per outtype, ONNX Runtime, and the default settings), in
+``--rounds`` interleaved rounds (the order rotated each round; a row is the system's median round).
+Writes benchmarks/results.json (this run), appends it to benchmarks/runs.json (every
 run, with the CPU model and flags), and rewrites benchmarks/performance.md and performance.png.
 """
 
@@ -95,13 +96,13 @@ def merged_model_dir() -> Path:
 def onnx_models(kinds=("fp32", "O2", "O2+int8", "O2+int8-tensor")) -> dict[str, Path]:
     """The committed adapter as ONNX for qabridge's own ORT engine (export/onnx_export.py), cached."""
     from qabridge.core.hashing import adapter_hash
-    from qabridge.export.onnx_export import export_onnx
+    from qabridge.export.onnx_export import ONNX_RECIPE, export_onnx
     from qabridge.paths import DEFAULT_ADAPTER
 
     h = adapter_hash(DEFAULT_ADAPTER)[:12]
     out, merged = {}, None
     for k in kinds:
-        p = CACHE / f"bert-qa-{h}.{k.replace('+', '-').lower()}.onnx"
+        p = CACHE / f"bert-qa-{h}.{k.replace('+', '-').lower()}.r{ONNX_RECIPE}.onnx"
         if not p.exists():
             from qabridge.export.merge import merge_adapter
 
@@ -198,7 +199,12 @@ def vm_hwm_mb(pid: int) -> float:
 
 
 def run_bridge(model: Path | None, examples, clients: int, extra: list[str]) -> dict:
-    import httpx
+    """``qabridge serve`` in a child process, asked over HTTP from this one: one keep-alive
+    ``http.client`` connection per client thread. The client shares the machine's cores with the
+    bridge (its CPU counts against the bridge); httpx took ~0.85 ms of CPU per request here against
+    http.client's ~0.3 (benchmarks/performance-steps.md), so the lighter client is the harness."""
+    import http.client
+    import threading
 
     from tests.helpers import start_server
 
@@ -206,16 +212,28 @@ def run_bridge(model: Path | None, examples, clients: int, extra: list[str]) -> 
     tmp.mkdir(parents=True, exist_ok=True)
     # model None: `qabridge serve` with no --model, the default model and settings a user gets.
     s = start_server(model, tmp, *extra) if model is not None else start_server(None, tmp, argv=extra)
+    host, port = s.url.removeprefix("http://").split(":")
+    local = threading.local()
     try:
-        client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=clients + 2))
+        def post(body: bytes) -> dict:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=300)
+            conn.request("POST", "/api/qa", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            data = r.read()
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}: {data[:300]!r}")
+            return json.loads(data)
+
+        bodies = {e.id: json.dumps({"question": e.question, "context": e.context}).encode() for e in examples}
         for e in examples[:5]:
-            client.post(s.url + "/api/qa", json={"question": e.question, "context": e.context})
+            post(bodies[e.id])
 
         def one(e):
             t0 = time.perf_counter()
-            r = client.post(s.url + "/api/qa", json={"question": e.question, "context": e.context})
-            r.raise_for_status()
-            return e.id, r.json()["answer"], time.perf_counter() - t0
+            answer = post(bodies[e.id])["answer"]
+            return e.id, answer, time.perf_counter() - t0
 
         t0 = time.perf_counter()
         if clients == 1:
@@ -248,7 +266,9 @@ def main() -> None:
     ap.add_argument("--engines-alone", action="store_true",
                     help="time the encoders alone (llama.cpp --outtypes, ONNX Runtime fp32/O2/O2+int8), no HTTP; "
                          "appends to benchmarks/steps/engines-alone.json")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds: every system runs once per round, the order rotated each round; "
+                         "a row is its median round (the machine's speed drifts by up to 2x over minutes)")
     ap.add_argument("--onnx", default="int8", help="ONNX quantisations to serve with `--engine onnx` (int8, int8-tensor, none); empty: none")
     ap.add_argument("--no-default-row", dest="default_row", action="store_false",
                     help="skip `qabridge serve` with no --model/--engine (the default a user gets)")
@@ -270,7 +290,7 @@ def main() -> None:
         return
     if args.report_only:
         saved = json.loads((OUT / "results.json").read_text())
-        write_report(saved["rows"], saved["machine"], saved["n"])
+        write_report(saved["rows"], saved["machine"], saved["n"], saved.get("rounds", 1))
         return
     from tqdm import tqdm
 
@@ -305,19 +325,27 @@ def main() -> None:
             plan.append((f"qabridge HTTP (onnxruntime {k.split('+')[1]})", "bridge", p, c, ["--engine", "onnx"]))
         if args.default_row:
             plan.append(("qabridge HTTP (default settings)", "bridge", None, c, []))
-    for name, kind, target, c, extra in tqdm(plan, desc="bench", unit="run"):
+    runs: dict[int, list[dict]] = {i: [] for i in range(len(plan))}
+    steps = [(r, i) for r in range(args.rounds)
+             for i in (list(range(len(plan)))[r * len(plan) // args.rounds:] + list(range(len(plan)))[: r * len(plan) // args.rounds])]
+    for r, i in tqdm(steps, desc="bench", unit="run"):
+        name, kind, target, c, extra = plan[i]
         res = run_peer(py, target, examples, c) if kind == "peer" else run_bridge(target, examples, c, extra)
-        rows.append(summarise(name, res, examples, c))
-        tqdm.write(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}))
+        runs[i].append(summarise(name, res, examples, c))
+        tqdm.write(json.dumps({"round": r + 1, **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in runs[i][-1].items()}}))
+    for i in range(len(plan)):
+        by_qps = sorted(runs[i], key=lambda x: x["qps"])
+        rows.append({**by_qps[(len(by_qps) - 1) // 2], "rounds_qps": [round(x["qps"], 2) for x in runs[i]],
+                     "rounds_peak_rss_mb": [round(x["peak_rss_mb"]) for x in runs[i]]})
     machine = machine_info()
     OUT.mkdir(exist_ok=True)
-    run = {"machine": machine, "n": args.n, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+    run = {"machine": machine, "n": args.n, "rounds": args.rounds, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
     (OUT / "results.json").write_text(json.dumps(run, indent=2) + "\n")
     runs_file = OUT / "runs.json"
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
     runs.append(run)
     runs_file.write_text(json.dumps(runs, indent=2) + "\n")
-    write_report(rows, machine, args.n)
+    write_report(rows, machine, args.n, args.rounds)
 
 
 def training_cost_section() -> list[str]:
@@ -342,15 +370,19 @@ def training_cost_section() -> list[str]:
     return out
 
 
-def write_report(rows, machine, n) -> None:
+def write_report(rows, machine, n, rounds: int = 1) -> None:
     lines = ["# Performance: bridge vs the transformers QA pipeline (torch, ONNX Runtime)\n",
              f"Machine: {machine['cpu']}, {machine['cpus']} cores ({machine['platform']}). First {n} SQuAD v1.1 dev questions.",
              f"SIMD flags: {' '.join(machine.get('simd_flags', [])) or 'not recorded'}.",
+             f"{rounds} interleaved round(s): each row is the system's median round by q/s (its latencies, scores and "
+             "RSS from that round); every round's q/s is in the last column.",
              "Reproduce: `.venv/bin/python scripts/bench.py` (writes results.json, this file and performance.png).\n",
-             "| system | clients | q/s | p50 ms | p95 ms | EM | F1 | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "| system | clients | q/s | p50 ms | p95 ms | EM | F1 | peak RSS MB | q/s per round |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        per = ", ".join(f"{q:.1f}" for q in r.get("rounds_qps", [r["qps"]]))
         lines.append(f"| {r['system']} | {r['clients']} | {r['qps']:.2f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                     f"{r['exact_match']:.2f} | {r['f1']:.2f} | {r['peak_rss_mb']:.0f} |")
+                     f"{r['exact_match']:.2f} | {r['f1']:.2f} | {r['peak_rss_mb']:.0f} | {per} |")
     lines.append("")
     for c in sorted({r["clients"] for r in rows}):
         peers = [r for r in rows if r["clients"] == c and r["system"].startswith("transformers")]

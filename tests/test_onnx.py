@@ -351,20 +351,41 @@ def test_python_api_over_an_onnx_file(onnx_exported, dev_examples):
         ref.encoder.close()
 
 
-def test_concurrent_requests_run_on_narrow_sessions(onnx_exported, torch_pipe, dev_examples):
-    """With several requests in the engine each gets a narrow session; the logits do not change."""
+def test_concurrent_requests_share_the_narrow_session(onnx_exported, torch_pipe, dev_examples):
+    """A request alone runs on the wide session; requests in the engine together run side by side on
+    the narrow one (no lock: both inside it at once); the logits do not change."""
     from qabridge.bridge.onnx_engine import OnnxEngine
 
     wins = _windows(torch_pipe, dev_examples, 4)
     eng = OnnxEngine(onnx_exported("int8"), n_threads=2, n_contexts=2)
+    inside, most = [0], [0]
+    real_run = eng.narrow.run
+    lock = threading.Lock()
+    both_in = threading.Barrier(2, timeout=30)
+
+    class Watched:  # counts calls inside the real session at once
+        def run(self, *a, **kw):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                both_in.wait()  # returns only once the other request is inside as well
+                return real_run(*a, **kw)
+            finally:
+                with lock:
+                    inside[0] -= 1
+
     try:
-        assert eng.n_narrow == 2
+        # The word-embedding table is held once, by both sessions.
+        assert [k for k in eng.file.shared if "word_embeddings" in k] and eng.file.shared[next(iter(eng.file.shared))].shape()[0] > 30000
         alone = eng.logits(wins)
+        assert eng.runs == {"wide": 1, "narrow": 0}
+        eng.narrow = Watched()
         out: list = [None, None]
 
         def one(i):
             with eng.demand():
-                out[i] = eng.logits(wins)
+                out[i] = eng.logits(wins[:1]) + eng.logits(wins[1:])
 
         with eng.demand():  # a request already waiting: the two below count as concurrent
             ts = [threading.Thread(target=one, args=(i,)) for i in range(2)]
@@ -372,4 +393,15 @@ def test_concurrent_requests_run_on_narrow_sessions(onnx_exported, torch_pipe, d
             [t.join() for t in ts]
     finally:
         eng.close()
+    assert most[0] == 2 and eng.runs["wide"] == 1 and eng.runs["narrow"] == 4
     assert _max_delta(alone, out[0]) < 1e-3 and _max_delta(alone, out[1]) < 1e-3
+
+
+def test_one_session_when_asked(onnx_exported):
+    from qabridge.bridge.onnx_engine import OnnxEngine
+
+    eng = OnnxEngine(onnx_exported("int8"), n_threads=2, n_contexts=1)
+    try:
+        assert eng.narrow is None
+    finally:
+        eng.close()
