@@ -34,6 +34,9 @@ class ServeConfig:
     max_context_chars: int = 400_000
     max_batch: int = 64
     max_documents: int = 200
+    #: ``documents``: weight of a passage's similarity to the question beside the reader's margin
+    #: (service.PASSAGE_WEIGHT; tuned for the default embedder, 0 = the reader alone).
+    passage_weight: float = 20.0
     request_timeout_s: float = 120.0
     max_inflight: int = 64
     n_contexts: int = field(default_factory=default_contexts)

@@ -32,6 +32,12 @@ log = logging.getLogger("qabridge.bridge")
 #: With documents: read every passage when there are at most this many, else the best TOP_PASSAGES.
 READ_ALL_PASSAGES = 8
 TOP_PASSAGES = 5
+#: With documents, a span's rank = its margin over its passage's no-answer logit + this x the
+#: passage's cosine similarity to the question (retriever and reader interpolated, as in BERTserini).
+#: Tuned on SQuAD v1.1 dev articles 2-11 (30 paragraphs, 20 questions each: 133/200 answered at 0,
+#: 138-140 from 6 to 24, 140 at 20), with the default embedder (the base, mean-pooled); the first
+#: article is the issue's report set (scripts/documents_eval.py, benchmarks/quality.md).
+PASSAGE_WEIGHT = 20.0
 
 
 class QAService:
@@ -79,18 +85,19 @@ class QAService:
                          null=pred.null_score, req=req)
 
     def _answer_documents(self, m: LoadedModel, req: QARequest, deadline: float | None = None) -> QAResponse:
-        """Rank passages, read the best (all of them when they fit), keep the spans that beat their
-        passage's no-answer probability by the widest margin: a span's probability is normalised
-        within its window, so only the margin over [CLS] compares across passages."""
+        """Rank passages, read the best (all of them when they fit), keep the spans with the best margin
+        over their passage's no-answer probability plus ``passage_weight`` x the passage's similarity
+        to the question: a span's probability is normalised within its window, so only the margin over
+        [CLS] compares across passages, and the retriever's view breaks what the reader cannot."""
         docs = list(req.documents or [])
         t0 = time.perf_counter()
         ranked, used = self.registry.retriever.rank(req.question, docs)
         t1 = time.perf_counter()
         n_read = req.top_documents or (len(ranked) if len(ranked) <= READ_ALL_PASSAGES else TOP_PASSAGES)
-        cands: list[tuple[Span, int, float]] = []  # span, document, its null_log_ratio in its passage
+        cands: list[tuple[Span, int, float, float]] = []  # span, document, null_log_ratio in its passage, rank score
         windows = 0
         null = 1.0
-        for passage, _sim in ranked[:n_read]:
+        for passage, sim in ranked[:n_read]:
             text = docs[passage.document][passage.start : passage.end]
             try:
                 pred = m.pipeline.predict(req.question, text, top_k=req.top_k, max_answer_len=req.max_answer_len,
@@ -100,12 +107,13 @@ class QAService:
             windows += pred.n_windows
             null = min(null, pred.null_score)
             for sp in pred.spans:
+                ratio = null_log_ratio(pred.null_score, sp.score)
                 cands.append((Span(sp.score, sp.start + passage.start, sp.end + passage.start, sp.window), passage.document,
-                              null_log_ratio(pred.null_score, sp.score)))
+                              ratio, -ratio + self.cfg.passage_weight * sim))
         t2 = time.perf_counter()
-        top = distinct_top(cands, key=lambda c: (c[1], c[0].start, c[0].end), score=lambda c: -c[2], top_k=req.top_k)
+        top = distinct_top(cands, key=lambda c: (c[1], c[0].start, c[0].end), score=lambda c: c[3], top_k=req.top_k)
         items = [AnswerItem(answer=docs[d][sp.start : sp.end], score=sp.score, start=sp.start, end=sp.end, document=d)
-                 for sp, d, _ in top]
+                 for sp, d, _, _ in top]
         return _response(
             items, m, windows, {"rank": round(1e3 * (t1 - t0), 3), "read": round(1e3 * (t2 - t1), 3)},
             null=null, req=req, ratios=[c[2] for c in top],

@@ -257,6 +257,7 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 @click.option("--ollama-host", default=None, help="Ollama server URL (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
 @click.option("--embedding-model", default=None, help="Ollama model that embeds passages for `documents` requests (e.g. one made by `qabridge export --embedding`).")
 @click.option("--embedding-gguf", type=click.Path(dir_okay=False), default=None, help="Local embedding GGUF for `documents` ranking without Ollama (and while Ollama is away).")
+@click.option("--passage-weight", type=click.FloatRange(min=0, max=1000), default=20.0, show_default=True, help="`documents`: weight of a passage's cosine similarity to the question beside the reader's margin (tuned on SQuAD dev for the default embedder; 0: the reader alone).")
 @click.option("--ray", "use_ray", is_flag=True, help="Serve replicas on Ray Serve (needs the ray extra): a local Ray, or the cluster at --address. See README, Scaling out.")
 @click.option("--address", default=None, help="--ray: Ray cluster to join ('auto': the one this machine belongs to). Default: start a local Ray.")
 @click.option("--replicas", type=click.IntRange(min=1), default=None, help="--ray: number of replicas (default 1).")
@@ -265,7 +266,7 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
 @_fail_cleanly
 def serve(model, name, engine, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, onnx_sessions, max_context_chars,
           max_body_bytes, max_batch, max_inflight, timeout, cors_origin, ollama_model, ollama_host, embedding_model,
-          embedding_gguf, use_ray, address, replicas, autoscale, cpus_per_replica) -> None:
+          embedding_gguf, passage_weight, use_ray, address, replicas, autoscale, cpus_per_replica) -> None:
     """Run the QA bridge daemon (POST /api/qa, /api/qa/batch; GET /api/health, /api/model/info).
 
     Set QABRIDGE_API_KEY to require `Authorization: Bearer <key>` on every endpoint but /api/health.
@@ -309,7 +310,7 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
         name = DEFAULT_MODEL_NAME
     cfg = ServeConfig(model_path=path, model_name=name or None, engine=engine, builtin_model=builtin and path is None,
                       default_outtype=default_outtype, ollama_host=ollama_host, ollama_models=list(ollama_model),
-                      embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
+                      embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, passage_weight=passage_weight, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
                       n_contexts=contexts or default_contexts(), onnx_sessions=onnx_sessions, n_threads=threads, flash_attn=not no_flash_attn, api_key=env_api_key(), cors_origins=list(cors_origin))
     if ray_opts is not None:

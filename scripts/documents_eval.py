@@ -1,6 +1,6 @@
 """`documents` mode on SQuAD: the first 30 distinct dev paragraphs as documents, their first 20 questions.
 
-    .venv/bin/python scripts/documents_eval.py MODEL.gguf [--top-documents 3,all] [serve options...]
+    .venv/bin/python scripts/documents_eval.py MODEL.gguf|MODEL.onnx [--top-documents default,3,all] [serve options...]
 
 Prints, per setting, how many questions were answered (F1 > 0.5), how often the answer came from
 the paragraph that holds it, the seconds and the embedder that ranked the passages.
@@ -22,28 +22,20 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from qabridge.train import metrics
     from qabridge.train.squad import load_squad, squad_file
-    from tests.helpers import start_server
+    from tests.helpers import first_paragraphs, start_server
 
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
-    ap.add_argument("--top-documents", default="3,all")
+    ap.add_argument("--top-documents", default="default,3,all")
     args, serve_args = ap.parse_known_args()
-    dev = load_squad(squad_file("dev"))
-    paras: list[str] = []
-    for e in dev:
-        if e.context not in paras:
-            paras.append(e.context)
-        if len(paras) == 30:
-            break
-    qs = [e for e in dev if e.context in paras][:20]
+    paras, qs = first_paragraphs(load_squad(squad_file("dev")))
     tmp = ROOT / ".cache" / "documents-eval"
     tmp.mkdir(parents=True, exist_ok=True)
     s = start_server(Path(args.model), tmp, *serve_args)
     try:
         for k in args.top_documents.split(","):
-            extra = {} if k == "all" else {"top_documents": int(k)}
-            if k == "all":
-                extra = {"top_documents": 200}
+            # default: the bridge's own choice (every passage when <= 8, else the 5 most similar).
+            extra = {} if k == "default" else {"top_documents": 200} if k == "all" else {"top_documents": int(k)}
             ok = right = 0
             t0 = time.time()
             b: dict = {}

@@ -141,3 +141,31 @@ def span_flips(pipe, torch_pipe, examples) -> list[float]:
         if (got[e.id]["start"], got[e.id]["end"]) != (top[0].start, top[0].end):
             flips.append(top[0].score - (top[1].score if len(top) > 1 else 0.0))
     return flips
+
+
+# -- documents (issue 13's report set) ----------------------------------------------------------
+def first_paragraphs(examples, n_paragraphs: int = 30, n_questions: int = 20):
+    """The first ``n_paragraphs`` distinct paragraphs of SQuAD dev (all of the first article: near
+    duplicates in topic) and the first ``n_questions`` questions asked about them."""
+    paras: list[str] = []
+    for e in examples:
+        if e.context not in paras:
+            paras.append(e.context)
+        if len(paras) == n_paragraphs:
+            break
+    return paras, [e for e in examples if e.context in paras][:n_questions]
+
+
+def documents_answered(url: str, paras: list[str], questions, **extra) -> tuple[int, list[dict]]:
+    """How many ``questions`` a ``documents`` request over ``paras`` answers (F1 > 0.5), and the bodies."""
+    import httpx
+
+    from qabridge.train import metrics
+
+    bodies = []
+    for e in questions:
+        r = httpx.post(url + "/api/qa", json={"question": e.question, "documents": paras, **extra}, timeout=600)
+        assert r.status_code == 200, r.text
+        bodies.append(r.json())
+    answered = sum(metrics.score(b["answer"] or "", [a.text for a in e.answers])[1] > 0.5 for b, e in zip(bodies, questions))
+    return answered, bodies

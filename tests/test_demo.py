@@ -24,7 +24,9 @@ def test_demo_script_serves_the_default_model(tmp_path):
     assert answer["model"] == "bert-qa" and answer["engine"] in ("llama.cpp", "onnxruntime")
     # --engine auto: the candidates built once into the (empty) cache, measured, the choice cached.
     built = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache" / "models").glob("default-*"))
-    assert built == ["bf16.gguf", "int8.onnx", "q8_0.gguf"], built
+    from qabridge.export.onnx_export import ONNX_RECIPE
+
+    assert built == ["bf16.gguf", f"int8.r{ONNX_RECIPE}.onnx", "q8_0.gguf"], built
     (choice,) = (tmp_path / "cache" / "engine-choice").glob("*.json")
     chosen = json.loads(choice.read_text())
     assert {"llama.cpp": "llama.cpp", "onnx": "onnxruntime"}[chosen["engine"]] == answer["engine"]

@@ -225,6 +225,23 @@ def test_documents_ranked_by_ollama_embeddings(ollama_bridge, squad_dev_full):
     assert found / len(qs) >= 0.6, found
 
 
+@pytest.mark.squad
+def test_documents_over_an_ollama_model_given_no_embedding_model(ollama, created, squad_dev_full, tmp_path):
+    """Issue 13's set (30 paragraphs of one article, 20 of their questions) read by the Ollama model,
+    ranked by the default local embedder since no embedding model is given. The same q8_0 reader
+    in-process measured 17/20 (tests/test_abstention.py)."""
+    from .helpers import documents_answered, first_paragraphs
+
+    s = start_server(None, tmp_path, argv=["--ollama-model", created["qa"], "--ollama-host", ollama])
+    try:
+        paras, qs = first_paragraphs(squad_dev_full)
+        answered, bodies = documents_answered(s.url, paras, qs)
+    finally:
+        s.stop()
+    assert {(b["model"], b["embedder"]) for b in bodies} == {(created["qa"], "local:minilm-embed")}
+    assert answered >= 16, answered
+
+
 def test_repeated_corpus_costs_one_question_embedding(ollama_bridge, dev_examples):
     docs = [e.context for e in dev_examples[::10]]
     cache = lambda: httpx.get(ollama_bridge.url + "/api/health").json()["embedding_cache"]  # noqa: E731

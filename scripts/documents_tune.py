@@ -1,0 +1,94 @@
+"""Tune `documents`' passage weight: how a span's rank mixes the reader's margin and the retriever.
+
+    .venv/bin/python scripts/documents_tune.py MODEL.onnx|MODEL.gguf [--articles 11] [--max-words 120]
+
+For each of the first ``--articles`` SQuAD v1.1 dev articles: its first 30 paragraphs as documents,
+its first 20 questions; every passage (split as the bridge splits them) is read, and each passage's
+best span is kept with its start+end logit, the [CLS] logit and the passage's cosine similarity to
+the question (the default embedder: the offline base, mean-pooled). Then the rules are compared
+offline: rank = margin over [CLS] + w x similarity, for several w, reading all passages or the top
+k by similarity. Article 1 is the report set (issue 13: >= 16/20); the others, 200 questions, are
+what a weight is chosen on. Prints one line per rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def collect(model: Path, n_articles: int, max_words: int) -> list[dict]:
+    from qabridge.bridge.llama_engine import LlamaCppEngine, gguf_pipeline
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.bridge.retrieval import LocalEmbedder, split_passages
+    from qabridge.core.decode import window_spans
+    from qabridge.core.model_file import ModelFile
+    from qabridge.export.run import default_embedder
+    from qabridge.train import metrics
+    from qabridge.train.squad import load_squad, squad_file
+    from tests.helpers import first_paragraphs
+
+    pipe = onnx_pipeline(model) if model.suffix == ".onnx" else gguf_pipeline(model)
+
+    mf = ModelFile(default_embedder(), require_qa=False)
+    emb = LocalEmbedder(LlamaCppEngine(mf), mf.tokenizer, "minilm-embed")
+    dev = load_squad(squad_file("dev"))
+    titles = list(dict.fromkeys(e.title for e in dev))[:n_articles]
+    out = []
+    for title in titles:
+        paras, qs = first_paragraphs([e for e in dev if e.title == title])
+        passages = split_passages(paras, max_words=max_words)
+        texts = [paras[p.document][p.start : p.end] for p in passages]
+        vecs = emb.embed(texts)
+        for e in qs:
+            sims = vecs @ emb.embed([e.question])[0]
+            rows = []
+            for text, sim in zip(texts, sims):
+                ctx, wins = pipe.prepare(e.question, text)
+                best = None
+                for (sl, el), w in zip(pipe.encoder.logits(wins), wins):
+                    for prob, a, b in window_spans(sl, el, w, max_answer_len=pipe.max_answer_len, top_k=1):
+                        logit = float(sl[w.ctx_offset + a - w.tok_start] + el[w.ctx_offset + b - w.tok_start])
+                        if best is None or prob > best["prob"]:
+                            answer = text[int(ctx.offsets[a, 0]) : int(ctx.offsets[b, 1])]
+                            best = {"prob": prob, "margin": logit - float(sl[0] + el[0]), "sim": float(sim),
+                                    "f1": metrics.score(answer, [x.text for x in e.answers])[1]}
+                if best:
+                    rows.append(best)
+            out.append({"article": title, "rows": rows})
+        print(f"{title}: {len(passages)} passages, {len(qs)} questions", flush=True)
+    pipe.encoder.close()
+    return out
+
+
+def answered(items: list[dict], weight: float, top: int | None) -> int:
+    n = 0
+    for it in items:
+        rows = sorted(it["rows"], key=lambda r: -r["sim"])[:top] if top else it["rows"]
+        n += max(rows, key=lambda r: r["margin"] + weight * r["sim"])["f1"] > 0.5
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--articles", type=int, default=11)
+    ap.add_argument("--max-words", type=int, default=120)
+    args = ap.parse_args()
+    data = collect(args.model, args.articles, args.max_words)
+    first = data[0]["article"]
+    report = [d for d in data if d["article"] == first]
+    tune = [d for d in data if d["article"] != first]
+    print(f"report set {first}: {len(report)} questions; tuning set: {len(tune)} questions of {args.articles - 1} articles")
+    for top in (3, 5, None):
+        cells = [f"w={w:g}: {answered(tune, w, top)}/{len(tune)} | {answered(report, w, top)}/{len(report)}"
+                 for w in (0, 5, 10, 15, 20, 25, 30, 40)]
+        print(f"read {'all' if top is None else f'top {top}'}: " + "; ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
