@@ -14,6 +14,7 @@ what a weight is chosen on. Prints one line per rule.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def collect(model: Path, n_articles: int, max_words: int) -> list[dict]:
+def collect(model: Path, n_articles: int, max_words: int, unanswerable: bool = False) -> list[dict]:
     from qabridge.bridge.llama_engine import LlamaCppEngine, gguf_pipeline
     from qabridge.bridge.onnx_engine import onnx_pipeline
     from qabridge.bridge.retrieval import LocalEmbedder, split_passages
@@ -37,14 +38,19 @@ def collect(model: Path, n_articles: int, max_words: int) -> list[dict]:
     mf = ModelFile(default_embedder(), require_qa=False)
     emb = LocalEmbedder(LlamaCppEngine(mf), mf.tokenizer, "minilm-embed")
     dev = load_squad(squad_file("dev"))
-    titles = list(dict.fromkeys(e.title for e in dev))[:n_articles]
+    all_titles = list(dict.fromkeys(e.title for e in dev))
+    titles = all_titles[:n_articles]
     out = []
-    for title in titles:
+    for i, title in enumerate(titles):
         paras, qs = first_paragraphs([e for e in dev if e.title == title])
+        asked = [(e, True) for e in qs]
+        if unanswerable:  # 20 questions of an article n_articles further on: none of these paragraphs answers them
+            other = all_titles[i + n_articles]
+            asked += [(e, False) for e in first_paragraphs([e for e in dev if e.title == other])[1]]
         passages = split_passages(paras, max_words=max_words)
         texts = [paras[p.document][p.start : p.end] for p in passages]
         vecs = emb.embed(texts)
-        for e in qs:
+        for e, answerable in asked:
             sims = vecs @ emb.embed([e.question])[0]
             rows = []
             for text, sim in zip(texts, sims):
@@ -59,18 +65,36 @@ def collect(model: Path, n_articles: int, max_words: int) -> list[dict]:
                                     "f1": metrics.score(answer, [x.text for x in e.answers])[1]}
                 if best:
                     rows.append(best)
-            out.append({"article": title, "rows": rows})
+            out.append({"article": title, "answerable": answerable, "rows": rows})
         print(f"{title}: {len(passages)} passages, {len(qs)} questions", flush=True)
     pipe.encoder.close()
     return out
 
 
+def chosen(it: dict, weight: float, top: int | None) -> dict:
+    rows = sorted(it["rows"], key=lambda r: -r["sim"])[:top] if top else it["rows"]
+    return max(rows, key=lambda r: r["margin"] + weight * r["sim"])
+
+
 def answered(items: list[dict], weight: float, top: int | None) -> int:
-    n = 0
+    return sum(chosen(it, weight, top)["f1"] > 0.5 for it in items if it.get("answerable", True))
+
+
+def abstention(items: list[dict], weight: float, top: int | None, rule: str, cut: float) -> tuple[int, int, int]:
+    """(answerable answered and not abstained, answerable, unanswerable abstained): ``rule`` "margin"
+    abstains when the chosen span's margin over [CLS] is below ``cut`` (-null_threshold, today's
+    rule); "rank" when its whole rank (margin + weight x similarity) is."""
+    ok = n = nulls = 0
     for it in items:
-        rows = sorted(it["rows"], key=lambda r: -r["sim"])[:top] if top else it["rows"]
-        n += max(rows, key=lambda r: r["margin"] + weight * r["sim"])["f1"] > 0.5
-    return n
+        c = chosen(it, weight, top)
+        score = c["margin"] if rule == "margin" else c["margin"] + weight * c["sim"]
+        abstain = score < cut
+        if it.get("answerable", True):
+            n += 1
+            ok += (not abstain) and c["f1"] > 0.5
+        else:
+            nulls += abstain
+    return ok, n, nulls
 
 
 def main() -> None:
@@ -78,16 +102,35 @@ def main() -> None:
     ap.add_argument("model", type=Path)
     ap.add_argument("--articles", type=int, default=11)
     ap.add_argument("--max-words", type=int, default=120)
+    ap.add_argument("--unanswerable", action="store_true",
+                    help="also ask each article's paragraphs 20 questions of an article --articles further on, "
+                         "and compare abstention rules")
+    ap.add_argument("--weight", type=float, default=20.0, help="the passage weight the abstention rules use")
+    ap.add_argument("--rows", type=Path, default=None, help="JSON file of the collected rows: read if it exists, else written")
     args = ap.parse_args()
-    data = collect(args.model, args.articles, args.max_words)
+    if args.rows is not None and args.rows.exists():
+        data = json.loads(args.rows.read_text())
+    else:
+        data = collect(args.model, args.articles, args.max_words, args.unanswerable)
+        if args.rows is not None:
+            args.rows.write_text(json.dumps(data))
     first = data[0]["article"]
     report = [d for d in data if d["article"] == first]
     tune = [d for d in data if d["article"] != first]
     print(f"report set {first}: {len(report)} questions; tuning set: {len(tune)} questions of {args.articles - 1} articles")
+    report_a = [d for d in report if d.get("answerable", True)]
+    tune_a = [d for d in tune if d.get("answerable", True)]
     for top in (3, 5, None):
-        cells = [f"w={w:g}: {answered(tune, w, top)}/{len(tune)} | {answered(report, w, top)}/{len(report)}"
+        cells = [f"w={w:g}: {answered(tune, w, top)}/{len(tune_a)} | {answered(report, w, top)}/{len(report_a)}"
                  for w in (0, 5, 10, 15, 20, 25, 30, 40)]
         print(f"read {'all' if top is None else f'top {top}'}: " + "; ".join(cells))
+    if args.unanswerable:
+        print(f"abstention, read top 5, w={args.weight:g}: answerable answered and kept | unanswerable abstained "
+              "(tuning set; report set)")
+        for rule in ("margin", "rank"):
+            for cut in range(0, 42, 2):
+                t, r = (abstention(x, args.weight, 5, rule, cut) for x in (tune, report))
+                print(f"  {rule} < {cut}: {t[0]}/{t[1]} | {t[2]}/{len(tune) - t[1]};  {r[0]}/{r[1]} | {r[2]}/{len(report) - r[1]}")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def test_model_info_says_what_the_model_knows(server):
 def test_documents_answer_from_the_passage_that_holds_the_answer(server, squad_dev_full):
     """Issue 13's set: 30 paragraphs of one article as documents, 20 of their questions, the default
     embedder ranking and the default reading (the 5 most similar of its 41 passages). Measured with
-    this q8_0 model: 17/20 (the reader's margin alone, --passage-weight 0: 15/20)."""
+    this q8_0 model: 17/20 (the reader's margin alone, --passage-weight 0: 15/20); asked to abstain,
+    17/20 kept and 19/20 questions of another article abstained (1/20 with the reader's rule)."""
     from .helpers import documents_answered, first_paragraphs
 
     paras, qs = first_paragraphs(squad_dev_full)
@@ -78,3 +79,12 @@ def test_documents_answer_from_the_passage_that_holds_the_answer(server, squad_d
     assert {b["embedder"] for b in bodies} == {"local:minilm-embed"}
     assert all(len(b["ranking"]) == 5 for b in bodies)
     assert answered >= 16, answered
+    # Asked to abstain: the answerable ones keep their answers, and the questions of another article
+    # (none of these paragraphs answers them) get null.
+    kept, _ = documents_answered(server.url, paras, qs, handle_impossible_answer=True)
+    assert kept >= 16, kept
+    titles = list(dict.fromkeys(e.title for e in squad_dev_full))
+    _, others = first_paragraphs([e for e in squad_dev_full if e.title == titles[11]])
+    _, bodies = documents_answered(server.url, paras, others, handle_impossible_answer=True)
+    nulls = sum(b["answer"] is None for b in bodies)
+    assert nulls >= 17 and all(b["abstained"] == (b["answer"] is None) for b in bodies), nulls
