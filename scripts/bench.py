@@ -1,7 +1,7 @@
 """Bridge vs the transformers 4.57.6 QA pipeline (torch and ONNX Runtime), same questions, one run.
 
     .venv/bin/python scripts/bench.py [--n 2000] [--rounds 3] [--outtypes q8_0,bf16] [--onnx int8] [--variant '--contexts 1']
-    .venv/bin/python scripts/bench.py --engines-alone --n 200 [--rounds 3]   # encoders only, no HTTP
+    .venv/bin/python scripts/bench.py --engines-alone --n 300 [--rounds 3]   # encoders only, taking turns, no HTTP
 
 Sets up .venv-peer (transformers 4.57.6, the last release with the QA pipeline, with optimum 2.1.0,
 optimum-onnx 0.1.0 and onnxruntime 1.32.0) on first use, merges the committed adapter into fp32
@@ -113,9 +113,46 @@ def onnx_models(kinds=("fp32", "O2", "O2+int8", "O2+int8-tensor")) -> dict[str, 
     return out
 
 
-def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str]) -> dict:
+class PeerGraph:
+    """The peer's own ONNX file (optimum's QA export, its span head inside) behind the engine's
+    ``logits(windows)``, so the engines-alone timing can put our graphs beside the peer's."""
+
+    name = "peer graph"
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        from qabridge.bridge.onnx_engine import session_options
+
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def logits(self, windows, deadline=None):
+        import numpy as np
+
+        longest = max(len(w.input_ids) for w in windows)
+        ids = np.zeros((len(windows), longest), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, w in enumerate(windows):
+            ids[i, : len(w.input_ids)] = w.input_ids
+            mask[i, : len(w.input_ids)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.inputs:
+            feed["token_type_ids"] = np.zeros_like(ids)  # its row 1 equals row 0 (merged_model_dir)
+        start, end = self.session.run(None, feed)[:2]
+        return [(start[i, : len(w.input_ids)], end[i, : len(w.input_ids)]) for i, w in enumerate(windows)]
+
+    def close(self):
+        self.session = None
+
+
+def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str], burst: int = 20) -> dict:
     """Encoder alone, no HTTP: ms per question (a question's windows in one call, as the bridge
-    makes it), first ``n`` dev questions, ``rounds`` interleaved rounds, every engine ``threads``."""
+    makes it), first ``n`` dev questions, every engine ``threads``. The engines take turns every
+    ``burst`` questions, ``rounds`` times over, so a drift in the machine's speed (up to 2x over
+    minutes on the shared 2-core machine) falls on all of them alike; each round's ms are kept."""
+    from types import SimpleNamespace
+
     from qabridge.bridge.llama_engine import gguf_pipeline
     from qabridge.bridge.onnx_engine import onnx_pipeline
     from qabridge.core.decode import best_spans
@@ -131,34 +168,43 @@ def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str]) -> dic
         systems[f"llama.cpp {o}"] = gguf_pipeline(p, n_threads=threads, n_contexts=1)
     for k, p in onnx_models().items():
         systems[f"onnxruntime {k}"] = onnx_pipeline(p, n_threads=threads)
-    first = next(iter(systems.values()))
+    from qabridge.core.hashing import adapter_hash
+    from qabridge.paths import DEFAULT_ADAPTER
+
+    peer = CACHE / f"merged-{adapter_hash(DEFAULT_ADAPTER)[:12]}-ort" / "o2-int8" / "model.onnx"
+    if peer.exists():  # built by a full run (ort_peer_dirs)
+        systems["peer graph: optimum O2 + int8 dynamic"] = SimpleNamespace(encoder=PeerGraph(peer, threads), max_answer_len=30)
+    first = next(s for s in systems.values() if hasattr(s, "prepare"))
     prepared = [first.prepare(e.question, e.context) for e in examples]
     n_windows = sum(len(w) for _, w in prepared)
     n_tokens = sum(len(x.input_ids) for _, w in prepared for x in w)
+    for pipe in systems.values():
+        for _, w in prepared[:5]:
+            pipe.encoder.logits(w)
     times: dict[str, list[float]] = {k: [] for k in systems}
-    answers: dict[str, dict] = {}
+    answers: dict[str, dict] = {k: {} for k in systems}
     for r in range(rounds):
-        for name, pipe in systems.items():
-            for _, w in prepared[:5]:
-                pipe.encoder.logits(w)
-            t0 = time.perf_counter()
-            logits = [pipe.encoder.logits(w) for _, w in prepared]
-            times[name].append(1e3 * (time.perf_counter() - t0) / len(prepared))
-            if r == 0:
-                ans = {}
-                for e, (ctx, w), lg in zip(examples, prepared, logits):
-                    sp = best_spans(lg, w, ctx, max_answer_len=pipe.max_answer_len, top_k=1)
-                    ans[e.id] = e.context[sp[0].start : sp[0].end] if sp else ""
-                answers[name] = ans
+        spent = dict.fromkeys(systems, 0.0)
+        for b in range(0, len(prepared), burst):
+            for name, pipe in systems.items():
+                t0 = time.perf_counter()
+                logits = [pipe.encoder.logits(w) for _, w in prepared[b : b + burst]]
+                spent[name] += time.perf_counter() - t0
+                if r == 0:
+                    for e, (ctx, w), lg in zip(examples[b : b + burst], prepared[b : b + burst], logits):
+                        sp = best_spans(lg, w, ctx, max_answer_len=pipe.max_answer_len, top_k=1)
+                        answers[name][e.id] = e.context[sp[0].start : sp[0].end] if sp else ""
+        for name in systems:
+            times[name].append(1e3 * spent[name] / len(prepared))
     rows = []
     for name, pipe in systems.items():
         sc = score(answers[name], examples)
         rows.append({"system": name, "ms_per_question": [round(x, 2) for x in times[name]],
-                     "best_ms": round(min(times[name]), 2), "exact_match": round(sc["exact_match"], 2),
-                     "f1": round(sc["f1"], 2)})
+                     "median_ms": round(statistics.median(times[name]), 2), "best_ms": round(min(times[name]), 2),
+                     "exact_match": round(sc["exact_match"], 2), "f1": round(sc["f1"], 2)})
         pipe.encoder.close()
     return {"machine": machine_info(), "n": n, "windows": n_windows, "tokens_per_window": round(n_tokens / n_windows, 1),
-            "threads": threads, "rounds": rounds, "rows": rows}
+            "threads": threads, "rounds": rounds, "burst": burst, "rows": rows}
 
 
 def machine_info() -> dict:
@@ -286,7 +332,7 @@ def main() -> None:
         print(f"{res['machine']['cpu']}, {res['threads']} threads, first {res['n']} dev questions "
               f"({res['windows']} windows, {res['tokens_per_window']} tokens each), ms per question per round:")
         for r in res["rows"]:
-            print(f"  {r['system']:<26} {r['ms_per_question']}  best {r['best_ms']}  EM {r['exact_match']}  F1 {r['f1']}")
+            print(f"  {r['system']:<38} {r['ms_per_question']}  median {r['median_ms']}  EM {r['exact_match']}  F1 {r['f1']}")
         return
     if args.report_only:
         saved = json.loads((OUT / "results.json").read_text())
