@@ -53,6 +53,17 @@ def session_options(n_threads: int | None = None, shared: dict | None = None):
     return so
 
 
+def padded_batch(seqs, pad_id: int = 0, ids_dtype=np.int64, mask_dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """Token sequences as one right-padded [batch, longest] ids array and its attention mask."""
+    longest = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), longest), pad_id, dtype=ids_dtype)
+    mask = np.zeros((len(seqs), longest), dtype=mask_dtype)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
 def shared_tables(path: Path) -> dict:
     """The model's large fp32 initialisers (the 47 MB word-embedding table) as OrtValues, so two
     sessions of one model hold them once. The int8 weights are not shared: each session keeps
@@ -63,11 +74,9 @@ def shared_tables(path: Path) -> dict:
         from onnx import TensorProto, numpy_helper
 
         model = onnx.load(str(path))
-        out = {}
-        for init in model.graph.initializer:
-            if init.data_type == TensorProto.FLOAT and 4 * int(np.prod(init.dims)) >= SHARE_BYTES:
-                out[init.name] = ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(init).copy())
-        del model, init  # a message still referenced keeps the whole parsed file alive
+        out = {i.name: ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
+               if i.data_type == TensorProto.FLOAT and 4 * int(np.prod(i.dims)) >= SHARE_BYTES}
+        del model  # the copies above hold the tables; the parsed file (~60 MB) goes now
         return out
     except Exception:  # the session's own error says what is wrong with the file
         return {}
@@ -200,8 +209,9 @@ class OnnxEngine:
     AMD EPYC, engine alone, 400 dev questions from 8 threads: wide session taking turns 86-111
     q/s, the wide session without a lock 111-118, a one-thread session without a lock 123-129;
     alone, one request at a time, the one-thread session took 14.3 ms per question against the
-    wide session's 8.6, hence both. The second session costs ~13 MB RSS: the word-embedding
-    table (47 MB fp32) is loaded once and given to both (``shared_tables``); alone it took ~60 MB
+    wide session's 8.6, hence both. The word-embedding table (47 MB fp32) is loaded once and given
+    to both (``shared_tables``): after loading, two sessions 158 MB against one 134 (193 unshared);
+    serving, peak RSS 282 vs 233 MB with one client and 321 vs 240 with eight
     (benchmarks/performance-steps.md). A request's windows run as padded batches of up to
     ``max_batch``.
     """
@@ -210,20 +220,20 @@ class OnnxEngine:
 
     def __init__(self, model: OnnxModel | str | os.PathLike, *, n_threads: int | None = None,
                  max_batch: int = MAX_BATCH, concurrent: bool = False, n_contexts: int = 1):
-        self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads, share=n_contexts > 1)
+        self.n_threads = max(1, n_threads or os.cpu_count() or 1)
+        narrow = n_contexts > 1 and self.n_threads > 1
+        self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads, share=narrow)
         self.session = self.file.session
         self.head = self.file.span_head
         self.n_positions = self.file.context_length
         self.n_embd = self.file.hidden_size
-        self.n_threads = max(1, n_threads or os.cpu_count() or 1)
         self.max_batch = max(1, max_batch)
         self.pad_id = self.file.tokenizer.pad_id
         self._dtypes = self.file.input_dtypes
         self._run_lock = threading.Lock() if not concurrent else None
         self._closed = False
         self.narrow = None
-        self.runs = {"wide": 0, "narrow": 0}  # calls per session, for tests and logs
-        if n_contexts > 1 and self.n_threads > 1:
+        if narrow:
             import onnxruntime as ort
 
             per = max(1, self.n_threads // n_contexts)
@@ -254,18 +264,11 @@ class OnnxEngine:
         """[batch, longest, hidden] for sequences already checked; padding masked out."""
         if self._closed:
             raise EngineError("engine is closed")
-        longest = max(len(s) for s in seqs)
-        ids = np.full((len(seqs), longest), self.pad_id, dtype=self._dtypes["input_ids"])
-        mask = np.zeros((len(seqs), longest), dtype=self._dtypes["attention_mask"])
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = s
-            mask[i, : len(s)] = 1
+        ids, mask = padded_batch(seqs, self.pad_id, self._dtypes["input_ids"], self._dtypes["attention_mask"])
         feed = {"input_ids": ids, "attention_mask": mask}
         try:
             if self.narrow is not None and self._demand > 1:
-                self.runs["narrow"] += 1
                 return self.narrow.run([OUTPUT], feed)[0]
-            self.runs["wide"] += 1
             if self._run_lock is None:
                 return self.session.run([OUTPUT], feed)[0]
             with self._run_lock:
@@ -305,6 +308,5 @@ class OnnxEngine:
 
 def onnx_pipeline(model, **engine_kw) -> QAPipeline:
     """A pipeline over a qabridge ONNX model (path or OnnxModel): ORT encoder, settings from its metadata."""
-    mf = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=engine_kw.get("n_threads"),
-                                                              share=engine_kw.get("n_contexts", 1) > 1)
-    return QAPipeline(mf.tokenizer, OnnxEngine(mf, **engine_kw), mf.window_spec, max_answer_len=mf.max_answer_len)
+    eng = OnnxEngine(model, **engine_kw)
+    return QAPipeline(eng.file.tokenizer, eng, eng.file.window_spec, max_answer_len=eng.file.max_answer_len)

@@ -177,12 +177,12 @@ def _quantize(src: Path, dst: Path, op_types: tuple[str, ...]) -> None:
 def _quantize_per_token(src: Path, dst: Path) -> int:
     """Every MatMul with a constant weight -> int8 with per-token activation scales; returns the count.
 
-    For an input X [.., K]: s = max|X| over K / 127 per row, Xq = QuantizeLinear(X / s, 1, 128) as
-    uint8 (symmetric: zero point 128), Y = MatMulIntegerToFloat(Xq, Wq; 128, w_scale) * s, with Wq
-    int8 symmetric per output column. MatMuls sharing an input (Q, K, V) share its quantisation.
-    ``QuantizeLinear`` and the fused integer MatMul replace recipe 1's Round/Add/Cast and Cast/Mul
-    chains (same arithmetic: both round half to even and saturate to uint8), which with the
-    division took ~38% of the kernel time in ORT's profile.
+    For an input X [.., K]: s = max|X| over K / 127 per row, Xq = QuantizeLinear(X; s, 128) blocked
+    with one block per row (opset 21) as uint8 (symmetric: zero point 128), Y =
+    MatMulIntegerToFloat(Xq, Wq; 128, w_scale) * s, with Wq int8 symmetric per output column.
+    MatMuls sharing an input (Q, K, V) share its quantisation. This replaces recipe 1's
+    Abs/Div/Round/Add/Cast and Cast/Mul chains (same arithmetic: both round half to even and
+    saturate to uint8), which took ~38% of the kernel time in ORT's profile.
     """
     import onnx
     from onnx import helper, numpy_helper

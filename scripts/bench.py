@@ -58,7 +58,7 @@ def setup_peer() -> Path:
 
 def ort_peer_dirs(py: Path, model_dir: Path) -> dict[str, Path]:
     """optimum's ORT exports of the merged model (fp32; O2 + int8 dynamic), made once in .venv-peer."""
-    out = model_dir.parent / (model_dir.name + "-ort")
+    out = peer_ort_dir(model_dir)
     if not (out / "o2-int8" / "model.onnx").exists():
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["HF_HUB_OFFLINE"] = "1"
@@ -69,14 +69,26 @@ def ort_peer_dirs(py: Path, model_dir: Path) -> dict[str, Path]:
     return {"fp32": out / "fp32", "o2-int8": out / "o2-int8"}
 
 
+def merged_path() -> Path:
+    """Where the committed adapter's merged fp32 model for the peers lives (merged_model_dir)."""
+    from qabridge.core.hashing import adapter_hash
+    from qabridge.paths import DEFAULT_ADAPTER
+
+    return CACHE / f"merged-{adapter_hash(DEFAULT_ADAPTER)[:12]}"
+
+
+def peer_ort_dir(model_dir: Path) -> Path:
+    """optimum's exports of a merged model, beside it (ort_peer_dirs)."""
+    return model_dir.parent / (model_dir.name + "-ort")
+
+
 def merged_model_dir() -> Path:
     import torch
 
-    from qabridge.core.hashing import adapter_hash
     from qabridge.paths import DEFAULT_ADAPTER
     from qabridge.train.model import load_for_inference, tokenizer_dir
 
-    d = CACHE / f"merged-{adapter_hash(DEFAULT_ADAPTER)[:12]}"
+    d = merged_path()
     if (d / "config.json").exists():
         return d
     model, ref, _ = load_for_inference(DEFAULT_ADAPTER)
@@ -130,12 +142,9 @@ class PeerGraph:
     def logits(self, windows, deadline=None):
         import numpy as np
 
-        longest = max(len(w.input_ids) for w in windows)
-        ids = np.zeros((len(windows), longest), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, w in enumerate(windows):
-            ids[i, : len(w.input_ids)] = w.input_ids
-            mask[i, : len(w.input_ids)] = 1
+        from qabridge.bridge.onnx_engine import padded_batch
+
+        ids, mask = padded_batch([w.input_ids for w in windows])
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.inputs:
             feed["token_type_ids"] = np.zeros_like(ids)  # its row 1 equals row 0 (merged_model_dir)
@@ -168,10 +177,7 @@ def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str], burst:
         systems[f"llama.cpp {o}"] = gguf_pipeline(p, n_threads=threads, n_contexts=1)
     for k, p in onnx_models().items():
         systems[f"onnxruntime {k}"] = onnx_pipeline(p, n_threads=threads)
-    from qabridge.core.hashing import adapter_hash
-    from qabridge.paths import DEFAULT_ADAPTER
-
-    peer = CACHE / f"merged-{adapter_hash(DEFAULT_ADAPTER)[:12]}-ort" / "o2-int8" / "model.onnx"
+    peer = peer_ort_dir(merged_path()) / "o2-int8" / "model.onnx"
     if peer.exists():  # built by a full run (ort_peer_dirs)
         systems["peer graph: optimum O2 + int8 dynamic"] = SimpleNamespace(encoder=PeerGraph(peer, threads), max_answer_len=30)
     first = next(s for s in systems.values() if hasattr(s, "prepare"))
@@ -372,8 +378,8 @@ def main() -> None:
         if args.default_row:
             plan.append(("qabridge HTTP (default settings)", "bridge", None, c, []))
     runs: dict[int, list[dict]] = {i: [] for i in range(len(plan))}
-    steps = [(r, i) for r in range(args.rounds)
-             for i in (list(range(len(plan)))[r * len(plan) // args.rounds:] + list(range(len(plan)))[: r * len(plan) // args.rounds])]
+    # Round r starts r/rounds of the way into the plan and wraps around.
+    steps = [(r, (i + r * len(plan) // args.rounds) % len(plan)) for r in range(args.rounds) for i in range(len(plan))]
     for r, i in tqdm(steps, desc="bench", unit="run"):
         name, kind, target, c, extra = plan[i]
         res = run_peer(py, target, examples, c) if kind == "peer" else run_bridge(target, examples, c, extra)

@@ -13,16 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from qabridge.train import metrics
     from qabridge.train.squad import load_squad, squad_file
-    from tests.helpers import first_paragraphs, start_server
+    from tests.helpers import documents_answered, first_paragraphs, start_server
 
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -36,13 +33,10 @@ def main() -> None:
         for k in args.top_documents.split(","):
             # default: the bridge's own choice (every passage when <= 8, else the 5 most similar).
             extra = {} if k == "default" else {"top_documents": 200} if k == "all" else {"top_documents": int(k)}
-            ok = right = 0
             t0 = time.time()
-            b: dict = {}
-            for e in qs:
-                b = httpx.post(s.url + "/api/qa", json={"question": e.question, "documents": paras, **extra}, timeout=600).json()
-                ok += metrics.score(b["answer"] or "", [a.text for a in e.answers])[1] > 0.5
-                right += b["document"] == paras.index(e.context)
+            ok, bodies = documents_answered(s.url, paras, qs, **extra)
+            right = sum(b["document"] == paras.index(e.context) for b, e in zip(bodies, qs))
+            b = bodies[-1]
             print(f"top_documents={k}: answered {ok}/20, right passage {right}/20, read {len(b['ranking'])} passages, "
                   f"{time.time() - t0:.1f} s, embedder {b.get('embedder')}")
     finally:
