@@ -37,6 +37,20 @@ _ONNX_MAGIC_HINT = b"\x08"  # an ONNX ModelProto starts with field 1 (ir_version
 SHARE_BYTES = 1 << 20
 
 
+#: ORT fusions kept off at load time: the export splits SkipLayerNormalization into Add +
+#: LayerNormalization because the fused CPU kernel is ~4x slower here (export/onnx_export.py); a
+#: runtime that fused them again would undo that. Unknown names are ignored by ORT.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def inference_session(path: str | os.PathLike, options):
+    """An ORT CPU session over ``path`` with :data:`DISABLED_OPTIMIZERS` off."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+
+
 def session_options(n_threads: int | None = None, shared: dict | None = None):
     """intra-op threads = ``n_threads`` (default: every core), one inter-op thread, sequential;
     ``shared``: initialisers (name -> OrtValue) the session uses in place of its own copy."""
@@ -96,12 +110,11 @@ class OnnxModel(QAModelMeta):
         #: Initialisers a second session of this model can use as well (``share``: shared_tables).
         self.shared: dict = shared_tables(self.path) if share else {}
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401 - fail with EngineError, not at the session
         except ImportError as exc:  # pragma: no cover - base dependency
             raise EngineError(f"onnxruntime is not installed ({exc})") from None
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(n_threads, self.shared),
-                                                providers=["CPUExecutionProvider"])
+            self.session = inference_session(self.path, session_options(n_threads, self.shared))
         except Exception as exc:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise ModelError(f"{self.path}: not a readable ONNX model ({reason[:300]})") from None
@@ -234,11 +247,8 @@ class OnnxEngine:
         self._closed = False
         self.narrow = None
         if narrow:
-            import onnxruntime as ort
-
             per = max(1, self.n_threads // n_contexts)
-            self.narrow = ort.InferenceSession(str(self.file.path), session_options(per, self.file.shared),
-                                               providers=["CPUExecutionProvider"])
+            self.narrow = inference_session(self.file.path, session_options(per, self.file.shared))
         self._demand = 0
         self._demand_lock = threading.Lock()
 

@@ -19,6 +19,11 @@ Quantisation (``quantize``), after the transformer fusions, weights int8 per out
 - ``"int8-tensor"``: ``onnxruntime.quantization.quantize_dynamic`` (per-tensor activations) on
   MatMul and the fused Attention, the recipe the issue measured at -0.3 F1.
 - ``"none"``: fp32.
+
+Every fused graph then has its ``SkipLayerNormalization`` nodes split back into ``Add`` (residual,
+bias) + ``LayerNormalization``: on the CPUs measured here ORT's SkipLayerNormalization kernel took
+~120 us for a [150, 384] input on 2 threads where Add + Add + LayerNormalization took ~30, 1.25 of
+7.4 ms per question in the int8 graph (benchmarks/performance-steps.md, step 7).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Container
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +46,9 @@ from .gguf_writer import prepare_output
 
 ONNX_OPSET = 17
 #: The graph recipe: part of cached file names, so a new recipe is exported again rather than read
-#: from a cache. 1: per-token int8 as Div/Round/Cast chains; 2: QuantizeLinear + MatMulIntegerToFloat.
-ONNX_RECIPE = 2
+#: from a cache. 1: per-token int8 as Div/Round/Cast chains; 2: QuantizeLinear + MatMulIntegerToFloat;
+#: 3: recipe 2 with SkipLayerNormalization split back into Add + LayerNormalization (every O2 graph).
+ONNX_RECIPE = 3
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "last_hidden_state"
 
@@ -174,7 +181,7 @@ def _quantize(src: Path, dst: Path, op_types: tuple[str, ...]) -> None:
     )
 
 
-def _quantize_per_token(src: Path, dst: Path) -> int:
+def _quantize_per_token(src: Path, dst: Path, *, per_tensor: Container[int] = ()) -> int:
     """Every MatMul with a constant weight -> int8 with per-token activation scales; returns the count.
 
     For an input X [.., K]: s = max|X| over K / 127 per row, Xq = QuantizeLinear(X; s, 128) blocked
@@ -183,6 +190,10 @@ def _quantize_per_token(src: Path, dst: Path) -> int:
     MatMuls sharing an input (Q, K, V) share its quantisation. This replaces recipe 1's
     Abs/Div/Round/Add/Cast and Cast/Mul chains (same arithmetic: both round half to even and
     saturate to uint8), which took ~38% of the kernel time in ORT's profile.
+
+    ``per_tensor``: indices of quantised inputs, in graph order (per layer: Q/K/V input, attention
+    output, FFN input, FFN output), quantised per tensor instead (DynamicQuantizeLinear, which ORT
+    fuses with the MatMul): the per-input experiments of benchmarks/performance-steps.md (step 7).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -197,8 +208,9 @@ def _quantize_per_token(src: Path, dst: Path) -> int:
     zp = const("qb_pt_zero_point", np.array(128, dtype=np.uint8))
     one = const("qb_pt_one", np.array(1.0, dtype=np.float32))
     inv = const("qb_pt_inv127", np.array(1.0 / 127.0, dtype=np.float32))
-    # Keeps s > 0 for an all-zero row (padding); far below any real activation scale.
-    eps = const("qb_pt_eps", np.array(1e-8, dtype=np.float32))
+    # max|x| floored at 127e-8 (s >= 1e-8): an all-zero row (padding) keeps s > 0; far below any
+    # real activation scale.
+    eps = const("qb_pt_eps127", np.array(127e-8, dtype=np.float32))
     axes = const("qb_pt_axes", np.array([-1], dtype=np.int64))
     nodes, quantized, replaced = [], {}, set()
     for n in m.graph.node:
@@ -210,28 +222,36 @@ def _quantize_per_token(src: Path, dst: Path) -> int:
             nodes.append(n)
             continue
         x = n.input[0]
-        if x not in quantized:
+        if x not in quantized and len(quantized) in per_tensor:
+            q = f"{x}_qb_pt"
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [q + "_xq", q + "_s", q + "_zp"]))
+            quantized[x] = (q + "_xq", q + "_s", q + "_zp")
+        elif x not in quantized:
             q = f"{x}_qb_pt"
             nodes += [
                 # max|x| per row as max(max x, -min x): two reads, no |x| tensor written.
                 helper.make_node("ReduceMax", [x, axes], [q + "_hi"], keepdims=1),
                 helper.make_node("ReduceMin", [x, axes], [q + "_lo"], keepdims=1),
                 helper.make_node("Neg", [q + "_lo"], [q + "_nlo"]),
-                helper.make_node("Max", [q + "_hi", q + "_nlo"], [q + "_max"]),
-                helper.make_node("Mul", [q + "_max", inv], [q + "_s0"]),
-                helper.make_node("Add", [q + "_s0", eps], [q + "_s"]),  # [.., 1]: one scale per row
+                helper.make_node("Max", [q + "_hi", q + "_nlo", eps], [q + "_max"]),
+                helper.make_node("Mul", [q + "_max", inv], [q + "_s"]),  # [.., 1]: one scale per row
                 helper.make_node("Shape", [q + "_s"], [q + "_sshape"]),
                 helper.make_node("Expand", [zp, q + "_sshape"], [q + "_zp"]),
                 # Blocked quantisation (opset 21), one block per row: one pass that divides, rounds
                 # half to even and saturates.
                 helper.make_node("QuantizeLinear", [x, q + "_s", q + "_zp"], [q + "_xq"], axis=-1, block_size=w.shape[0]),
             ]
-            quantized[x] = (q + "_xq", q + "_s")
-        xq, xs = quantized[x]
+            quantized[x] = (q + "_xq", q + "_s", None)
+        xq, xs, xzp = quantized[x]
         ws = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
         wq = np.clip(np.round(w / ws), -127, 127).astype(np.int8)
         p = n.name or n.output[0]
         replaced.add(n.input[1])
+        if xzp is not None:  # per tensor: the scale is a scalar, MatMulIntegerToFloat applies it
+            nodes.append(helper.make_node("MatMulIntegerToFloat", [xq, const(p + "_qb_wq", wq), xs,
+                                                                   const(p + "_qb_ws", ws.astype(np.float32)), xzp],
+                                          [n.output[0]], domain="com.microsoft"))
+            continue
         nodes += [
             helper.make_node("MatMulIntegerToFloat", [xq, const(p + "_qb_wq", wq), one, const(p + "_qb_ws", ws.astype(np.float32)), zp],
                              [p + "_qb_f"], domain="com.microsoft"),
@@ -250,6 +270,46 @@ def _quantize_per_token(src: Path, dst: Path) -> int:
     m.ir_version = max(m.ir_version, 10)
     onnx.save(m, str(dst))
     return len(replaced)
+
+
+def _split_skip_layernorm(src: Path, dst: Path) -> int:
+    """Every ``SkipLayerNormalization`` (com.microsoft) -> ``Add`` (input + skip), ``Add`` (+ bias,
+    when it has one), ``LayerNormalization`` (opset 17); returns the count. Same arithmetic in
+    float32; the fused kernel is the slower one on CPU (module docstring). Its optional mean and
+    inverse-std outputs are never read in these graphs (refused if they were); the sum output, which
+    the optimizer may hand to the next layer, is the second Add's (or the first's) output."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(src))
+    read = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    nodes, count = [], 0
+    for n in m.graph.node:
+        if n.op_type != "SkipLayerNormalization":
+            nodes.append(n)
+            continue
+        outs = list(n.output) + [""] * (4 - len(n.output))
+        if any(o and o in read for o in outs[1:3]):
+            raise ModelError(f"{n.name}: SkipLayerNormalization's mean/inv_std outputs are read; cannot split it")
+        ins = list(n.input) + [""] * (5 - len(n.input))
+        x, skip, gamma, beta, bias = ins[:5]
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+        p = n.name or n.output[0]
+        total = outs[3] if outs[3] and outs[3] in read else p + "_sum"
+        if bias:
+            nodes += [helper.make_node("Add", [x, skip], [p + "_xs"]), helper.make_node("Add", [p + "_xs", bias], [total])]
+        else:
+            nodes.append(helper.make_node("Add", [x, skip], [total]))
+        nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []), [outs[0]],
+                                      axis=-1, epsilon=eps))
+        count += 1
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = max(o.version, 17)
+    onnx.save(m, str(dst))
+    return count
 
 
 def _metadata(merged, settings: QASettings, *, adapter_sha256: str, optimization: str, quantize: str) -> dict[str, str]:
@@ -376,6 +436,9 @@ def export_onnx(
         elif quantize == "int8-tensor":
             _quantize(cur, td / "int8.onnx", TENSOR_INT8_OPS)
             cur = td / "int8.onnx"
+        if optimize:
+            info["split_skip_layernorm"] = _split_skip_layernorm(cur, td / "split.onnx")
+            cur = td / "split.onnx"
         _write_with_metadata(cur, out, meta)
     return {"path": str(out), "size": out.stat().st_size, "sha256": sha256_file(out),
             "outtype": meta[Key.OUTTYPE], "optimization": meta[OnnxKey.OPTIMIZATION], **info}

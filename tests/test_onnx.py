@@ -54,6 +54,14 @@ def _long_request(pipe, examples):
     return wins
 
 
+def _op_counts(path) -> dict:
+    import collections
+
+    import onnx
+
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
 def _rewrite_metadata(src, dst, **changes):
     import onnx
 
@@ -99,6 +107,10 @@ def test_export_metadata_and_fusions(onnx_exported, torch_pipe, committed_adapte
     assert info["outtype"] == "f32" and info["optimization"] == "O2"
     # ORT's BERT optimizer recognised the graph: one fused Attention per layer.
     assert info["fused"].get("Attention") == 6 and info["fused"].get("SkipLayerNormalization") == 12
+    # ...and the written graph has them split back into Add + LayerNormalization (the faster CPU kernels).
+    assert info["split_skip_layernorm"] == 12
+    ops = _op_counts(path)
+    assert "SkipLayerNormalization" not in ops and ops["LayerNormalization"] == 12, ops
     m = OnnxModel(path)
     assert m.settings == QASettings.from_mapping(read_adapter(committed_adapter)[1])
     assert m.get(Key.ADAPTER_SHA256) == adapter_hash(committed_adapter)
@@ -124,6 +136,8 @@ def test_int8_argmax_spans_agree_with_torch(torch_pipe, onnx_exported, dev_examp
     assert info["outtype"] == "int8" and info["quantized_matmuls"] == 36
     assert info["fused"].get("MultiHeadAttention") == 6
     assert info["size"] < 0.8 * f32.stat().st_size
+    ops = _op_counts(path)
+    assert ops["MatMulIntegerToFloat"] == 36 and ops["LayerNormalization"] == 12 and "SkipLayerNormalization" not in ops
     pipe = onnx_pipeline(path, n_threads=2)
     flips = span_flips(pipe, torch_pipe, dev_examples)
     agree = 1 - len(flips) / len(dev_examples)

@@ -1,0 +1,242 @@
+"""The ONNX Runtime measurements behind benchmarks/performance-steps.md (step 7), rerunnable.
+
+    .venv/bin/python scripts/onnx_steps.py skipln              # one SkipLayerNormalization vs Add + LayerNormalization
+    .venv/bin/python scripts/onnx_steps.py variants            # per-input int8 recipes: agreement and speed
+    .venv/bin/python scripts/onnx_steps.py openvino            # OpenVINO beside ORT (pip install openvino nncf)
+
+``variants`` exports the committed adapter once (fp32 reference, O2 graph with MultiHeadAttention),
+then quantises it with chosen inputs per tensor instead of per token (``--variant name=indices``,
+indices in graph order: per layer Q/K/V input, attention output, FFN input, FFN output) and
+reports, for each, argmax span agreement with the fp32 graph on the test fixture (95 questions),
+the first 300 dev questions and every 50th (200), and ms per question with the graphs taking
+turns every 20 questions (the default int8 file and the peer's graph beside them when present).
+Timings name the CPU; they hold for it only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+
+LAYERS = 6
+ROLES = {"qkv": 0, "attn_out": 1, "ffn_in": 2, "ffn_out": 3}
+VARIANTS = {  # name -> inputs quantised per tensor
+    "per-token (recipe 3)": [],
+    "per-tensor everywhere": list(range(4 * LAYERS)),
+    "per-tensor Q/K/V input": [4 * i + ROLES["qkv"] for i in range(LAYERS)],
+    "per-tensor attention output": [4 * i + ROLES["attn_out"] for i in range(LAYERS)],
+    "per-tensor FFN output": [4 * i + ROLES["ffn_out"] for i in range(LAYERS)],
+    "per-token FFN only": [4 * i + r for i in range(LAYERS) for r in (ROLES["qkv"], ROLES["attn_out"])],
+}
+
+
+def skipln(rows: int, hidden: int = 384, reps: int = 2000) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(fused: bool) -> bytes:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, hidden])
+        s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, rows, hidden])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        rng = np.random.default_rng(0)
+        inits = [numpy_helper.from_array(rng.random(hidden, dtype=np.float32), n) for n in ("g", "b", "bias")]
+        if fused:
+            nodes = [helper.make_node("SkipLayerNormalization", ["x", "s", "g", "b", "bias"], ["y"], domain="com.microsoft", epsilon=1e-12)]
+        else:
+            nodes = [helper.make_node("Add", ["x", "s"], ["t"]), helper.make_node("Add", ["t", "bias"], ["t2"]),
+                     helper.make_node("LayerNormalization", ["t2", "g", "b"], ["y"], axis=-1, epsilon=1e-12)]
+        m = helper.make_model(helper.make_graph(nodes, "g", [x, s], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        m.ir_version = 8
+        return m.SerializeToString()
+
+    rng = np.random.default_rng(1)
+    feed = {"x": rng.standard_normal((1, rows, hidden), dtype=np.float32), "s": rng.standard_normal((1, rows, hidden), dtype=np.float32)}
+    print(f"{cpu()}: one [{rows}, {hidden}] input, us per run (median of 5 x {reps})")
+    for threads in (1, 2):
+        for fused in (True, False):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            sess = ort.InferenceSession(model(fused), so, providers=["CPUExecutionProvider"])
+            out = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    sess.run(None, feed)
+                out.append(1e6 * (time.perf_counter() - t0) / reps)
+            print(f"  {threads} thread(s)  {'SkipLayerNormalization' if fused else 'Add + Add + LayerNormalization':<32} {statistics.median(out):7.1f}")
+
+
+def cpu() -> str:
+    from bench import machine_info
+
+    return machine_info()["cpu"]
+
+
+def build_variants(work: Path, names: list[str]) -> dict[str, Path]:
+    from qabridge.export import onnx_export as oe
+    from qabridge.export.merge import merge_adapter
+    from qabridge.paths import DEFAULT_ADAPTER
+
+    merged = merge_adapter(DEFAULT_ADAPTER)
+    fp32, o2 = work / "fp32.onnx", work / "o2-mha.onnx"
+    oe._export_fp32(merged, fp32)
+    oe._optimize(fp32, o2, merged.spec, mha=True)
+    out = {"fp32": fp32}
+    for name in names:
+        q, p = work / f"v{len(out)}.q.onnx", work / f"v{len(out)}.onnx"
+        oe._quantize_per_token(o2, q, per_tensor=set(VARIANTS[name]))
+        oe._split_skip_layernorm(q, p)
+        out[name] = p
+    return out
+
+
+def variants(names: list[str], n_speed: int, rounds: int) -> None:
+    from types import SimpleNamespace
+
+    from bench import PeerGraph, merged_path, peer_ort_dir
+
+    from qabridge.bridge.engine_select import default_candidates
+    from qabridge.bridge.onnx_engine import inference_session, onnx_pipeline, session_options
+    from qabridge.train.squad import load_squad, squad_file
+    from tests.conftest import DEV_SAMPLE
+
+    cands = default_candidates(onnx_types=("int8",), engines=("onnx",))
+    default = cands[0].path if cands else None
+    with tempfile.TemporaryDirectory(prefix="qabridge-steps-") as td:
+        files = build_variants(Path(td), names)
+
+        def pipe_for(path: Path):
+            p = onnx_pipeline(default or files["fp32"], n_threads=2)
+            p.encoder.session = inference_session(path, session_options(2))  # same metadata, this graph
+            return p
+
+        dev = load_squad(squad_file("dev"))
+        sets = {"fixture (95)": load_squad(DEV_SAMPLE), "first 300": dev[:300], "every 50th (200)": dev[::50][:200]}
+        ref = pipe_for(files["fp32"])
+        refs = {k: [ref.predict(e.question, e.context, top_k=2).spans for e in ex] for k, ex in sets.items()}
+        print(f"argmax span agreement with the fp32 graph ({cpu()}), flips' largest fp32 margin in brackets:")
+        for name in names:
+            p, cells = pipe_for(files[name]), []
+            for k, ex in sets.items():
+                flips = []
+                for e, top in zip(ex, refs[k]):
+                    got = p.predict(e.question, e.context).spans[0]
+                    if (got.start, got.end) != (top[0].start, top[0].end):
+                        flips.append(top[0].score - (top[1].score if len(top) > 1 else 0.0))
+                cells.append(f"{k} {len(ex) - len(flips)}/{len(ex)} [{max(flips, default=0):.3f}]")
+            print(f"  {name:<30} " + " | ".join(cells))
+        systems = {name: pipe_for(files[name]) for name in names}
+        if default is not None:
+            systems["default file " + Path(default).name] = onnx_pipeline(default, n_threads=2)
+        peer = peer_ort_dir(merged_path()) / "o2-int8" / "model.onnx"
+        if peer.exists():
+            systems["peer graph (optimum O2 + int8)"] = SimpleNamespace(encoder=PeerGraph(peer, 2))
+        ex = dev[:n_speed]
+        prepared = [ref.prepare(e.question, e.context)[1] for e in ex]
+        for s in systems.values():
+            for w in prepared[:5]:
+                s.encoder.logits(w)
+        times: dict[str, list[float]] = {k: [] for k in systems}
+        for _ in range(rounds):
+            spent = dict.fromkeys(systems, 0.0)
+            for b in range(0, len(prepared), 20):
+                for k, s in systems.items():
+                    t0 = time.perf_counter()
+                    for w in prepared[b : b + 20]:
+                        s.encoder.logits(w)
+                    spent[k] += time.perf_counter() - t0
+            for k in systems:
+                times[k].append(1e3 * spent[k] / len(prepared))
+        first = statistics.median(times[names[0]])
+        print(f"ms per question, first {n_speed} dev questions, 2 threads, {rounds} rounds taking turns every 20 ({cpu()}):")
+        for k, t in times.items():
+            print(f"  {k:<44} {[round(x, 2) for x in t]}  median {statistics.median(t):.2f}  x{statistics.median(t) / first:.3f}")
+
+
+def openvino(n: int, rounds: int) -> None:
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        raise SystemExit("needs `pip install openvino nncf` (not a qabridge dependency)") from None
+    from qabridge.bridge.engine_select import default_candidates
+    from qabridge.bridge.onnx_engine import onnx_pipeline, padded_batch
+    from qabridge.train.squad import load_squad, squad_file
+
+    with tempfile.TemporaryDirectory(prefix="qabridge-ov-") as td:
+        fp32 = build_variants(Path(td), [])["fp32"]
+        default = default_candidates(onnx_types=("int8",), engines=("onnx",))[0].path
+        core = ov.Core()
+        model = core.read_model(str(fp32))
+        systems = {"onnxruntime int8 (default file)": onnx_pipeline(default, n_threads=2)}
+        base = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        configs = {"openvino f32": (model, {**base, "INFERENCE_PRECISION_HINT": "f32"}),
+                   "openvino bf16": (model, {**base, "INFERENCE_PRECISION_HINT": "bf16"})}
+        w8 = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_SYM)
+        for g in (32, 0):
+            configs[f"openvino int8 weights, dynamic activations group {g or 'off'}"] = (
+                w8, {**base, "INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": g})
+        for name, (m, cfg) in configs.items():
+            compiled = core.compile_model(m, "CPU", cfg)
+            req = compiled.create_infer_request()
+            p = onnx_pipeline(fp32, n_threads=1)
+
+            def run(seqs, req=req, compiled=compiled):
+                ids, mask = padded_batch(seqs)
+                return req.infer({"input_ids": ids, "attention_mask": mask})[compiled.output(0)]
+
+            p.encoder._run = run
+            systems[name] = p
+        ex = load_squad(squad_file("dev"))[:n]
+        first = next(iter(systems.values()))
+        prepared = [first.prepare(e.question, e.context)[1] for e in ex]
+        times: dict[str, list[float]] = {k: [] for k in systems}
+        for _ in range(rounds):
+            spent = dict.fromkeys(systems, 0.0)
+            for b in range(0, n, 20):
+                for k, s in systems.items():
+                    t0 = time.perf_counter()
+                    for w in prepared[b : b + 20]:
+                        s.encoder.logits(w)
+                    spent[k] += time.perf_counter() - t0
+            for k in systems:
+                times[k].append(1e3 * spent[k] / n)
+        print(f"openvino {ov.__version__}, ms per question, first {n} dev questions, 2 threads ({cpu()}):")
+        for k, t in times.items():
+            print(f"  {k:<56} {[round(x, 2) for x in t]}  median {statistics.median(t):.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("skipln")
+    s.add_argument("--rows", type=int, default=150, help="tokens (a SQuAD window averages ~150)")
+    v = sub.add_parser("variants")
+    v.add_argument("--variant", action="append", choices=list(VARIANTS), help="default: all")
+    v.add_argument("--n", type=int, default=300)
+    v.add_argument("--rounds", type=int, default=3)
+    o = sub.add_parser("openvino")
+    o.add_argument("--n", type=int, default=200)
+    o.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    if a.cmd == "skipln":
+        skipln(a.rows)
+    elif a.cmd == "variants":
+        variants(a.variant or list(VARIANTS), a.n, a.rounds)
+    else:
+        openvino(a.n, a.rounds)
+
+
+if __name__ == "__main__":
+    main()
