@@ -379,7 +379,7 @@ def ask(question, context, context_file, model, ollama_host, top_k, handle_impos
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (gguf engine).")
 @click.option("--engine", type=click.Choice(["torch", "gguf"]), default=None, help="torch (adapter merged in transformers) or gguf (llama.cpp, span head in numpy). Default: gguf with --model, else torch.")
 @click.option("--data", required=True, help="SQuAD-format .json/.json.gz/.json.xz file, or 'squad' (hub validation split).")
-@click.option("--limit", type=int, default=None, help="Only the first N questions.")
+@click.option("--limit", type=int, default=None, help="Only the first N questions (with --tune-articles: N to tune on, N to report on).")
 @click.option("--device", default="auto", show_default=True, help="torch engine device: cpu, cuda or auto.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Also write id -> answer JSON here.")
@@ -427,7 +427,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
         if tune_articles:
             titles = list(dict.fromkeys(e.title for e in examples))
             held = set(titles[:tune_articles])
-            tune_on = [e for e in examples if e.title in held]
+            tune_on = [e for e in examples if e.title in held][: limit or None]
             examples = [e for e in examples if e.title not in held]
         res = evaluate_v2_pipeline(pipe, examples[: limit or None], threshold=null_threshold, tune_on=tune_on, progress=progress)
         res["metric"] = "squad_v2"

@@ -1,4 +1,4 @@
-"""Prepare .dev/ for scripts/device_train.sh: the offline base as fp16 safetensors, SQuAD and bitsandbytes.
+"""Prepare .dev/ for scripts/device_train.sh (and device_abstain.sh): the offline base as fp16 safetensors, SQuAD and bitsandbytes.
 
 The GPU machine reaches no registry and carries at most 64 MiB, so the base travels
 as fp16 (about 45 MB) with its config and tokenizer files, the training set as xz (5.8 MB
@@ -8,6 +8,7 @@ libraries (the full wheel is 43 MB; torch wheels of this period are built for CU
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import lzma
 import shutil
@@ -28,6 +29,11 @@ from qabridge.train.squad import squad_dir  # noqa: E402
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--squad2", action="store_true",
+                    help="also the SQuAD 2.0 dev set (evaluation only) for scripts/device_abstain.sh")
+    ap.add_argument("--no-bitsandbytes", dest="bnb", action="store_false", help="skip QLoRA's bitsandbytes")
+    args = ap.parse_args()
     src = offline_base_dir()
     if src is None:
         sys.exit("the offline base is not installed (scripts/setup.sh)")
@@ -47,7 +53,16 @@ def main() -> None:
     (dev / "squad" / "train-v1.1.json.gz").unlink(missing_ok=True)
     with gzip.open(sq / "train-v1.1.json.gz", "rb") as src_fh, lzma.open(dev / "squad" / "train-v1.1.json.xz", "wb", preset=9) as dst:
         shutil.copyfileobj(src_fh, dst)
-    pack_bitsandbytes(dev / "bitsandbytes.tar.xz")
+    if args.squad2:
+        v2 = sq.parent / "squad2" / "dev-v2.0.json.gz"
+        if not v2.exists():
+            sys.exit(f"{v2} not found")
+        (dev / "squad2").mkdir(exist_ok=True)
+        shutil.copy2(v2, dev / "squad2" / v2.name)
+    if args.bnb:
+        pack_bitsandbytes(dev / "bitsandbytes.tar.xz")
+    else:
+        (dev / "bitsandbytes.tar.xz").unlink(missing_ok=True)
     total = sum(p.stat().st_size for p in dev.rglob("*") if p.is_file())
     print(f"prepared {dev}: {total / 2**20:.1f} MiB")
 

@@ -236,6 +236,12 @@ def test_tuned_threshold_is_stored_and_exported(committed_adapter, tmp_path):
     q = json.loads((adapter / "qabridge.json").read_text())
     assert q["null_threshold"] == res["tuned"]["threshold"] == res["threshold"]
     assert "articles 1-1 of v2.json" in q["null_threshold_tuning"] and f"F1 {res['f1']:.2f}" in q["null_threshold_tuning"]
+    # --limit caps both parts: N questions to tune on, N to report on (a quick smoke run).
+    small = run_cli("eval", "--adapter", str(adapter), "--data", str(data), "--tune-articles", "1", "--limit", "4",
+                    "--json", "--device", "cpu")
+    assert small.returncode == 0, small.stderr
+    small = json.loads(small.stdout)
+    assert small["tuned"]["count"] == 4 < res["tuned"]["count"] and small["count"] == 4 < res["count"]
     run = run_cli("export", "--adapter", str(adapter), "--output", str(tmp_path / "m.gguf"), "--outtype", "f32",
                   "--modelfile", str(tmp_path / "Modelfile"))
     assert run.returncode == 0, run.stderr
