@@ -3,6 +3,7 @@
     .venv/bin/python scripts/onnx_steps.py skipln              # one SkipLayerNormalization vs Add + LayerNormalization
     .venv/bin/python scripts/onnx_steps.py variants            # per-input int8 recipes: agreement and speed
     .venv/bin/python scripts/onnx_steps.py openvino            # OpenVINO beside ORT (pip install openvino nncf)
+    .venv/bin/python scripts/onnx_steps.py ceiling             # the CPU's GEMM ceiling and each engine's share of it
 
 ``variants`` exports the committed adapter once (fp32 reference, O2 graph with MultiHeadAttention),
 then quantises it with chosen inputs per tensor instead of per token (``--variant name=indices``,
@@ -217,6 +218,80 @@ def openvino(n: int, rounds: int) -> None:
             print(f"  {k:<56} {[round(x, 2) for x in t]}  median {statistics.median(t):.2f}")
 
 
+def gemm_rate(kind: str, m: int, k: int, n: int, threads: int = 2, reps: int = 20) -> float:
+    """G(multiply-add x 2) per second of one ORT GEMM [m, k] x [k, n]: fp32 MatMul or int8
+    MatMulIntegerToFloat (u8 activations, s8 weights: the default engine's kernel)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if kind == "fp32":
+        w = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])
+        nodes, inits = [helper.make_node("MatMul", ["x", "w"], ["y"])], [w]
+        feed = {"x": rng.standard_normal((m, k), dtype=np.float32)}
+    else:
+        inits = [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w"),
+                 numpy_helper.from_array(np.array(0.01, dtype=np.float32), "a_s"),
+                 numpy_helper.from_array(np.full(n, 0.01, dtype=np.float32), "w_s"),
+                 numpy_helper.from_array(np.array(128, dtype=np.uint8), "a_zp")]
+        x = helper.make_tensor_value_info("x", TensorProto.UINT8, [m, k])
+        nodes = [helper.make_node("MatMulIntegerToFloat", ["x", "w", "a_s", "w_s", "a_zp"], ["y"], domain="com.microsoft")]
+        feed = {"x": rng.integers(0, 256, (m, k), dtype=np.uint8)}
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, feed)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sess.run(None, feed)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * m * k * n / best / 1e9
+
+
+def ceiling(n: int) -> None:
+    """Arithmetic per question (weight GEMMs + attention) against the best GEMM rate ORT reaches on
+    this CPU, and each engine's share of it (engines-alone timings of the latest run)."""
+    import json
+
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.train.squad import load_squad, squad_file
+
+    runs = json.loads((ROOT / "benchmarks" / "steps" / "engines-alone.json").read_text())
+    run = next((r for r in reversed(runs) if r["n"] == n), None)
+    if run is None:
+        raise SystemExit(f"no engines-alone run over {n} questions in benchmarks/steps/engines-alone.json")
+    from qabridge.bridge.engine_select import default_candidates
+
+    pipe = onnx_pipeline(default_candidates(onnx_types=("int8",), engines=("onnx",))[0].path, n_threads=1)
+    windows = [len(w.input_ids) for e in load_squad(squad_file("dev"))[:n] for w in pipe.prepare(e.question, e.context)[1]]
+    h, ff, layers = 384, 1536, 6
+    gemm = sum(2 * t * layers * (4 * h * h + 2 * h * ff) for t in windows) / n / 1e9
+    attn = sum(2 * layers * 2 * t * t * h for t in windows) / n / 1e9
+    mean = sum(windows) / len(windows)
+    rates = {}
+    for kind in ("int8", "fp32"):
+        rates[kind] = max(gemm_rate(kind, m, k, nn) for m, k, nn in ((2048, h, ff), (2048, ff, h), (round(mean), h, ff)))
+    print(f"{cpu()}, 2 threads: best ORT GEMM rate (2048 x 384 x 1536 and transposed, or one window's "
+          f"{round(mean)} rows): int8 {rates['int8']:.0f} GOP/s, fp32 {rates['fp32']:.0f} GFLOP/s")
+    print(f"per question ({n} dev questions, {len(windows)} windows of {mean:.1f} tokens): weight GEMMs "
+          f"{gemm:.2f} GOP, attention {attn:.2f} GOP")
+    print(f"  {'engine':<40} {'ms/q':>6} {'GOP/s':>7}  share of the ceiling")
+    for r in run["rows"]:
+        ms = r["median_ms"]
+        rate = (gemm + attn) / (ms / 1e3)
+        int8 = "int8" in r["system"] or "q8_0" in r["system"]
+        floor_ms = 1e3 * (gemm / rates["int8" if int8 else "fp32"] + attn / rates["fp32"])
+        print(f"  {r['system']:<40} {ms:6.2f} {rate:7.0f}  {100 * floor_ms / ms:4.0f}% (GEMM-only floor {floor_ms:.2f} ms)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -229,11 +304,15 @@ def main() -> None:
     o = sub.add_parser("openvino")
     o.add_argument("--n", type=int, default=200)
     o.add_argument("--rounds", type=int, default=3)
+    c = sub.add_parser("ceiling")
+    c.add_argument("--n", type=int, default=300, help="the engines-alone run to read (its question count)")
     a = ap.parse_args()
     if a.cmd == "skipln":
         skipln(a.rows)
     elif a.cmd == "variants":
         variants(a.variant or list(VARIANTS), a.n, a.rounds)
+    elif a.cmd == "ceiling":
+        ceiling(a.n)
     else:
         openvino(a.n, a.rounds)
 
