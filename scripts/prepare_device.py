@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--squad2", action="store_true",
                     help="also the SQuAD 2.0 dev set (evaluation only) for scripts/device_abstain.sh")
     ap.add_argument("--no-bitsandbytes", dest="bnb", action="store_false", help="skip QLoRA's bitsandbytes")
+    ap.add_argument("--bge", action="store_true",
+                    help="also bge-small-en-v1.5 as fp16 in two parts (.dev/bge-a, .dev/bge-b) for scripts/device_accurate.sh")
     args = ap.parse_args()
     src = offline_base_dir()
     if src is None:
@@ -59,12 +61,48 @@ def main() -> None:
             sys.exit(f"{v2} not found")
         (dev / "squad2").mkdir(exist_ok=True)
         shutil.copy2(v2, dev / "squad2" / v2.name)
+    if args.bge:
+        pack_bge(dev)
     if args.bnb:
         pack_bitsandbytes(dev / "bitsandbytes.tar.xz")
     else:
         (dev / "bitsandbytes.tar.xz").unlink(missing_ok=True)
     total = sum(p.stat().st_size for p in dev.rglob("*") if p.is_file())
     print(f"prepared {dev}: {total / 2**20:.1f} MiB")
+
+
+#: Bytes of bge's fp16 safetensors in the first part: .dev/bge-a alone fills most of one call's
+#: 64 MiB carry (with the working tree); the rest travels with the data in the next call.
+BGE_PART0 = 52 << 20
+
+
+def pack_bge(dev: Path) -> None:
+    """bge-small-en-v1.5 (fetched from Maven Central and converted by `qabridge bases`) as an fp16
+    HF directory cut in two: its safetensors is ~63 MiB, too much for one carry beside the tree.
+    scripts/device_accurate.sh joins the parts and checks the sha256 in bge-a/manifest.json."""
+    import hashlib
+    import json
+
+    from qabridge.train.bases import ensure, lookup
+
+    src = ensure(lookup("bge-small-en-v1.5"), log=print)
+    a, b = dev / "bge-a", dev / "bge-b"
+    for d in (a, b):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    state = load_file(str(src / "model.safetensors"))
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = Path(tmp) / "model.safetensors"
+        save_file({k: v.astype(np.float16) for k, v in state.items()}, str(whole))
+        data = whole.read_bytes()
+    (a / "model.part0").write_bytes(data[:BGE_PART0])
+    (b / "model.part1").write_bytes(data[BGE_PART0:])
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "NOTICE"):
+        if (src / name).exists():
+            shutil.copy2(src / name, a / name)
+    (a / "manifest.json").write_text(json.dumps({"model.safetensors": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                                                 "parts": ["bge-a/model.part0", "bge-b/model.part1"]}) + "\n")
+    print(f"bge-small-en-v1.5 fp16: {len(data) / 2**20:.1f} MiB in {a} and {b}")
 
 
 def pack_bitsandbytes(dest: Path, cuda: tuple[str, ...] = ("130", "132")) -> None:
