@@ -112,13 +112,12 @@ def variants(names: list[str], n_speed: int, rounds: int) -> None:
     from qabridge.train.squad import load_squad, squad_file
     from tests.conftest import DEV_SAMPLE
 
-    cands = default_candidates(onnx_types=("int8",), engines=("onnx",))
-    default = cands[0].path if cands else None
+    default = default_candidates(onnx_types=("int8",), engines=("onnx",))[0].path  # metadata for every graph
     with tempfile.TemporaryDirectory(prefix="qabridge-steps-") as td:
         files = build_variants(Path(td), names)
 
         def pipe_for(path: Path):
-            p = onnx_pipeline(default or files["fp32"], n_threads=2)
+            p = onnx_pipeline(default, n_threads=2)
             p.encoder.session = inference_session(path, session_options(2))  # same metadata, this graph
             return p
 
@@ -138,8 +137,7 @@ def variants(names: list[str], n_speed: int, rounds: int) -> None:
                 cells.append(f"{k} {len(ex) - len(flips)}/{len(ex)} [{max(flips, default=0):.3f}]")
             print(f"  {name:<30} " + " | ".join(cells))
         systems = {name: pipe_for(files[name]) for name in names}
-        if default is not None:
-            systems["default file " + Path(default).name] = onnx_pipeline(default, n_threads=2)
+        systems["default file " + Path(default).name] = onnx_pipeline(default, n_threads=2)
         peer = peer_ort_dir(merged_path()) / "o2-int8" / "model.onnx"
         if peer.exists():
             systems["peer graph (optimum O2 + int8)"] = SimpleNamespace(encoder=PeerGraph(peer, 2))
@@ -191,7 +189,7 @@ def openvino(n: int, rounds: int) -> None:
         for name, (m, cfg) in configs.items():
             compiled = core.compile_model(m, "CPU", cfg)
             req = compiled.create_infer_request()
-            p = onnx_pipeline(fp32, n_threads=1)
+            p = onnx_pipeline(default, n_threads=1)  # the file's metadata (span head, vocabulary); OpenVINO runs
 
             def run(seqs, req=req, compiled=compiled):
                 ids, mask = padded_batch(seqs)
