@@ -293,6 +293,20 @@ def choose_engine(
     return choice
 
 
+def choose_default(engine: str = "auto", outtype: str = "auto", *, n_threads: int | None = None, log=None) -> EngineChoice:
+    """The built-in model's file and engine, as ``qabridge serve`` (and the Python API) pick them:
+    ``engine`` "auto" measures llama.cpp (``outtype``, or q8_0 and bf16) and ONNX Runtime int8
+    candidates on this CPU (cached per CPU and model), "onnx" only the ONNX ones."""
+    from qabridge.errors import UsageError
+
+    engines = ("onnx",) if engine == "onnx" else ("llama.cpp", "onnx")
+    outtypes = ("q8_0", "bf16") if outtype == "auto" else (outtype,)
+    cands = default_candidates(gguf_outtypes=outtypes, engines=engines, log=log)
+    if engine == "onnx" and not cands:
+        raise UsageError("--engine onnx: no ONNX model could be built (exporting needs torch)")
+    return choose_engine(cands, n_threads=n_threads, log=log)
+
+
 def default_candidates(
     adapter: str | os.PathLike | None = None,
     *,

@@ -50,14 +50,9 @@ def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") ->
 
 def choose_builtin(cfg: ServeConfig):
     """The built-in model's file and engine: measured on this CPU among the candidates (cached)."""
-    from .engine_select import choose_engine, default_candidates
+    from .engine_select import choose_default
 
-    engines = ("onnx",) if cfg.engine == "onnx" else ("llama.cpp", "onnx")
-    outtypes = ("q8_0", "bf16") if cfg.default_outtype == "auto" else (cfg.default_outtype,)
-    cands = default_candidates(gguf_outtypes=outtypes, engines=engines, log=log.info)
-    if cfg.engine == "onnx" and not cands:
-        raise UsageError("--engine onnx: no ONNX model could be built (exporting needs torch)")
-    choice = choose_engine(cands, n_threads=cfg.n_threads, log=log.info)
+    choice = choose_default(cfg.engine, cfg.default_outtype, n_threads=cfg.n_threads, log=log.info)
     log.info("engine: %s (%s)", choice.label, "cached choice" if choice.cached else f"measured in {choice.seconds:.1f} s")
     return choice
 

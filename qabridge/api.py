@@ -1,8 +1,8 @@
-"""The Python API: what ``transformers.pipeline("question-answering")`` gave, on llama.cpp.
+"""The Python API: what ``transformers.pipeline("question-answering")`` gave, on llama.cpp or ONNX Runtime.
 
     from qabridge import pipeline
 
-    with pipeline() as qa:                      # the default model; or a GGUF path, or "ollama:bert-qa"
+    with pipeline() as qa:                      # the default model; or a GGUF/ONNX path, or "ollama:bert-qa"
         qa(question="Who wrote it?", context="It was written by Ada.")
         # {'score': 0.93, 'start': 22, 'end': 25, 'answer': 'Ada'}
 
@@ -31,6 +31,8 @@ from qabridge.errors import MissingContext, ModelError, SequenceTooLong, UsageEr
 
 TASK = "question-answering"
 OLLAMA_PREFIX = "ollama:"
+#: ``engine=``: as ``qabridge serve --engine``.
+ENGINES = ("auto", "llama.cpp", "onnx")
 
 Answer = dict[str, Any]
 
@@ -81,13 +83,31 @@ class QuestionAnsweringPipeline:
     task = TASK
 
     def __init__(self, model: str | os.PathLike | None = None, *, ollama_host: str | None = None,
-                 threads: int | None = None, contexts: int = 1, flash_attn: bool = True, outtype: str = "auto"):
-        path, self.name, self.source = resolve_model(model, ollama_host=ollama_host, outtype=outtype)
+                 threads: int | None = None, contexts: int = 1, flash_attn: bool = True, outtype: str = "auto",
+                 engine: str = "auto"):
+        if engine not in ENGINES:
+            raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        #: How the built-in model's engine was chosen (as ``qabridge serve`` does), else None.
+        self.engine_choice = None
+        if model is None and engine == "onnx" and outtype != "auto":
+            raise UsageError(f"engine='onnx' has no outtype {outtype!r} (an outtype names a GGUF)")
+        if model is None and engine != "llama.cpp" and outtype == "auto":
+            from qabridge.bridge.engine_select import choose_default
+
+            from .bridge.config import DEFAULT_MODEL_NAME
+
+            self.engine_choice = choose_default(engine, n_threads=threads)
+            path, self.name, self.source = Path(self.engine_choice.path), DEFAULT_MODEL_NAME, "file"
+        else:
+            path, self.name, self.source = resolve_model(model, ollama_host=ollama_host, outtype=outtype)
+        if engine != "auto" and (path.suffix == ".onnx") != (engine == "onnx"):
+            raise UsageError(f"engine={engine!r} cannot serve {path.name}")
         if path.suffix == ".onnx":
             from qabridge.bridge.onnx_engine import OnnxEngine, OnnxModel
 
-            self.model_file = OnnxModel(path, n_threads=threads)
-            self._engine = OnnxEngine(self.model_file, n_threads=threads)
+            # contexts > 1: a narrow ONNX Runtime session beside the wide one for concurrent calls.
+            self.model_file = OnnxModel(path, n_threads=threads, share=contexts > 1)
+            self._engine = OnnxEngine(self.model_file, n_threads=threads, n_contexts=contexts)
             self._max_tokens = self._engine.n_positions
         else:
             from qabridge.bridge.llama_engine import LlamaCppEngine
@@ -166,7 +186,8 @@ class QuestionAnsweringPipeline:
                 impossible: bool, threshold: float) -> Answer | list[Answer]:
         if not isinstance(question, str) or not isinstance(context, str):
             raise UsageError("question and context must be strings")
-        pred = self._qa.predict(question, context, top_k=top_k, max_answer_len=max_answer_len, spec=spec)
+        with self._engine.demand():  # calls that meet share the engine's threads (its narrow session)
+            pred = self._qa.predict(question, context, top_k=top_k, max_answer_len=max_answer_len, spec=spec)
         answers = [{"score": s.score, "start": s.start, "end": s.end, "answer": context[s.start : s.end]} for s in pred.spans]
         if impossible:
             # As the transformers pipeline does, the empty answer competes: it ranks above a span when
@@ -189,7 +210,8 @@ class QuestionAnsweringPipeline:
         self.close()
 
     def __repr__(self) -> str:
-        return f"QuestionAnsweringPipeline(model={self.name!r}, source={self.source!r}, file={str(self.model_file.path)!r})"
+        return (f"QuestionAnsweringPipeline(model={self.name!r}, source={self.source!r}, engine={self._engine.name!r}, "
+                f"file={str(self.model_file.path)!r})")
 
 
 def pipeline(task: str | None = None, model: str | os.PathLike | None = None, **kwargs) -> QuestionAnsweringPipeline:
@@ -197,7 +219,10 @@ def pipeline(task: str | None = None, model: str | os.PathLike | None = None, **
     ``pipeline(model="models/bert-qa.q8_0.gguf")`` or ``pipeline("ollama:bert-qa")``.
 
     Keyword arguments: ``ollama_host``, ``threads``, ``contexts`` (requests encoded at once),
-    ``flash_attn``, ``outtype`` (of the built-in default model: auto, f32, f16, bf16, q8_0).
+    ``flash_attn``, ``engine`` (auto, llama.cpp, onnx) and ``outtype`` (auto, f32, f16, bf16, q8_0)
+    of the built-in default model: with both "auto", the engine ``qabridge serve`` measures fastest
+    on this CPU (cached per CPU and model: ONNX Runtime int8 where it wins and torch can export it);
+    an outtype or engine="llama.cpp" gives that GGUF.
     """
     if task is not None and task != TASK:
         if model is not None:

@@ -344,13 +344,14 @@ def _ray_serve_options(use_ray, address, replicas, autoscale, cpus_per_replica, 
 @click.argument("question")
 @click.option("--context", default=None, help="The text to answer from.")
 @click.option("--context-file", type=click.Path(dir_okay=False), default=None, help="Read the context from a file.")
-@click.option("--model", default=None, help="GGUF file, or ollama:NAME for a model Ollama holds (default: the built-in model).")
+@click.option("--model", default=None, help="GGUF or ONNX file, or ollama:NAME for a model Ollama holds (default: the built-in model).")
+@click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx"]), default="auto", show_default=True, help="Encoder engine of the built-in model, chosen as `qabridge serve` chooses it (auto: measured once per CPU, cached).")
 @click.option("--ollama-host", default=None, help="Ollama server URL for ollama:NAME (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="How many answers.")
 @click.option("--handle-impossible-answer", is_flag=True, help="Let the empty answer compete (as in the transformers pipeline).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_fail_cleanly
-def ask(question, context, context_file, model, ollama_host, top_k, handle_impossible_answer, as_json) -> None:
+def ask(question, context, context_file, model, engine, ollama_host, top_k, handle_impossible_answer, as_json) -> None:
     """Answer one QUESTION from a context, in-process (the Python API: qabridge.pipeline)."""
     from qabridge.api import pipeline
     from qabridge.errors import UsageError
@@ -362,7 +363,7 @@ def ask(question, context, context_file, model, ollama_host, top_k, handle_impos
             context = Path(context_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{context_file}: cannot read ({exc})") from None
-    with pipeline(model=model, ollama_host=ollama_host) as qa:
+    with pipeline(model=model, ollama_host=ollama_host, engine=engine) as qa:
         res = qa(question=question, context=context, top_k=top_k, handle_impossible_answer=handle_impossible_answer)
     answers = res if isinstance(res, list) else [res]
     if as_json:

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -30,3 +31,13 @@ def test_demo_script_serves_the_default_model(tmp_path):
     (choice,) = (tmp_path / "cache" / "engine-choice").glob("*.json")
     chosen = json.loads(choice.read_text())
     assert {"llama.cpp": "llama.cpp", "onnx": "onnxruntime"}[chosen["engine"]] == answer["engine"]
+    # The Python API's default model is the same choice, read from the cache (not measured again).
+    api = subprocess.run([sys.executable, "-c",
+                          "import json, qabridge\nwith qabridge.pipeline() as qa:\n"
+                          "    c = qa.engine_choice\n"
+                          "    print(json.dumps({'engine': qa._engine.name, 'path': c.path, 'cached': c.cached,"
+                          " 'answer': qa(question='Where is it?', context='The tower stands in Paris.')['answer']}))"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert api.returncode == 0, api.stderr[-3000:]
+    got = json.loads(api.stdout.strip().splitlines()[-1])
+    assert got == {"engine": answer["engine"], "path": chosen["path"], "cached": True, "answer": "Paris"}, got

@@ -361,6 +361,29 @@ def test_python_api_over_an_onnx_file(onnx_exported, dev_examples):
             with pytest.raises(UsageError) as ei:
                 qa(question=e.question, context=e.context, max_seq_len=4096)
             assert ei.value.code == "sequence_too_long"
+        # contexts=2: calls from several threads meet in the engine and share its narrow session.
+        with qabridge.pipeline(model=path, contexts=2, threads=2) as qa:
+            eng = qa._engine
+            assert eng.narrow is not None and qa.model_file.shared  # the embedding table held once
+            calls = {"narrow": 0}
+            real = eng.narrow
+
+            class Counting:
+                def run(self, *a, **k):
+                    calls["narrow"] += 1
+                    return real.run(*a, **k)
+
+            eng.narrow = Counting()
+            seq = [qa(question=e.question, context=e.context) for e in dev_examples[:16]]
+            assert calls["narrow"] == 0  # one call at a time: the wide session
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(4) as ex:
+                par = list(ex.map(lambda e: qa(question=e.question, context=e.context), dev_examples[:16]))
+            assert [(a["start"], a["end"]) for a in par] == [(a["start"], a["end"]) for a in seq]
+            assert calls["narrow"] > 0
+        with pytest.raises(UsageError, match="cannot serve"):
+            qabridge.pipeline(model=path, engine="llama.cpp")
     finally:
         ref.encoder.close()
 
