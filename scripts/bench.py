@@ -243,6 +243,16 @@ def run_peer(py: Path, peer: dict, examples, clients: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def run_inprocess(examples, clients: int) -> dict:
+    """qabridge's Python API in its own process (scripts/bench_inproc.py), this venv's Python."""
+    job = {"clients": clients, "items": [{"id": e.id, "question": e.question, "context": e.context} for e in examples]}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_inproc.py")], input=json.dumps(job),
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"in-process qabridge failed: {r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def vm_hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -324,6 +334,8 @@ def main() -> None:
     ap.add_argument("--onnx", default="int8", help="ONNX quantisations to serve with `--engine onnx` (int8, int8-tensor, none); empty: none")
     ap.add_argument("--no-default-row", dest="default_row", action="store_false",
                     help="skip `qabridge serve` with no --model/--engine (the default a user gets)")
+    ap.add_argument("--no-inprocess-row", dest="inprocess_row", action="store_false",
+                    help="skip qabridge's Python API in-process (qabridge.pipeline(), the default model), the peers' setting")
     ap.add_argument("--limit", type=int, default=None, help="smoke run: same as --n")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
@@ -377,12 +389,15 @@ def main() -> None:
             plan.append((f"qabridge HTTP (onnxruntime {k.split('+')[1]})", "bridge", p, c, ["--engine", "onnx"]))
         if args.default_row:
             plan.append(("qabridge HTTP (default settings)", "bridge", None, c, []))
+        if args.inprocess_row:
+            plan.append(("qabridge Python API in-process (default)", "inproc", None, c, []))
     runs: dict[int, list[dict]] = {i: [] for i in range(len(plan))}
     # Round r starts r/rounds of the way into the plan and wraps around.
     steps = [(r, (i + r * len(plan) // args.rounds) % len(plan)) for r in range(args.rounds) for i in range(len(plan))]
     for r, i in tqdm(steps, desc="bench", unit="run"):
         name, kind, target, c, extra = plan[i]
-        res = run_peer(py, target, examples, c) if kind == "peer" else run_bridge(target, examples, c, extra)
+        res = (run_peer(py, target, examples, c) if kind == "peer" else run_inprocess(examples, c) if kind == "inproc"
+               else run_bridge(target, examples, c, extra))
         runs[i].append(summarise(name, res, examples, c))
         tqdm.write(json.dumps({"round": r + 1, **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in runs[i][-1].items()}}))
     for i in range(len(plan)):
