@@ -27,6 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from rss import peak_rss_mb  # scripts/rss.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PEER = ROOT / ".venv-peer"
@@ -253,13 +255,6 @@ def run_inprocess(examples, clients: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run_bridge(model: Path | None, examples, clients: int, extra: list[str]) -> dict:
     """``qabridge serve`` in a child process, asked over HTTP from this one: one keep-alive
     ``http.client`` connection per client thread. The client shares the machine's cores with the
@@ -304,7 +299,7 @@ def run_bridge(model: Path | None, examples, clients: int, extra: list[str]) -> 
             with ThreadPoolExecutor(clients) as ex:
                 res = list(ex.map(one, examples))
         wall = time.perf_counter() - t0
-        rss = vm_hwm_mb(s.proc.pid)
+        rss = peak_rss_mb(s.proc.pid)
     finally:
         s.stop()
     return {"wall_s": wall, "latencies": [r[2] for r in res], "answers": {r[0]: r[1] for r in res}, "peak_rss_mb": rss}

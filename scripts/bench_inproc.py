@@ -8,10 +8,11 @@ narrow one for calls that meet), as ``qabridge serve`` serves by default.
 """
 
 import json
-import resource
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from rss import peak_rss_mb  # scripts/rss.py, beside this file
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
         engine = qa._engine.name
     print(json.dumps({
         "engine": engine, "wall_s": wall, "latencies": [r[2] for r in res], "answers": {r[0]: r[1] for r in res},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }))
 
 

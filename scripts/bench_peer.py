@@ -13,13 +13,14 @@ Reads a JSON job on stdin, prints one JSON result. Launched by scripts/bench.py.
 """
 
 import json
-import resource
 import shutil
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from rss import peak_rss_mb  # scripts/rss.py, beside this file
 
 ARGS = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 30}
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
@@ -123,7 +124,7 @@ def main() -> None:
     print(json.dumps({
         **versions, "wall_s": wall,
         "latencies": [r[4] for r in res], "answers": {r[0]: r[1] for r in res},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }))
 
 
