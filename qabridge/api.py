@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ class QuestionAnsweringPipeline:
             self.model_file = ModelFile(path)
             self._engine = LlamaCppEngine(self.model_file, n_threads=threads, flash_attn=flash_attn, n_contexts=contexts)
             self._max_tokens = self._engine.n_ctx
+        self._slots = threading.BoundedSemaphore(max(1, contexts))
         self._qa = QAPipeline(self.model_file.tokenizer, self._engine, self.model_file.window_spec,
                               max_answer_len=self.model_file.max_answer_len)
 
@@ -186,7 +188,9 @@ class QuestionAnsweringPipeline:
                 impossible: bool, threshold: float) -> Answer | list[Answer]:
         if not isinstance(question, str) or not isinstance(context, str):
             raise UsageError("question and context must be strings")
-        with self._engine.demand():  # calls that meet share the engine's threads (its narrow session)
+        # As the bridge does: a waiting call counts as demand (the engine then splits its threads, the
+        # narrow ONNX session), and at most ``contexts`` calls encode at once.
+        with self._engine.demand(), self._slots:
             pred = self._qa.predict(question, context, top_k=top_k, max_answer_len=max_answer_len, spec=spec)
         answers = [{"score": s.score, "start": s.start, "end": s.end, "answer": context[s.start : s.end]} for s in pred.spans]
         if impossible:
