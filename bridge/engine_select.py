@@ -297,8 +297,6 @@ def choose_default(engine: str = "auto", outtype: str = "auto", *, n_threads: in
     """The built-in model's file and engine, as ``qabridge serve`` (and the Python API) pick them:
     ``engine`` "auto" measures llama.cpp (``outtype``, or q8_0 and bf16) and ONNX Runtime int8
     candidates on this CPU (cached per CPU and model), "onnx" only the ONNX ones."""
-    from qabridge.errors import UsageError
-
     engines = ("onnx",) if engine == "onnx" else ("llama.cpp", "onnx")
     outtypes = ("q8_0", "bf16") if outtype == "auto" else (outtype,)
     cands = default_candidates(gguf_outtypes=outtypes, engines=engines, log=log)

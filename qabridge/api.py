@@ -104,11 +104,11 @@ class QuestionAnsweringPipeline:
         if engine != "auto" and (path.suffix == ".onnx") != (engine == "onnx"):
             raise UsageError(f"engine={engine!r} cannot serve {path.name}")
         if path.suffix == ".onnx":
-            from qabridge.bridge.onnx_engine import OnnxEngine, OnnxModel
+            from qabridge.bridge.onnx_engine import OnnxEngine
 
             # contexts > 1: a narrow ONNX Runtime session beside the wide one for concurrent calls.
-            self.model_file = OnnxModel(path, n_threads=threads, share=contexts > 1)
-            self._engine = OnnxEngine(self.model_file, n_threads=threads, n_contexts=contexts)
+            self._engine = OnnxEngine(path, n_threads=threads, n_contexts=contexts)
+            self.model_file = self._engine.file
             self._max_tokens = self._engine.n_positions
         else:
             from qabridge.bridge.llama_engine import LlamaCppEngine

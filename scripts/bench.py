@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rss import peak_rss_mb  # scripts/rss.py, beside this file
+from bench_child import peak_rss_mb  # beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -157,6 +157,29 @@ class PeerGraph:
         self.session = None
 
 
+def take_turns(systems: dict, windows: list, rounds: int, burst: int = 20, warmup: int = 5, on_logits=None) -> dict[str, list[float]]:
+    """ms per question of each system's ``encoder.logits`` (a question's windows in one call), the
+    systems taking turns every ``burst`` questions, ``rounds`` times over, so a drift in the machine's
+    speed falls on all alike. ``on_logits(name, question_index, logits)`` sees the first round's."""
+    for s in systems.values():
+        for w in windows[:warmup]:
+            s.encoder.logits(w)
+    times: dict[str, list[float]] = {k: [] for k in systems}
+    for r in range(rounds):
+        spent = dict.fromkeys(systems, 0.0)
+        for b in range(0, len(windows), burst):
+            for name, s in systems.items():
+                t0 = time.perf_counter()
+                logits = [s.encoder.logits(w) for w in windows[b : b + burst]]
+                spent[name] += time.perf_counter() - t0
+                if r == 0 and on_logits is not None:
+                    for i, lg in enumerate(logits, start=b):
+                        on_logits(name, i, lg)
+        for name in systems:
+            times[name].append(1e3 * spent[name] / len(windows))
+    return times
+
+
 def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str], burst: int = 20) -> dict:
     """Encoder alone, no HTTP: ms per question (a question's windows in one call, as the bridge
     makes it), first ``n`` dev questions, every engine ``threads``. The engines take turns every
@@ -186,24 +209,14 @@ def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str], burst:
     prepared = [first.prepare(e.question, e.context) for e in examples]
     n_windows = sum(len(w) for _, w in prepared)
     n_tokens = sum(len(x.input_ids) for _, w in prepared for x in w)
-    for pipe in systems.values():
-        for _, w in prepared[:5]:
-            pipe.encoder.logits(w)
-    times: dict[str, list[float]] = {k: [] for k in systems}
     answers: dict[str, dict] = {k: {} for k in systems}
-    for r in range(rounds):
-        spent = dict.fromkeys(systems, 0.0)
-        for b in range(0, len(prepared), burst):
-            for name, pipe in systems.items():
-                t0 = time.perf_counter()
-                logits = [pipe.encoder.logits(w) for _, w in prepared[b : b + burst]]
-                spent[name] += time.perf_counter() - t0
-                if r == 0:
-                    for e, (ctx, w), lg in zip(examples[b : b + burst], prepared[b : b + burst], logits):
-                        sp = best_spans(lg, w, ctx, max_answer_len=pipe.max_answer_len, top_k=1)
-                        answers[name][e.id] = e.context[sp[0].start : sp[0].end] if sp else ""
-        for name in systems:
-            times[name].append(1e3 * spent[name] / len(prepared))
+
+    def keep_answer(name: str, i: int, logits) -> None:
+        e, (ctx, w) = examples[i], prepared[i]
+        sp = best_spans(logits, w, ctx, max_answer_len=systems[name].max_answer_len, top_k=1)
+        answers[name][e.id] = e.context[sp[0].start : sp[0].end] if sp else ""
+
+    times = take_turns(systems, [w for _, w in prepared], rounds, burst, on_logits=keep_answer)
     rows = []
     for name, pipe in systems.items():
         sc = score(answers[name], examples)

@@ -9,38 +9,18 @@ narrow one for calls that meet), as ``qabridge serve`` serves by default.
 
 import json
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
-from rss import peak_rss_mb  # scripts/rss.py, beside this file
+from bench_child import answer_items  # beside this file
 
 
 def main() -> None:
     import qabridge
 
     job = json.load(sys.stdin)
-    items = job["items"]
     with qabridge.pipeline(contexts=2 if job["clients"] > 1 else 1) as qa:
-        for it in items[:5]:  # warm-up
-            qa(question=it["question"], context=it["context"])
-
-        def one(it):
-            t0 = time.perf_counter()
-            r = qa(question=it["question"], context=it["context"])
-            return it["id"], r["answer"], time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        if job["clients"] == 1:
-            res = [one(it) for it in items]
-        else:
-            with ThreadPoolExecutor(job["clients"]) as ex:
-                res = list(ex.map(one, items))
-        wall = time.perf_counter() - t0
+        res = answer_items(job["items"], job["clients"], lambda it: qa(question=it["question"], context=it["context"])["answer"])
         engine = qa._engine.name
-    print(json.dumps({
-        "engine": engine, "wall_s": wall, "latencies": [r[2] for r in res], "answers": {r[0]: r[1] for r in res},
-        "peak_rss_mb": peak_rss_mb(),
-    }))
+    print(json.dumps({"engine": engine, **res}))
 
 
 if __name__ == "__main__":

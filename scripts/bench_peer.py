@@ -16,11 +16,10 @@ import json
 import shutil
 import sys
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
-from rss import peak_rss_mb  # scripts/rss.py, beside this file
+from bench_child import answer_items  # beside this file
 
 ARGS = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 30}
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
@@ -102,30 +101,11 @@ def main() -> None:
             local.qa = pipeline("question-answering", model=model, tokenizer=tok, device=-1)
         return local.qa
 
-    for it in items[:5]:  # warm-up
-        qa()(question=it["question"], context=it["context"], **ARGS)
+    def ask(it):
+        with lock or nullcontext():
+            return qa()(question=it["question"], context=it["context"], **ARGS)["answer"]
 
-    def one(it):
-        t0 = time.perf_counter()
-        if lock is not None:
-            with lock:
-                r = qa()(question=it["question"], context=it["context"], **ARGS)
-        else:
-            r = qa()(question=it["question"], context=it["context"], **ARGS)
-        return it["id"], r["answer"], r["start"], r["end"], time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    if job["clients"] == 1:
-        res = [one(it) for it in items]
-    else:
-        with ThreadPoolExecutor(job["clients"]) as ex:
-            res = list(ex.map(one, items))
-    wall = time.perf_counter() - t0
-    print(json.dumps({
-        **versions, "wall_s": wall,
-        "latencies": [r[4] for r in res], "answers": {r[0]: r[1] for r in res},
-        "peak_rss_mb": peak_rss_mb(),
-    }))
+    print(json.dumps({**versions, **answer_items(items, job["clients"], ask)}))
 
 
 if __name__ == "__main__":

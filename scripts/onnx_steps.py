@@ -105,7 +105,7 @@ def build_variants(work: Path, names: list[str]) -> dict[str, Path]:
 def variants(names: list[str], n_speed: int, rounds: int) -> None:
     from types import SimpleNamespace
 
-    from bench import PeerGraph, merged_path, peer_ort_dir
+    from bench import PeerGraph, merged_path, peer_ort_dir, take_turns
 
     from qabridge.bridge.engine_select import default_candidates
     from qabridge.bridge.onnx_engine import inference_session, onnx_pipeline, session_options
@@ -143,20 +143,7 @@ def variants(names: list[str], n_speed: int, rounds: int) -> None:
             systems["peer graph (optimum O2 + int8)"] = SimpleNamespace(encoder=PeerGraph(peer, 2))
         ex = dev[:n_speed]
         prepared = [ref.prepare(e.question, e.context)[1] for e in ex]
-        for s in systems.values():
-            for w in prepared[:5]:
-                s.encoder.logits(w)
-        times: dict[str, list[float]] = {k: [] for k in systems}
-        for _ in range(rounds):
-            spent = dict.fromkeys(systems, 0.0)
-            for b in range(0, len(prepared), 20):
-                for k, s in systems.items():
-                    t0 = time.perf_counter()
-                    for w in prepared[b : b + 20]:
-                        s.encoder.logits(w)
-                    spent[k] += time.perf_counter() - t0
-            for k in systems:
-                times[k].append(1e3 * spent[k] / len(prepared))
+        times = take_turns(systems, prepared, rounds)
         first = statistics.median(times[names[0]])
         print(f"ms per question, first {n_speed} dev questions, 2 threads, {rounds} rounds taking turns every 20 ({cpu()}):")
         for k, t in times.items():
@@ -169,6 +156,8 @@ def openvino(n: int, rounds: int) -> None:
         import openvino as ov
     except ImportError:
         raise SystemExit("needs `pip install openvino nncf` (not a qabridge dependency)") from None
+    from bench import take_turns
+
     from qabridge.bridge.engine_select import default_candidates
     from qabridge.bridge.onnx_engine import onnx_pipeline, padded_batch
     from qabridge.train.squad import load_squad, squad_file
@@ -200,17 +189,7 @@ def openvino(n: int, rounds: int) -> None:
         ex = load_squad(squad_file("dev"))[:n]
         first = next(iter(systems.values()))
         prepared = [first.prepare(e.question, e.context)[1] for e in ex]
-        times: dict[str, list[float]] = {k: [] for k in systems}
-        for _ in range(rounds):
-            spent = dict.fromkeys(systems, 0.0)
-            for b in range(0, n, 20):
-                for k, s in systems.items():
-                    t0 = time.perf_counter()
-                    for w in prepared[b : b + 20]:
-                        s.encoder.logits(w)
-                    spent[k] += time.perf_counter() - t0
-            for k in systems:
-                times[k].append(1e3 * spent[k] / n)
+        times = take_turns(systems, prepared, rounds)
         print(f"openvino {ov.__version__}, ms per question, first {n} dev questions, 2 threads ({cpu()}):")
         for k, t in times.items():
             print(f"  {k:<56} {[round(x, 2) for x in t]}  median {statistics.median(t):.2f}")

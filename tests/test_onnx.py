@@ -62,6 +62,18 @@ def _op_counts(path) -> dict:
     return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
 
+class _Counted:
+    """An ORT session that counts its calls in ``calls[name]``."""
+
+    def __init__(self, session, name: str, calls: dict, lock):
+        self.session, self.name, self.calls, self.lock = session, name, calls, lock
+
+    def run(self, *a, **kw):
+        with self.lock:
+            self.calls[self.name] += 1
+        return self.session.run(*a, **kw)
+
+
 def _rewrite_metadata(src, dst, **changes):
     import onnx
 
@@ -366,14 +378,7 @@ def test_python_api_over_an_onnx_file(onnx_exported, dev_examples):
             eng = qa._engine
             assert eng.narrow is not None and qa.model_file.shared  # the embedding table held once
             calls = {"narrow": 0}
-            real = eng.narrow
-
-            class Counting:
-                def run(self, *a, **k):
-                    calls["narrow"] += 1
-                    return real.run(*a, **k)
-
-            eng.narrow = Counting()
+            eng.narrow = _Counted(eng.narrow, "narrow", calls, threading.Lock())
             seq = [qa(question=e.question, context=e.context) for e in dev_examples[:16]]
             assert calls["narrow"] == 0  # one call at a time: the wide session
             from concurrent.futures import ThreadPoolExecutor
@@ -400,16 +405,7 @@ def test_concurrent_requests_share_the_narrow_session(onnx_exported, torch_pipe,
     lock = threading.Lock()
     both_in = threading.Barrier(2, timeout=30)
 
-    class Counted:  # calls per session
-        def __init__(self, session, name):
-            self.session, self.name = session, name
-
-        def run(self, *a, **kw):
-            with lock:
-                calls[self.name] += 1
-            return self.session.run(*a, **kw)
-
-    class Watched(Counted):  # also counts calls inside the real session at once
+    class Watched(_Counted):  # also counts calls inside the real session at once
         def run(self, *a, **kw):
             with lock:
                 inside[0] += 1
@@ -425,11 +421,11 @@ def test_concurrent_requests_share_the_narrow_session(onnx_exported, torch_pipe,
         # The word-embedding table is held once, by both sessions.
         tables = [v for k, v in eng.file.shared.items() if "word_embeddings" in k]
         assert tables and tables[0].shape()[0] > 30000
-        eng.session = Counted(eng.session, "wide")
-        eng.narrow = Counted(eng.narrow, "narrow")
+        eng.session = _Counted(eng.session, "wide", calls, lock)
+        eng.narrow = _Counted(eng.narrow, "narrow", calls, lock)
         alone = eng.logits(wins)
         assert calls == {"wide": 1, "narrow": 0}
-        eng.narrow = Watched(eng.narrow.session, "narrow")
+        eng.narrow = Watched(eng.narrow.session, "narrow", calls, lock)
         out: list = [None, None]
 
         def one(i):
