@@ -27,9 +27,15 @@ from qabridge.core.windows import Window
 from qabridge.errors import EmptyInput, EngineError, ModelError, SequenceTooLong, Timeout
 from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxKey
 
-#: Windows per ONNX Runtime call. A request's windows go in padded batches of at most this many:
-#: the attention scores of one batch take batch x heads x seq^2 floats (8 x 12 x 384^2 = 57 MB).
-MAX_BATCH = 8
+#: Tokens per ONNX Runtime call: windows go in padded batches of at most this many rows (windows x
+#: the batch's longest), and only windows within :data:`MAX_PADDING` of each other's length. On the
+#: 2-core AMD EPYC (int8 graph, 2 threads; `scripts/onnx_steps.py batching`, every rule taking turns
+#: on every call): a question with a 384- and a ~180-token window 27 ms as two calls against 34
+#: padded together (the former rule, up to 8 windows a call), eval's length-sorted windows 6.9 ms
+#: each against 7.3 (and 7.5 at 512 tokens a call without the padding rule); one window per call
+#: 8.5. Padding is work thrown away; short windows of one length still gain from going together.
+BATCH_TOKENS = 768
+MAX_PADDING = 0.1
 _ONNX_MAGIC_HINT = b"\x08"  # an ONNX ModelProto starts with field 1 (ir_version), varint
 
 
@@ -65,6 +71,24 @@ def session_options(n_threads: int | None = None, shared: dict | None = None):
     for name, value in (shared or {}).items():
         so.add_initializer(name, value)
     return so
+
+
+def token_batches(lengths: list[int], budget: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Indices of sequences grouped longest first: a group's size x its longest <= ``budget`` and at
+    most ``max_padding`` of its padded tokens padding (a sequence over the budget goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    filled = 0  # real tokens in out[-1]
+    for i in order:
+        if out:
+            n, longest = len(out[-1]) + 1, lengths[out[-1][0]]
+            if n * longest <= budget and filled + lengths[i] >= (1 - max_padding) * n * longest:
+                out[-1].append(i)
+                filled += lengths[i]
+                continue
+        out.append([i])
+        filled = lengths[i]
+    return out
 
 
 def padded_batch(seqs, pad_id: int = 0, ids_dtype=np.int64, mask_dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
@@ -225,14 +249,14 @@ class OnnxEngine:
     wide session's 8.6, hence both. The word-embedding table (47 MB fp32) is loaded once and given
     to both (``shared_tables``): after loading, two sessions 158 MB against one 134 (193 unshared);
     serving, peak RSS 282 vs 233 MB with one client and 321 vs 240 with eight
-    (benchmarks/performance-steps.md). A request's windows run as padded batches of up to
-    ``max_batch``.
+    (benchmarks/performance-steps.md). A request's windows run as padded batches of at most
+    ``batch_tokens`` rows, ``max_padding`` of them padding at most (:data:`BATCH_TOKENS`).
     """
 
     name = "onnxruntime"
 
     def __init__(self, model: OnnxModel | str | os.PathLike, *, n_threads: int | None = None,
-                 max_batch: int = MAX_BATCH, concurrent: bool = False, n_contexts: int = 1):
+                 batch_tokens: int = BATCH_TOKENS, max_padding: float = MAX_PADDING, concurrent: bool = False, n_contexts: int = 1):
         self.n_threads = max(1, n_threads or os.cpu_count() or 1)
         narrow = n_contexts > 1 and self.n_threads > 1
         self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads, share=narrow)
@@ -240,7 +264,8 @@ class OnnxEngine:
         self.head = self.file.span_head
         self.n_positions = self.file.context_length
         self.n_embd = self.file.hidden_size
-        self.max_batch = max(1, max_batch)
+        self.batch_tokens = max(1, batch_tokens)
+        self.max_padding = max_padding
         self.pad_id = self.file.tokenizer.pad_id
         self._dtypes = self.file.input_dtypes
         self._run_lock = threading.Lock() if not concurrent else None
@@ -296,14 +321,10 @@ class OnnxEngine:
         """Span logits per window; past ``deadline`` (time.monotonic) the remaining batches are not run."""
         for w in windows:
             self._check(int(len(w.input_ids)))
-        # Longest first, so each padded batch holds windows of similar length (a request's windows
-        # are all full but the last; an eval batch mixes many questions).
-        order = sorted(range(len(windows)), key=lambda i: -len(windows[i].input_ids))
         out: list = [None] * len(windows)
-        for b in range(0, len(order), self.max_batch):
+        for chunk in token_batches([len(w.input_ids) for w in windows], self.batch_tokens, self.max_padding):
             if deadline is not None and time.monotonic() > deadline:
                 raise Timeout("request ran past its deadline")
-            chunk = order[b : b + self.max_batch]
             hidden = self._run([windows[i].input_ids for i in chunk])
             for j, i in enumerate(chunk):
                 out[i] = self.head.logits(hidden[j, : len(windows[i].input_ids)])

@@ -4,6 +4,7 @@
     .venv/bin/python scripts/onnx_steps.py variants            # per-input int8 recipes: agreement and speed
     .venv/bin/python scripts/onnx_steps.py openvino            # OpenVINO beside ORT (pip install openvino nncf)
     .venv/bin/python scripts/onnx_steps.py ceiling             # the CPU's GEMM ceiling and each engine's share of it
+    .venv/bin/python scripts/onnx_steps.py batching            # windows per ORT call: grouping rules compared
 
 ``variants`` exports the committed adapter once (fp32 reference, O2 graph with MultiHeadAttention),
 then quantises it with chosen inputs per tensor instead of per token (``--variant name=indices``,
@@ -269,6 +270,43 @@ def ceiling(n: int) -> None:
         print(f"  {r['system']:<40} {ms:6.2f} {rate:7.0f}  {100 * floor_ms / ms:4.0f}% (GEMM-only floor {floor_ms:.2f} ms)")
 
 
+def batching(rules: list[str], rounds: int) -> None:
+    """The default int8 graph, 2 threads, windows grouped by ``token_batches`` under each rule
+    ("TOKENS:PADDING": at most TOKENS rows a call, at most PADDING of them padding; "1:0" one window
+    a call, "3072:1" the former 8 windows of 384): eval's length-sorted windows (first 300 dev
+    questions, in groups of 50), the first 40 dev questions with several windows, one 6-window context
+    (ten dev paragraphs joined). The rules take turns on every call (the machine's speed drifts)."""
+    from qabridge.bridge.engine_select import default_candidates
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.train.squad import load_squad, squad_file
+
+    pipe = onnx_pipeline(default_candidates(onnx_types=("int8",), engines=("onnx",))[0].path, n_threads=2)
+    eng = pipe.encoder
+    ex = load_squad(squad_file("dev"))
+    evalw = [w for e in ex[:300] for w in pipe.prepare(e.question, e.context)[1]]
+    multi = [ws for ws in (pipe.prepare(e.question, e.context)[1] for e in ex[:3000]) if len(ws) > 1][:40]
+    long = pipe.prepare("who won the game?", " ".join(e.context for e in ex[:40:4]))[1]
+    print(f"{cpu()}, 2 threads; eval: {len(evalw)} windows; several windows: {len(multi)} questions, "
+          f"{sum(map(len, multi))} windows; one long context: {[len(w.input_ids) for w in long]} tokens")
+    units = {"eval": [evalw[i : i + 50] for i in range(0, len(evalw), 50)], "several": multi, "long": [long] * 4}
+    counts = {"eval": len(evalw), "several": len(multi), "long": 4}
+    parsed = {r: (int(r.split(":")[0]), float(r.split(":")[1])) for r in rules}
+    print("rule: eval ms/window, several windows ms/question, long context ms (per round)")
+    for r in range(rounds):
+        t = {rule: dict.fromkeys(units, 0.0) for rule in rules}
+        for kind, items in units.items():
+            for j, ws in enumerate(items):
+                k = (j + r) % len(rules)
+                for rule in rules[k:] + rules[:k]:
+                    eng.batch_tokens, eng.max_padding = parsed[rule]
+                    t0 = time.perf_counter()
+                    eng.logits(ws)
+                    t[rule][kind] += time.perf_counter() - t0
+        for rule in rules:
+            ms = {kind: 1e3 * t[rule][kind] / counts[kind] for kind in units}
+            print(f"  round {r + 1} {rule:>8}: {ms['eval']:5.2f}  {ms['several']:6.2f}  {ms['long']:6.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -283,6 +321,9 @@ def main() -> None:
     o.add_argument("--rounds", type=int, default=3)
     c = sub.add_parser("ceiling")
     c.add_argument("--n", type=int, default=300, help="the engines-alone run to read (its question count)")
+    b = sub.add_parser("batching")
+    b.add_argument("--rule", action="append", help="TOKENS:PADDING (default: 1:0, 512:1, 768:1, 768:0.1, 3072:1)")
+    b.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
     if a.cmd == "skipln":
         skipln(a.rows)
@@ -290,6 +331,8 @@ def main() -> None:
         variants(a.variant or list(VARIANTS), a.n, a.rounds)
     elif a.cmd == "ceiling":
         ceiling(a.n)
+    elif a.cmd == "batching":
+        batching(a.rule or ["1:0", "512:1", "768:1", "768:0.1", "3072:1"], a.rounds)
     else:
         openvino(a.n, a.rounds)
 

@@ -95,16 +95,35 @@ def test_fp32_logits_match_torch(torch_pipe, onnx_exported, dev_examples):
     try:
         wins = _windows(torch_pipe, dev_examples, 25)
         t = torch_pipe.encoder.logits(wins)
-        o = pipe.encoder.logits(wins)  # 25 windows: batches of max_batch, padded to the longest
+        o = pipe.encoder.logits(wins)  # 25 windows: short ones in pairs (BATCH_TOKENS), padded to the longer
         assert max(np.abs(x[0]).max() for x in t) > 0.5  # the comparison means something
         assert _max_delta(t, o) <= 0.05
         long = _long_request(torch_pipe, dev_examples)
         assert _max_delta(torch_pipe.encoder.logits(long), pipe.encoder.logits(long)) <= 0.05
         # Padding is masked out: a window alone gives what it gives inside a padded batch.
         alone = [pipe.encoder.logits([w])[0] for w in long]
+        pipe.encoder.batch_tokens = 384 * len(long)  # every window in one padded call
         assert _max_delta(alone, pipe.encoder.logits(long)) <= 1e-3
     finally:
         pipe.encoder.close()
+
+
+def test_token_batches_group_similar_lengths_within_the_budget():
+    from qabridge.bridge.onnx_engine import token_batches
+
+    lengths = [384, 120, 182, 384, 100, 90, 900, 110]
+    groups = token_batches(lengths, 768, 0.1)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # each window once
+    for g in groups:
+        longest = max(lengths[i] for i in g)
+        assert lengths[g[0]] == longest  # the padded length is the group's first
+        assert len(g) == 1 or (len(g) * longest <= 768 and sum(lengths[i] for i in g) >= 0.9 * len(g) * longest)
+    # Longest first; the 900 alone (over the budget), the two 384s together, 182 alone (a 120 beside
+    # it would be a third padding), 120/110/100 within 10% of each other, 90 too far from 120.
+    assert groups == [[6], [0, 3], [2], [1, 7, 4], [5]]
+    assert token_batches(lengths, 10_000, 1.0) == [[6, 0, 3, 2, 1, 7, 4, 5]]
+    assert token_batches(lengths, 1) == [[i] for i in (6, 0, 3, 2, 1, 7, 4, 5)]
+    assert token_batches([], 768) == []
 
 
 def test_export_metadata_and_fusions(onnx_exported, torch_pipe, committed_adapter, exported):
