@@ -30,10 +30,11 @@ from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxKey
 #: Tokens per ONNX Runtime call: windows go in padded batches of at most this many rows (windows x
 #: the batch's longest), and only windows within :data:`MAX_PADDING` of each other's length. On the
 #: 2-core AMD EPYC (int8 graph, 2 threads; `scripts/onnx_steps.py batching`, every rule taking turns
-#: on every call): a question with a 384- and a ~180-token window 27 ms as two calls against 34
-#: padded together (the former rule, up to 8 windows a call), eval's length-sorted windows 6.9 ms
-#: each against 7.3 (and 7.5 at 512 tokens a call without the padding rule); one window per call
-#: 8.5. Padding is work thrown away; short windows of one length still gain from going together.
+#: on every call, median of 3 rounds): a question with a 384- and a ~180-token window 27.2 ms as two
+#: calls against 34.1 padded together (the former rule, up to 8 windows a call); eval's
+#: length-sorted windows 7.09 ms each against 7.36 (7.62 at 512 tokens a call without the padding
+#: rule, 8.45 one window a call); a 6-window context the same either way. Padding is work thrown
+#: away, and short windows of one length still gain from going together.
 BATCH_TOKENS = 768
 MAX_PADDING = 0.1
 _ONNX_MAGIC_HINT = b"\x08"  # an ONNX ModelProto starts with field 1 (ir_version), varint

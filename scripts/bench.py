@@ -7,9 +7,13 @@ Sets up .venv-peer (transformers 4.57.6, the last release with the QA pipeline, 
 optimum-onnx 0.1.0 and onnxruntime 1.32.0) on first use, merges the committed adapter into fp32
 weights for the peers (token-type row 1 set equal to row 0, so their 0/1 segments compute what the
 bridge's all-zero segments compute), exports them with optimum (ORT fp32; O2-fused then int8
-dynamic per-channel), then for each mode (1 client, 8 concurrent clients) runs each peer in-process
-and the bridge over HTTP (llama.cpp per outtype, ONNX Runtime, and the default settings), in
-``--rounds`` interleaved rounds (the order rotated each round; a row is the system's median round).
+dynamic per-channel), then for each mode (1 client, 8 concurrent clients) loads every system at once
+(each peer in-process in its own child, the bridge over HTTP: llama.cpp per outtype, ONNX Runtime,
+the default settings; qabridge's Python API in its own child) and lets them take turns every
+``--burst`` questions (25 for one client, 200 for eight), the order rotated with every burst, for
+``--rounds`` rounds of the whole question set; a row is the system's median round. (Before
+2026-11-27 each system answered all the questions in one go per round, in a fresh process, and the
+machine's drift between those minute-long runs moved the one-client ratio from 0.76x to 1.27x.)
 Writes benchmarks/results.json (this run), appends it to benchmarks/runs.json (every
 run, with the CPU model and flags), and rewrites benchmarks/performance.md and performance.png.
 """
@@ -157,27 +161,33 @@ class PeerGraph:
         self.session = None
 
 
+def turns(names: list[str], n_chunks: int, rounds: int):
+    """(round, chunk, name) in the order the systems take their turns: every system once per chunk,
+    the order rotated with every chunk and round, so neither a drift in the machine's speed nor
+    going first or last falls on one system more than another."""
+    for r in range(rounds):
+        for b in range(n_chunks):
+            k = (b + r) % len(names)
+            for name in names[k:] + names[:k]:
+                yield r, b, name
+
+
 def take_turns(systems: dict, windows: list, rounds: int, burst: int = 20, warmup: int = 5, on_logits=None) -> dict[str, list[float]]:
     """ms per question of each system's ``encoder.logits`` (a question's windows in one call), the
-    systems taking turns every ``burst`` questions, ``rounds`` times over, so a drift in the machine's
-    speed falls on all alike. ``on_logits(name, question_index, logits)`` sees the first round's."""
+    systems taking turns every ``burst`` questions (:func:`turns`), ``rounds`` times over.
+    ``on_logits(name, question_index, logits)`` sees the first round's."""
     for s in systems.values():
         for w in windows[:warmup]:
             s.encoder.logits(w)
-    times: dict[str, list[float]] = {k: [] for k in systems}
-    for r in range(rounds):
-        spent = dict.fromkeys(systems, 0.0)
-        for b in range(0, len(windows), burst):
-            for name, s in systems.items():
-                t0 = time.perf_counter()
-                logits = [s.encoder.logits(w) for w in windows[b : b + burst]]
-                spent[name] += time.perf_counter() - t0
-                if r == 0 and on_logits is not None:
-                    for i, lg in enumerate(logits, start=b):
-                        on_logits(name, i, lg)
-        for name in systems:
-            times[name].append(1e3 * spent[name] / len(windows))
-    return times
+    spent = [dict.fromkeys(systems, 0.0) for _ in range(rounds)]
+    for r, b, name in turns(list(systems), -(-len(windows) // burst), rounds):
+        t0 = time.perf_counter()
+        logits = [systems[name].encoder.logits(w) for w in windows[b * burst : (b + 1) * burst]]
+        spent[r][name] += time.perf_counter() - t0
+        if r == 0 and on_logits is not None:
+            for i, lg in enumerate(logits, start=b * burst):
+                on_logits(name, i, lg)
+    return {name: [1e3 * sp[name] / len(windows) for sp in spent] for name in systems}
 
 
 def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str], burst: int = 20) -> dict:
@@ -246,76 +256,131 @@ def score(answers: dict, examples) -> dict:
     return metrics.evaluate(answers, ((e.id, [a.text for a in e.answers]) for e in examples))
 
 
-def run_peer(py: Path, peer: dict, examples, clients: int) -> dict:
-    job = {**peer, "clients": clients, "threads": os.cpu_count() or 2,
-           "items": [{"id": e.id, "question": e.question, "context": e.context} for e in examples]}
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env["HF_HUB_OFFLINE"] = "1"
-    r = subprocess.run([str(py), str(ROOT / "scripts" / "bench_peer.py")], input=json.dumps(job), capture_output=True,
-                       text=True, env=env, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"peer failed: {r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+class ChildSystem:
+    """A benchmark child (scripts/bench_peer.py or bench_inproc.py) kept running: it loads its model
+    and warms up once, then answers bursts of questions sent one JSON line at a time."""
+
+    def __init__(self, cmd: list[str], job: dict, examples, env: dict | None = None):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self.proc.stdin.write(json.dumps({**job, "turns": True, "warmup": items_of(examples[:5])}) + "\n")
+        self.proc.stdin.flush()
+        self.info = json.loads(self._line())
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"benchmark child failed: {self.proc.stderr.read()[-3000:]}")
+        return line
+
+    def burst(self, examples) -> dict:
+        self.proc.stdin.write(json.dumps({"items": items_of(examples)}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self._line())
+
+    def stop(self) -> float:
+        rss = peak_rss_mb(self.proc.pid)
+        self.proc.stdin.close()
+        self.proc.wait(60)
+        return rss
 
 
-def run_inprocess(examples, clients: int) -> dict:
-    """qabridge's Python API in its own process (scripts/bench_inproc.py), this venv's Python."""
-    job = {"clients": clients, "items": [{"id": e.id, "question": e.question, "context": e.context} for e in examples]}
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_inproc.py")], input=json.dumps(job),
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"in-process qabridge failed: {r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def run_bridge(model: Path | None, examples, clients: int, extra: list[str]) -> dict:
+class BridgeSystem:
     """``qabridge serve`` in a child process, asked over HTTP from this one: one keep-alive
-    ``http.client`` connection per client thread. The client shares the machine's cores with the
-    bridge (its CPU counts against the bridge); httpx took ~0.85 ms of CPU per request here against
-    http.client's ~0.3 (benchmarks/performance-steps.md), so the lighter client is the harness."""
-    import http.client
-    import threading
+    ``http.client`` connection per client thread, the same threads for every burst. The client
+    shares the machine's cores with the bridge (its CPU counts against the bridge); httpx took
+    ~0.85 ms of CPU per request here against http.client's ~0.3 (benchmarks/performance-steps.md),
+    so the lighter client is the harness. ``model`` None: `qabridge serve` with no --model, the
+    default model and settings a user gets."""
 
-    from tests.helpers import start_server
+    def __init__(self, model: Path | None, clients: int, extra: list[str], examples):
+        import threading
 
-    tmp = CACHE / "logs"
-    tmp.mkdir(parents=True, exist_ok=True)
-    # model None: `qabridge serve` with no --model, the default model and settings a user gets.
-    s = start_server(model, tmp, *extra) if model is not None else start_server(None, tmp, argv=extra)
-    host, port = s.url.removeprefix("http://").split(":")
-    local = threading.local()
-    try:
-        def post(body: bytes) -> dict:
-            conn = getattr(local, "conn", None)
-            if conn is None:
-                conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=300)
+        from tests.helpers import start_server
+
+        tmp = CACHE / "logs"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.server = start_server(model, tmp, *extra) if model is not None else start_server(None, tmp, argv=extra)
+        self.host, port = self.server.url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.local = threading.local()
+        self.clients = clients
+        self.pool = ThreadPoolExecutor(clients) if clients > 1 else None
+        self.burst(examples[:5])
+
+    def _post(self, body: bytes) -> dict:
+        import http.client
+
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
+        try:
             conn.request("POST", "/api/qa", body, {"Content-Type": "application/json"})
             r = conn.getresponse()
-            data = r.read()
-            if r.status != 200:
-                raise RuntimeError(f"HTTP {r.status}: {data[:300]!r}")
-            return json.loads(data)
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # uvicorn closes a keep-alive connection idle for 5 s (while the other systems had their
+            # turns); reconnect once, as urllib3 does with a stale pooled connection.
+            conn.close()
+            conn.request("POST", "/api/qa", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {data[:300]!r}")
+        return json.loads(data)
 
-        bodies = {e.id: json.dumps({"question": e.question, "context": e.context}).encode() for e in examples}
-        for e in examples[:5]:
-            post(bodies[e.id])
+    def burst(self, examples) -> dict:
+        bodies = [(e.id, json.dumps({"question": e.question, "context": e.context}).encode()) for e in examples]
 
-        def one(e):
+        def one(item):
             t0 = time.perf_counter()
-            answer = post(bodies[e.id])["answer"]
-            return e.id, answer, time.perf_counter() - t0
+            answer = self._post(item[1])["answer"]
+            return item[0], answer, time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if clients == 1:
-            res = [one(e) for e in examples]
-        else:
-            with ThreadPoolExecutor(clients) as ex:
-                res = list(ex.map(one, examples))
-        wall = time.perf_counter() - t0
-        rss = peak_rss_mb(s.proc.pid)
-    finally:
-        s.stop()
-    return {"wall_s": wall, "latencies": [r[2] for r in res], "answers": {r[0]: r[1] for r in res}, "peak_rss_mb": rss}
+        res = [one(b) for b in bodies] if self.pool is None else list(self.pool.map(one, bodies))
+        return {"wall_s": time.perf_counter() - t0, "latencies": [r[2] for r in res], "answers": {r[0]: r[1] for r in res}}
+
+    def stop(self) -> float:
+        rss = peak_rss_mb(self.server.proc.pid)
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.server.stop()
+        return rss
+
+
+def items_of(examples) -> list[dict]:
+    return [{"id": e.id, "question": e.question, "context": e.context} for e in examples]
+
+
+def start_system(py: Path, kind: str, target, clients: int, extra: list[str], examples):
+    """One system of the plan, loaded, warmed up and waiting for bursts."""
+    if kind == "peer":
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+        env["HF_HUB_OFFLINE"] = "1"
+        job = {**target, "clients": clients, "threads": os.cpu_count() or 2}
+        return ChildSystem([str(py), str(ROOT / "scripts" / "bench_peer.py")], job, examples, env)
+    if kind == "inproc":
+        # qabridge's Python API in its own process (scripts/bench_inproc.py), this venv's Python.
+        return ChildSystem([sys.executable, str(ROOT / "scripts" / "bench_inproc.py")], {"clients": clients}, examples)
+    return BridgeSystem(target, clients, extra, examples)
+
+
+def run_turns(systems: dict, examples, rounds: int, burst: int) -> dict[str, list[dict]]:
+    """Every system answers every question once per round, the systems taking turns every ``burst``
+    questions (:func:`turns`): the machine's speed drifts by up to 2x over minutes, and a system that
+    ran only while it was slow would carry that into its row. Returns each system's rounds (wall
+    time, latencies and answers summed over its bursts)."""
+    from tqdm import tqdm
+
+    chunks = [examples[i : i + burst] for i in range(0, len(examples), burst)]
+    out = {k: [{"wall_s": 0.0, "latencies": [], "answers": {}} for _ in range(rounds)] for k in systems}
+    for r, b, name in tqdm(list(turns(list(systems), len(chunks), rounds)), desc="turns", unit="burst", leave=False):
+        res = systems[name].burst(chunks[b])
+        acc = out[name][r]
+        acc["wall_s"] += res["wall_s"]
+        acc["latencies"] += res["latencies"]
+        acc["answers"].update(res["answers"])
+    return out
 
 
 def summarise(name: str, res: dict, examples, clients: int) -> dict:
@@ -337,13 +402,15 @@ def main() -> None:
                     help="time the encoders alone (llama.cpp --outtypes, ONNX Runtime fp32/O2/O2+int8), no HTTP; "
                          "appends to benchmarks/steps/engines-alone.json")
     ap.add_argument("--rounds", type=int, default=3,
-                    help="interleaved rounds: every system runs once per round, the order rotated each round; "
+                    help="rounds: every system answers every question once per round, taking turns every --burst; "
                          "a row is its median round (the machine's speed drifts by up to 2x over minutes)")
     ap.add_argument("--onnx", default="int8", help="ONNX quantisations to serve with `--engine onnx` (int8, int8-tensor, none); empty: none")
     ap.add_argument("--no-default-row", dest="default_row", action="store_false",
                     help="skip `qabridge serve` with no --model/--engine (the default a user gets)")
     ap.add_argument("--no-inprocess-row", dest="inprocess_row", action="store_false",
                     help="skip qabridge's Python API in-process (qabridge.pipeline(), the default model), the peers' setting")
+    ap.add_argument("--burst", default="25,200",
+                    help="questions per turn for each of --modes: the systems (all loaded) take turns every burst")
     ap.add_argument("--limit", type=int, default=None, help="smoke run: same as --n")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
@@ -362,7 +429,7 @@ def main() -> None:
         return
     if args.report_only:
         saved = json.loads((OUT / "results.json").read_text())
-        write_report(saved["rows"], saved["machine"], saved["n"], saved.get("rounds", 1))
+        write_report(saved["rows"], saved["machine"], saved["n"], saved.get("rounds", 1), saved.get("bursts"))
         return
     from tqdm import tqdm
 
@@ -399,28 +466,32 @@ def main() -> None:
             plan.append(("qabridge HTTP (default settings)", "bridge", None, c, []))
         if args.inprocess_row:
             plan.append(("qabridge Python API in-process (default)", "inproc", None, c, []))
-    runs: dict[int, list[dict]] = {i: [] for i in range(len(plan))}
-    # Round r starts r/rounds of the way into the plan and wraps around.
-    steps = [(r, (i + r * len(plan) // args.rounds) % len(plan)) for r in range(args.rounds) for i in range(len(plan))]
-    for r, i in tqdm(steps, desc="bench", unit="run"):
-        name, kind, target, c, extra = plan[i]
-        res = (run_peer(py, target, examples, c) if kind == "peer" else run_inprocess(examples, c) if kind == "inproc"
-               else run_bridge(target, examples, c, extra))
-        runs[i].append(summarise(name, res, examples, c))
-        tqdm.write(json.dumps({"round": r + 1, **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in runs[i][-1].items()}}))
-    for i in range(len(plan)):
-        by_qps = sorted(runs[i], key=lambda x: x["qps"])
-        rows.append({**by_qps[(len(by_qps) - 1) // 2], "rounds_qps": [round(x["qps"], 2) for x in runs[i]],
-                     "rounds_peak_rss_mb": [round(x["peak_rss_mb"]) for x in runs[i]]})
+    bursts = dict(zip((int(x) for x in args.modes.split(",")), (int(x) for x in args.burst.split(","))))
+    for c in dict.fromkeys(x[3] for x in plan):
+        # One mode at a time: its systems all loaded (a few GB), then taking turns.
+        mine = [x for x in plan if x[3] == c]
+        systems = {}
+        try:
+            for name, kind, target, _, extra in tqdm(mine, desc=f"{c} client(s): loading", unit="system", leave=False):
+                systems[name] = start_system(py, kind, target, c, extra, examples)
+            rounds = run_turns(systems, examples, args.rounds, bursts.get(c, 25 * c))
+        finally:
+            rss = {name: sys_.stop() for name, sys_ in systems.items()}
+        for name, _, _, _, _ in mine:
+            res = [summarise(name, {**x, "peak_rss_mb": rss[name]}, examples, c) for x in rounds[name]]
+            by_qps = sorted(res, key=lambda x: x["qps"])
+            rows.append({**by_qps[(len(by_qps) - 1) // 2], "rounds_qps": [round(x["qps"], 2) for x in res]})
+            tqdm.write(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}))
     machine = machine_info()
     OUT.mkdir(exist_ok=True)
-    run = {"machine": machine, "n": args.n, "rounds": args.rounds, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+    run = {"machine": machine, "n": args.n, "rounds": args.rounds, "bursts": bursts, "date": time.strftime("%Y-%m-%d %H:%M"),
+           "rows": rows}
     (OUT / "results.json").write_text(json.dumps(run, indent=2) + "\n")
     runs_file = OUT / "runs.json"
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
     runs.append(run)
     runs_file.write_text(json.dumps(runs, indent=2) + "\n")
-    write_report(rows, machine, args.n, args.rounds)
+    write_report(rows, machine, args.n, args.rounds, bursts)
 
 
 def training_cost_section() -> list[str]:
@@ -445,12 +516,16 @@ def training_cost_section() -> list[str]:
     return out
 
 
-def write_report(rows, machine, n, rounds: int = 1) -> None:
+def write_report(rows, machine, n, rounds: int = 1, bursts: dict | None = None) -> None:
     lines = ["# Performance: bridge vs the transformers QA pipeline (torch, ONNX Runtime)\n",
              f"Machine: {machine['cpu']}, {machine['cpus']} cores ({machine['platform']}). First {n} SQuAD v1.1 dev questions.",
              f"SIMD flags: {' '.join(machine.get('simd_flags', [])) or 'not recorded'}.",
-             f"{rounds} interleaved round(s): each row is the system's median round by q/s (its latencies, scores and "
-             "RSS from that round); every round's q/s is in the last column.",
+             (f"{rounds} round(s), the systems of a mode loaded at once and taking turns every "
+              f"{' / '.join(f'{b} ({c} client(s))' for c, b in bursts.items())} questions: each row is the system's "
+              "median round by q/s (its latencies and scores from that round, the process's peak RSS over all); "
+              "every round's q/s is in the last column." if bursts else
+              f"{rounds} interleaved round(s): each row is the system's median round by q/s (its latencies, scores and "
+              "RSS from that round); every round's q/s is in the last column."),
              "Reproduce: `.venv/bin/python scripts/bench.py` (writes results.json, this file and performance.png).\n",
              "| system | clients | q/s | p50 ms | p95 ms | EM | F1 | peak RSS MB | q/s per round |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -1,7 +1,8 @@
 """qabridge in-process: the Python API (``qabridge.pipeline()``, the default model on the engine
 ``qabridge serve`` chose for this CPU), asked the way bench_peer.py asks the transformers pipeline.
 
-Reads a JSON job on stdin (``clients``, ``items``), prints one JSON result. Launched by
+Reads a JSON job on stdin (``clients``, ``items``), prints one JSON result; with ``"turns": true``
+it answers bursts line by line instead (bench_child.serve_turns). Launched by
 scripts/bench.py in its own process, so its peak RSS is its own. With several clients the threads
 share one pipeline built with ``contexts=2`` (the wide ONNX Runtime session for a call alone, the
 narrow one for calls that meet), as ``qabridge serve`` serves by default.
@@ -10,15 +11,21 @@ narrow one for calls that meet), as ``qabridge serve`` serves by default.
 import json
 import sys
 
-from bench_child import answer_items  # beside this file
+from bench_child import answer_items, serve_turns  # beside this file
 
 
 def main() -> None:
     import qabridge
 
-    job = json.load(sys.stdin)
+    job = json.loads(sys.stdin.readline())
     with qabridge.pipeline(contexts=2 if job["clients"] > 1 else 1) as qa:
-        res = answer_items(job["items"], job["clients"], lambda it: qa(question=it["question"], context=it["context"])["answer"])
+        def ask(it):
+            return qa(question=it["question"], context=it["context"])["answer"]
+
+        if job.get("turns"):
+            serve_turns(job, ask, {"engine": qa._engine.name})
+            return
+        res = answer_items(job["items"], job["clients"], ask)
         engine = qa._engine.name
     print(json.dumps({"engine": engine, **res}))
 

@@ -7,7 +7,8 @@ Reads a JSON job on stdin, prints one JSON result. Launched by scripts/bench.py.
   ``onnxruntime.quantization.quantize_dynamic`` (int8, per-channel): the configuration a
   performance-minded user picks (issue 12). Writes ``out_dir/{fp32,o2-int8}``.
 - ``{"backend": "torch"|"ort", "model_dir": ..., "clients": N, "threads": T, "items": [...]}``:
-  answer the items. ORT: with several clients each thread gets its own pipeline over one session
+  answer the items. With ``"turns": true`` instead of ``items`` (the first line of stdin), answer
+  the bursts that follow, one JSON line each (bench_child.serve_turns). ORT: with several clients each thread gets its own pipeline over one session
   (which beat one pipeline with ``batch_size=8``). torch: one pipeline behind a lock, as in the
   earlier runs (torch's one intra-op pool oversubscribes 2 cores when 8 forwards share it).
 """
@@ -19,7 +20,7 @@ import threading
 from contextlib import nullcontext
 from pathlib import Path
 
-from bench_child import answer_items  # beside this file
+from bench_child import answer_items, serve_turns  # beside this file
 
 ARGS = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 30}
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
@@ -81,14 +82,13 @@ def load(job):
 
 
 def main() -> None:
-    job = json.load(sys.stdin)
+    job = json.loads(sys.stdin.readline())
     if job.get("prepare") == "ort":
         print(json.dumps(prepare_ort(job["model_dir"], job["out_dir"])))
         return
     from transformers import pipeline
 
     model, tok, versions = load(job)
-    items = job["items"]
     local = threading.local()
     shared = pipeline("question-answering", model=model, tokenizer=tok, device=-1)
     lock = threading.Lock() if job.get("backend", "torch") == "torch" else None
@@ -105,7 +105,10 @@ def main() -> None:
         with lock or nullcontext():
             return qa()(question=it["question"], context=it["context"], **ARGS)["answer"]
 
-    print(json.dumps({**versions, **answer_items(items, job["clients"], ask)}))
+    if job.get("turns"):
+        serve_turns(job, ask, versions)
+    else:
+        print(json.dumps({**versions, **answer_items(job["items"], job["clients"], ask)}))
 
 
 if __name__ == "__main__":

@@ -275,7 +275,9 @@ def batching(rules: list[str], rounds: int) -> None:
     ("TOKENS:PADDING": at most TOKENS rows a call, at most PADDING of them padding; "1:0" one window
     a call, "3072:1" the former 8 windows of 384): eval's length-sorted windows (first 300 dev
     questions, in groups of 50), the first 40 dev questions with several windows, one 6-window context
-    (ten dev paragraphs joined). The rules take turns on every call (the machine's speed drifts)."""
+    (ten dev paragraphs joined). The rules take turns on every call (bench.turns: the machine's speed drifts)."""
+    from bench import turns
+
     from qabridge.bridge.engine_select import default_candidates
     from qabridge.bridge.onnx_engine import onnx_pipeline
     from qabridge.train.squad import load_squad, squad_file
@@ -288,23 +290,22 @@ def batching(rules: list[str], rounds: int) -> None:
     long = pipe.prepare("who won the game?", " ".join(e.context for e in ex[:40:4]))[1]
     print(f"{cpu()}, 2 threads; eval: {len(evalw)} windows; several windows: {len(multi)} questions, "
           f"{sum(map(len, multi))} windows; one long context: {[len(w.input_ids) for w in long]} tokens")
-    units = {"eval": [evalw[i : i + 50] for i in range(0, len(evalw), 50)], "several": multi, "long": [long] * 4}
+    units = [("eval", evalw[i : i + 50]) for i in range(0, len(evalw), 50)] + [("several", ws) for ws in multi] \
+        + [("long", long)] * 4
     counts = {"eval": len(evalw), "several": len(multi), "long": 4}
     parsed = {r: (int(r.split(":")[0]), float(r.split(":")[1])) for r in rules}
+    spent = [{rule: dict.fromkeys(counts, 0.0) for rule in rules} for _ in range(rounds)]
+    for r, j, rule in turns(rules, len(units), rounds):
+        kind, ws = units[j]
+        eng.batch_tokens, eng.max_padding = parsed[rule]
+        t0 = time.perf_counter()
+        eng.logits(ws)
+        spent[r][rule][kind] += time.perf_counter() - t0
     print("rule: eval ms/window, several windows ms/question, long context ms (per round)")
     for r in range(rounds):
-        t = {rule: dict.fromkeys(units, 0.0) for rule in rules}
-        for kind, items in units.items():
-            for j, ws in enumerate(items):
-                k = (j + r) % len(rules)
-                for rule in rules[k:] + rules[:k]:
-                    eng.batch_tokens, eng.max_padding = parsed[rule]
-                    t0 = time.perf_counter()
-                    eng.logits(ws)
-                    t[rule][kind] += time.perf_counter() - t0
         for rule in rules:
-            ms = {kind: 1e3 * t[rule][kind] / counts[kind] for kind in units}
-            print(f"  round {r + 1} {rule:>8}: {ms['eval']:5.2f}  {ms['several']:6.2f}  {ms['long']:6.1f}", flush=True)
+            ms = {kind: 1e3 * spent[r][rule][kind] / counts[kind] for kind in counts}
+            print(f"  round {r + 1} {rule:>8}: {ms['eval']:5.2f}  {ms['several']:6.2f}  {ms['long']:6.1f}")
 
 
 def main() -> None:
