@@ -377,8 +377,8 @@ def ask(question, context, context_file, model, engine, ollama_host, top_k, hand
 # -- eval ---------------------------------------------------------------------------------------
 @main.command(name="eval")
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory (torch engine). Default: models/lora.")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (gguf engine).")
-@click.option("--engine", type=click.Choice(["torch", "gguf"]), default=None, help="torch (adapter merged in transformers) or gguf (llama.cpp, span head in numpy). Default: gguf with --model, else torch.")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (gguf engine) or ONNX file from `qabridge export --format onnx` (onnx engine).")
+@click.option("--engine", type=click.Choice(["torch", "gguf", "onnx"]), default=None, help="torch (adapter merged in transformers), gguf (llama.cpp) or onnx (ONNX Runtime); the last two with the span head in numpy. Default: by the --model file's format, else torch.")
 @click.option("--data", required=True, help="SQuAD-format .json/.json.gz/.json.xz file, or 'squad' (hub validation split).")
 @click.option("--limit", type=int, default=None, help="Only the first N questions (with --tune-articles: N to tune on, N to report on).")
 @click.option("--device", default="auto", show_default=True, help="torch engine device: cpu, cuda or auto.")
@@ -392,9 +392,9 @@ def ask(question, context, context_file, model, engine, ollama_host, top_k, hand
 @_fail_cleanly
 def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, report, null_threshold, tune_articles,
              save_threshold, quiet) -> None:
-    """Official SQuAD EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp).
+    """Official SQuAD EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp) or ONNX file (ONNX Runtime).
 
-    Both engines share windows, n-best span search (longest answer from the model's
+    The engines share windows, n-best span search (longest answer from the model's
     metadata, 30 tokens by default) and the best span across windows. Data with unanswerable
     questions (SQuAD 2.0) gets the official v2 metric: EM, F1, HasAns, NoAns and best threshold.
     """
@@ -402,13 +402,18 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     from qabridge.train.evaluate import evaluate_pipeline, evaluate_v2_pipeline
     from qabridge.train.squad import has_unanswerable, load_squad
 
-    engine = engine or ("gguf" if model else "torch")
-    if engine == "gguf":
+    engine = engine or (("onnx" if Path(model).suffix == ".onnx" else "gguf") if model else "torch")
+    if engine in ("gguf", "onnx"):
         if not model:
-            raise UsageError("--engine gguf needs --model FILE.gguf")
-        from qabridge.bridge.llama_engine import gguf_pipeline
+            raise UsageError(f"--engine {engine} needs --model FILE.{engine}")
+        if engine == "onnx":
+            from qabridge.bridge.onnx_engine import onnx_pipeline
 
-        pipe = gguf_pipeline(model)
+            pipe = onnx_pipeline(model)
+        else:
+            from qabridge.bridge.llama_engine import gguf_pipeline
+
+            pipe = gguf_pipeline(model)
         examples = load_squad(data, split="validation")
         label = str(model)
     else:

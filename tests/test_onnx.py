@@ -369,8 +369,16 @@ def test_http_answers_equal_eval_with_the_onnx_engine(onnx_exported, dev_example
             assert r["score"] == pytest.approx(ref[e.id]["score"], abs=1e-4)
     finally:
         assert s.stop() == 0
+    from .helpers import DEV_SAMPLE, run_cli
+
+    # `qabridge eval` picks the ONNX engine for an .onnx file and answers the same.
+    preds = tmp_path / "preds.json"
+    r = run_cli("eval", "--model", str(path), "--data", str(DEV_SAMPLE), "--limit", str(len(dev_examples)), "--json",
+                "--predictions", str(preds))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["engine"] == "onnx"
+    assert json.loads(preds.read_text()) == {e.id: ref[e.id]["text"] for e in dev_examples}
     # An ONNX file cannot go to llama.cpp: a usage error before the port opens.
-    from .helpers import run_cli
 
     r = run_cli("serve", "--model", str(path), "--engine", "llama.cpp", "--port", "1")
     assert r.returncode == 2 and "ONNX Runtime" in r.stderr
