@@ -260,3 +260,39 @@ def test_tuned_threshold_is_stored_and_exported(committed_adapter, tmp_path):
     assert on["without_abstention"] == {"exact_match": off["exact_match"], "f1": off["f1"]}
     bad = run_cli("eval", "--adapter", str(adapter), "--data", str(DEV_SAMPLE), "--save-threshold", str(adapter))
     assert bad.returncode == 2 and "give --tune-articles" in bad.stderr
+
+
+def test_stop_after_pauses_and_the_same_command_resumes(tmp_path):
+    out = tmp_path / "paused"
+    args = ["train", "--data", str(TRAIN_SAMPLE), "--output", str(out), "--max-steps", "6", "--batch-size", "2",
+            "--max-seq-len", "64", "--doc-stride", "16", "--lora-r", "2", "--quiet"]
+    r = run_cli(*args, "--stop-after", "0.000001")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "paused" in r.stdout and "step 1 of 6" in r.stdout
+    assert (out / "checkpoint" / "state.pt").exists() and not (out / "adapter_model.safetensors").exists()
+    r = run_cli(*args)  # the same run without the pause: goes on from step 1, the schedule unchanged
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from" in r.stderr and "at step 1/6" in r.stderr
+    s = json.loads((out / "training_summary.json").read_text())
+    assert s["steps"] == s["planned_steps"] == 6 and not (out / "checkpoint").exists()
+    bad = run_cli(*args[:-1], "--stop-after", "0")
+    assert bad.returncode == 2 and "--stop-after" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_precision_is_chosen_by_device_and_recorded(tmp_path):
+    from qabridge.core.machine import cpu_info
+    from qabridge.errors import UsageError
+    from qabridge.train.trainer import pick_precision
+
+    native = bool({"avx512_bf16", "amx_bf16"} & set(cpu_info().flags))
+    assert pick_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert pick_precision("auto", "cuda:0") == "bf16" and pick_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(UsageError):
+        pick_precision("fp16", "cpu")
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / precision
+        r = run_cli("train", "--data", str(TRAIN_SAMPLE), "--output", str(out), "--max-steps", "2", "--batch-size", "2",
+                    "--max-seq-len", "64", "--lora-r", "2", "--quiet", "--device", "cpu", "--precision", precision)
+        assert r.returncode == 0, r.stderr[-2000:]
+        s = json.loads((out / "training_summary.json").read_text())
+        assert s["precision"] == precision and s["final_loss"] == s["final_loss"]  # a number, not NaN
