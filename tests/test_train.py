@@ -265,7 +265,8 @@ def test_tuned_threshold_is_stored_and_exported(committed_adapter, tmp_path):
 def test_stop_after_pauses_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "paused"
     args = ["train", "--data", str(TRAIN_SAMPLE), "--output", str(out), "--max-steps", "6", "--batch-size", "2",
-            "--max-seq-len", "64", "--doc-stride", "16", "--lora-r", "2", "--quiet"]
+            "--max-seq-len", "64", "--doc-stride", "16", "--lora-r", "2", "--eval-data", str(DEV_SAMPLE),
+            "--eval-every", "1", "--curve-limit", "3", "--eval-limit", "3", "--quiet"]
     r = run_cli(*args, "--stop-after", "0.000001")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "paused" in r.stdout and "step 1 of 6" in r.stdout
@@ -275,6 +276,7 @@ def test_stop_after_pauses_and_the_same_command_resumes(tmp_path):
     assert "resuming from" in r.stderr and "at step 1/6" in r.stderr
     s = json.loads((out / "training_summary.json").read_text())
     assert s["steps"] == s["planned_steps"] == 6 and not (out / "checkpoint").exists()
+    assert [p["step"] for p in s["curve"]] == [1, 2, 3, 4, 5]  # the point before the pause kept
     bad = run_cli(*args[:-1], "--stop-after", "0")
     assert bad.returncode == 2 and "--stop-after" in bad.stderr and "Traceback" not in bad.stderr
 

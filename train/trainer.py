@@ -349,6 +349,7 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
     step, examples_seen, wall_before = 0, 0, 0.0
+    curve: list[dict] = []  # learning-curve points, kept in the checkpoint across a pause or a crash
     ckpt = out / CKPT_DIR
 
     def read_checkpoint():
@@ -364,6 +365,7 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, examples_seen, wall_before = state["step"], state["examples_seen"], state.get("wall_s", 0.0)
+        curve = list(state.get("curve", []))
         log(f"resuming from {ckpt} at step {step}/{total_steps}")
     del state
     # find_unused_parameters only for --full: with LoRA every trainable tensor is used each step.
@@ -391,6 +393,7 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
             "step": step,
             "examples_seen": examples_seen,
             "wall_s": wall_before + (time.time() - t_loop),
+            "curve": curve,
         }
         tmp = ckpt / "state.pt.tmp"
         torch.save(state, tmp)
@@ -400,7 +403,6 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_qa_config(out, cfg, ref, spec, partial=True)
-    curve: list[dict] = []
 
     def eval_point():
         # Learning curve: F1 on the first dev questions against windows seen so far.
