@@ -54,6 +54,13 @@ class Candidate:
         raise UsageError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
 
 
+def file_pipeline(path: str | os.PathLike, engine: str | None = None, n_threads: int | None = None):
+    """A QAPipeline over a model file (`qabridge eval --model`, Ray batch actors): ``engine`` or, when
+    None, the file's extension (.onnx: ONNX Runtime, else llama.cpp) decides; nothing is read twice."""
+    engine = engine or ("onnx" if Path(path).suffix == ".onnx" else "llama.cpp")
+    return Candidate(engine, Path(path)).open(n_threads)
+
+
 def candidate_for(path: str | os.PathLike) -> Candidate:
     """A Candidate for a model file, engine by extension and outtype from its metadata."""
     p = Path(path)

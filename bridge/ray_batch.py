@@ -160,13 +160,9 @@ def read_done(out: Path) -> set[str]:
 # -- the actor ----------------------------------------------------------------------------------
 def batch_pipeline(model: str, threads: int):
     """The pipeline ``qabridge eval --model`` builds, with this actor's threads."""
-    if str(model).endswith(".onnx"):
-        from .onnx_engine import onnx_pipeline
+    from .engine_select import file_pipeline
 
-        return onnx_pipeline(model, n_threads=threads)
-    from .llama_engine import gguf_pipeline
-
-    return gguf_pipeline(model, n_threads=threads)
+    return file_pipeline(model, n_threads=threads)
 
 
 class Answerer:

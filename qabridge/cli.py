@@ -412,14 +412,9 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     if engine in ("gguf", "onnx"):
         if not model:
             raise UsageError(f"--engine {engine} needs --model FILE.{engine}")
-        if engine == "onnx":
-            from qabridge.bridge.onnx_engine import onnx_pipeline
+        from qabridge.bridge.engine_select import file_pipeline
 
-            pipe = onnx_pipeline(model)
-        else:
-            from qabridge.bridge.llama_engine import gguf_pipeline
-
-            pipe = gguf_pipeline(model)
+        pipe = file_pipeline(model, "onnx" if engine == "onnx" else "llama.cpp")
         examples = load_squad(data, split="validation")
         label = str(model)
     else:

@@ -40,6 +40,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def features(model: str, which: str, out: str, n: int, max_answer_len: int = 30) -> None:
     from qabridge.bridge.onnx_engine import OnnxEngine
+    from qabridge.core.decode import window_spans
     from qabridge.core.pipeline import QAPipeline
     from qabridge.train.negatives import NegativeConfig, generate_negatives
     from qabridge.train.squad import load_squad, squad2_dev_file, squad_file
@@ -64,16 +65,14 @@ def features(model: str, which: str, out: str, n: int, max_answer_len: int = 30)
         for w in wins:
             h = eng.hidden_states(w.input_ids)
             s, en = eng.head.logits(h)
-            a, n_ctx = w.ctx_offset, w.n_ctx
-            idx = np.concatenate([[0], np.arange(a, a + n_ctx)])
-            ls, le = _log_softmax(s[idx].astype(np.float64)), _log_softmax(en[idx].astype(np.float64))
-            m = ls[1:, None] + le[None, 1:]
-            i, j = np.indices((n_ctx, n_ctx))
-            m[(j < i) | (j - i >= max_answer_len)] = -np.inf
-            si, ej = divmod(int(np.argmax(m)), n_ctx)
-            if best is None or m[si, ej] > best[0]:
-                best = (m[si, ej], w, h, si, ej, ls, le, s, en)
-        span_lp, w, h, si, ej, ls, le, s, en = best
+            # The best span as the pipeline finds it (core.decode), back in window-local token indices.
+            top = window_spans(s, en, w, max_answer_len=max_answer_len, top_k=1)
+            if top and (best is None or top[0][0] > best[0]):
+                idx = np.concatenate([[0], np.arange(w.ctx_offset, w.ctx_offset + w.n_ctx)])
+                ls, le = _log_softmax(s[idx].astype(np.float64)), _log_softmax(en[idx].astype(np.float64))
+                best = (top[0][0], w, h, top[0][1] - w.tok_start, top[0][2] - w.tok_start, ls, le, s, en)
+        score, w, h, si, ej, ls, le, s, en = best
+        span_lp = float(np.log(score))
         a, qn = w.ctx_offset, w.ctx_offset - 2
         top2 = np.sort(ls[1:])[-2:] if len(ls) > 2 else np.array([ls[-1], ls[-1]])
         raw_span, raw_null = s[a + si] + en[a + ej], s[0] + en[0]

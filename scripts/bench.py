@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_child import peak_rss_mb  # beside this file
+from bench_child import answer_items, peak_rss_mb  # beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -263,9 +263,9 @@ class ChildSystem:
     def __init__(self, cmd: list[str], job: dict, examples, env: dict | None = None):
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
-        self.proc.stdin.write(json.dumps({**job, "turns": True, "warmup": items_of(examples[:5])}) + "\n")
+        self.proc.stdin.write(json.dumps({**job, "warmup": items_of(examples[:5])}) + "\n")
         self.proc.stdin.flush()
-        self.info = json.loads(self._line())
+        self._line()  # ready: loaded and warmed up
 
     def _line(self) -> str:
         line = self.proc.stdout.readline()
@@ -304,7 +304,6 @@ class BridgeSystem:
         self.host, port = self.server.url.removeprefix("http://").split(":")
         self.port = int(port)
         self.local = threading.local()
-        self.clients = clients
         self.pool = ThreadPoolExecutor(clients) if clients > 1 else None
         self.burst(examples[:5])
 
@@ -329,16 +328,8 @@ class BridgeSystem:
         return json.loads(data)
 
     def burst(self, examples) -> dict:
-        bodies = [(e.id, json.dumps({"question": e.question, "context": e.context}).encode()) for e in examples]
-
-        def one(item):
-            t0 = time.perf_counter()
-            answer = self._post(item[1])["answer"]
-            return item[0], answer, time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        res = [one(b) for b in bodies] if self.pool is None else list(self.pool.map(one, bodies))
-        return {"wall_s": time.perf_counter() - t0, "latencies": [r[2] for r in res], "answers": {r[0]: r[1] for r in res}}
+        bodies = {e.id: json.dumps({"question": e.question, "context": e.context}).encode() for e in examples}
+        return answer_items([{"id": e.id} for e in examples], lambda it: self._post(bodies[it["id"]])["answer"], self.pool)
 
     def stop(self) -> float:
         rss = peak_rss_mb(self.server.proc.pid)

@@ -1,5 +1,6 @@
-"""What the benchmark's child processes share (scripts/bench_peer.py, scripts/bench_inproc.py): the
-timed loop over the questions and the peak resident memory (also read by scripts/bench.py)."""
+"""What the benchmark's systems share (scripts/bench_peer.py, scripts/bench_inproc.py and the bridge's
+client in scripts/bench.py): the timed loop over a burst of questions, the children's side of taking
+turns, and the peak resident memory of a process."""
 
 import resource
 import time
@@ -19,12 +20,10 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else float("nan")
 
 
-def answer_items(items: list[dict], clients: int, ask, *, warmup: int = 5, pool: ThreadPoolExecutor | None = None) -> dict:
-    """``ask(item) -> answer text`` over every item, one client in turn or ``clients`` threads
-    (``pool``: threads kept between calls, with their per-thread state), after a ``warmup``-item
-    warm-up: wall time, per-call latencies, answers by id and this process's peak RSS."""
-    for it in items[:warmup]:
-        ask(it)
+def answer_items(items: list[dict], ask, pool: ThreadPoolExecutor | None) -> dict:
+    """``ask(item) -> answer text`` over every item, one client in turn (``pool`` None) or the pool's
+    client threads (kept between calls, with their per-thread state): wall time, per-call latencies
+    and answers by id. (Peak RSS is read from outside, once: scripts/bench.py, peak_rss_mb(pid).)"""
 
     def one(it):
         t0 = time.perf_counter()
@@ -32,29 +31,21 @@ def answer_items(items: list[dict], clients: int, ask, *, warmup: int = 5, pool:
         return it["id"], answer, time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if clients == 1:
-        res = [one(it) for it in items]
-    elif pool is not None:
-        res = list(pool.map(one, items))
-    else:
-        with ThreadPoolExecutor(clients) as ex:
-            res = list(ex.map(one, items))
-    return {"wall_s": time.perf_counter() - t0, "latencies": [r[2] for r in res],
-            "answers": {r[0]: r[1] for r in res}, "peak_rss_mb": peak_rss_mb()}
+    res = [one(it) for it in items] if pool is None else list(pool.map(one, items))
+    return {"wall_s": time.perf_counter() - t0, "latencies": [r[2] for r in res], "answers": {r[0]: r[1] for r in res}}
 
 
 def serve_turns(job: dict, ask, first: dict) -> None:
-    """For scripts/bench.py's taking turns: print ``first`` (a JSON line: ready), then answer each
-    JSON line of stdin (``{"items": [...]}``, a burst) with :func:`answer_items`'s result line, the
-    same client threads throughout, until stdin closes. The warm-up comes before ``first``."""
+    """The children's side of scripts/bench.py's taking turns: answer ``job["warmup"]``, print
+    ``first`` (a JSON line: ready), then answer each JSON line of stdin (``{"items": [...]}``, a
+    burst) with :func:`answer_items`'s result line, the same ``job["clients"]`` client threads
+    throughout, until stdin closes."""
     import json
     import sys
 
     clients = job["clients"]
     pool = ThreadPoolExecutor(clients) if clients > 1 else None
-    if job.get("warmup"):
-        answer_items(job["warmup"], clients, ask, warmup=0, pool=pool)
+    answer_items(job.get("warmup", []), ask, pool)
     print(json.dumps(first), flush=True)
     for line in sys.stdin:
-        burst = json.loads(line)
-        print(json.dumps(answer_items(burst["items"], clients, ask, warmup=0, pool=pool)), flush=True)
+        print(json.dumps(answer_items(json.loads(line)["items"], ask, pool)), flush=True)

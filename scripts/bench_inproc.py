@@ -1,8 +1,8 @@
 """qabridge in-process: the Python API (``qabridge.pipeline()``, the default model on the engine
 ``qabridge serve`` chose for this CPU), asked the way bench_peer.py asks the transformers pipeline.
 
-Reads a JSON job on stdin (``clients``, ``items``), prints one JSON result; with ``"turns": true``
-it answers bursts line by line instead (bench_child.serve_turns). Launched by
+Reads a JSON job line on stdin (``clients``, ``warmup``), then answers the bursts of questions
+that follow, one JSON line each (bench_child.serve_turns). Launched by
 scripts/bench.py in its own process, so its peak RSS is its own. With several clients the threads
 share one pipeline built with ``contexts=2`` (the wide ONNX Runtime session for a call alone, the
 narrow one for calls that meet), as ``qabridge serve`` serves by default.
@@ -11,7 +11,7 @@ narrow one for calls that meet), as ``qabridge serve`` serves by default.
 import json
 import sys
 
-from bench_child import answer_items, serve_turns  # beside this file
+from bench_child import serve_turns  # beside this file
 
 
 def main() -> None:
@@ -22,12 +22,7 @@ def main() -> None:
         def ask(it):
             return qa(question=it["question"], context=it["context"])["answer"]
 
-        if job.get("turns"):
-            serve_turns(job, ask, {"engine": qa._engine.name})
-            return
-        res = answer_items(job["items"], job["clients"], ask)
-        engine = qa._engine.name
-    print(json.dumps({"engine": engine, **res}))
+        serve_turns(job, ask, {"engine": qa._engine.name})
 
 
 if __name__ == "__main__":

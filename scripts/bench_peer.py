@@ -1,14 +1,14 @@
 """The peers: transformers 4.57.6 `pipeline("question-answering")`, in-process (runs in .venv-peer).
 
-Reads a JSON job on stdin, prints one JSON result. Launched by scripts/bench.py.
+Reads a JSON job on stdin and answers it (see below). Launched by scripts/bench.py.
 
 - ``{"prepare": "ort", "model_dir": ..., "out_dir": ...}``: export the merged model with optimum
   (ORT fp32), fuse it with optimum's O2 (ORTOptimizer) and quantise the fused graph with
   ``onnxruntime.quantization.quantize_dynamic`` (int8, per-channel): the configuration a
   performance-minded user picks (issue 12). Writes ``out_dir/{fp32,o2-int8}``.
-- ``{"backend": "torch"|"ort", "model_dir": ..., "clients": N, "threads": T, "items": [...]}``:
-  answer the items. With ``"turns": true`` instead of ``items`` (the first line of stdin), answer
-  the bursts that follow, one JSON line each (bench_child.serve_turns). ORT: with several clients each thread gets its own pipeline over one session
+- ``{"backend": "torch"|"ort", "model_dir": ..., "clients": N, "threads": T, "warmup": [...]}``
+  (the first line of stdin): load, warm up, then answer the bursts of questions that follow, one
+  JSON line each (bench_child.serve_turns). ORT: with several clients each thread gets its own pipeline over one session
   (which beat one pipeline with ``batch_size=8``). torch: one pipeline behind a lock, as in the
   earlier runs (torch's one intra-op pool oversubscribes 2 cores when 8 forwards share it).
 """
@@ -20,7 +20,7 @@ import threading
 from contextlib import nullcontext
 from pathlib import Path
 
-from bench_child import answer_items, serve_turns  # beside this file
+from bench_child import serve_turns  # beside this file
 
 ARGS = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 30}
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
@@ -105,10 +105,7 @@ def main() -> None:
         with lock or nullcontext():
             return qa()(question=it["question"], context=it["context"], **ARGS)["answer"]
 
-    if job.get("turns"):
-        serve_turns(job, ask, versions)
-    else:
-        print(json.dumps({**versions, **answer_items(job["items"], job["clients"], ask)}))
+    serve_turns(job, ask, versions)
 
 
 if __name__ == "__main__":

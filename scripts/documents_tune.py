@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def collect(model: Path, n_articles: int, max_words: int, unanswerable: bool = False) -> list[dict]:
-    from qabridge.bridge.llama_engine import LlamaCppEngine, gguf_pipeline
-    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.bridge.engine_select import file_pipeline
+    from qabridge.bridge.llama_engine import LlamaCppEngine
     from qabridge.bridge.retrieval import LocalEmbedder, split_passages
     from qabridge.core.decode import window_spans
     from qabridge.core.model_file import ModelFile
@@ -33,7 +33,7 @@ def collect(model: Path, n_articles: int, max_words: int, unanswerable: bool = F
     from qabridge.train.squad import load_squad, squad_file
     from tests.helpers import first_paragraphs
 
-    pipe = onnx_pipeline(model) if model.suffix == ".onnx" else gguf_pipeline(model)
+    pipe = file_pipeline(model)
 
     mf = ModelFile(default_embedder(), require_qa=False)
     emb = LocalEmbedder(LlamaCppEngine(mf), mf.tokenizer, "minilm-embed")
