@@ -94,6 +94,9 @@ def train(quiet, target_modules, **kw) -> None:
     token-type embedding 0 to every token: the exported GGUF then computes exactly what was
     trained. The span head (qa_outputs) is trained in full and saved with the adapter.
     """
+    from qabridge.train.allocator import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc(kw["device"], log=lambda m: click.echo(m, err=True))
     from qabridge.train.trainer import TrainConfig
     from qabridge.train.trainer import train as run_train
 
@@ -134,6 +137,9 @@ def distill(teacher, student, alpha, quiet, target_modules, **kw) -> None:
     runs data-parallel under torchrun like it. The teacher's hash, T and alpha go into
     training_summary.json.
     """
+    from qabridge.train.allocator import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc(kw["device"], log=lambda m: click.echo(m, err=True))
     from qabridge.train.trainer import TrainConfig
     from qabridge.train.trainer import train as run_train
 

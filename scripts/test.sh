@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/setup-browser.sh   # Debian's headless Chromium + chromedriver for tests/test_page.py
+bash scripts/setup-debian.sh   # Debian packages: headless Chromium + chromedriver (tests/test_page.py), tcmalloc
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ruff check .

@@ -66,9 +66,9 @@ def start_server(model: Path | None, tmp: Path, *extra: str, env: dict | None = 
     raise RuntimeError(f"server did not become ready: {log.read_text()[-2000:]}")
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qabridge.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
 def write_json(path: Path, obj) -> Path:

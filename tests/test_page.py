@@ -1,6 +1,6 @@
 """The page at `/` and the docs, driven in a real headless Chromium against a real `qabridge serve`.
 
-Chromium and its WebDriver are Debian's (`scripts/setup-browser.sh`); selenium drives them. The
+Chromium and its WebDriver are Debian's (`scripts/setup-debian.sh`); selenium drives them. The
 browser's DNS maps every host but loopback to nothing, so anything the pages tried to load from
 outside the bridge would fail, and the tests check that nothing did.
 """
@@ -42,7 +42,7 @@ def ui_server(exported, tmp_path_factory):
 def browser():
     for exe in (CHROMIUM, CHROMEDRIVER):
         if not (Path(exe).exists() or shutil.which(exe)):
-            pytest.fail(f"{exe} is missing: run scripts/setup-browser.sh")
+            pytest.fail(f"{exe} is missing: run scripts/setup-debian.sh")
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service

@@ -23,6 +23,7 @@ from qabridge.core.windows import WindowSpec
 from qabridge.errors import DeviceUnsupported, OutputExists, UsageError
 from qabridge.paths import is_offline_base
 
+from . import allocator
 from .features import build_features, length_grouped_batches, pad_batch
 from .model import (
     DEFAULT_TARGET_MODULES,
@@ -560,6 +561,7 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
         "device": device,
         "precision": precision,
+        "allocator": allocator.in_use(),
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu_info().describe(),
         "trainable_params": n_trainable,
         "total_params": n_total,
