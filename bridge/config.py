@@ -24,6 +24,8 @@ class ServeConfig:
     model_path: Path | None = None
     #: Name the model file is served under (default: the file name without ``.gguf``).
     model_name: str | None = None
+    #: More model files (GGUF or ONNX) served beside the default, each under its file name.
+    more_models: list[Path] = field(default_factory=list)
     #: auto (measure candidates for the built-in model; by format for a file), llama.cpp or onnx.
     engine: str = "llama.cpp"
     #: Serve the built-in model, its engine and file chosen at load (``model_path`` is then None).

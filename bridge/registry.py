@@ -95,6 +95,11 @@ class ModelRegistry:
                 name = self.cfg.model_name or model_name(self.cfg.model_path)
                 self.models[name] = load_model(name, Path(self.cfg.model_path), self.cfg)
                 self.default = name
+            for path in self.cfg.more_models:
+                name = model_name(path)
+                if name in self.models:
+                    raise UsageError(f"two models would be served as {name!r}: rename one file")
+                self.models[name] = load_model(name, Path(path), self.cfg)
             if self.cfg.ollama_host:
                 from .ollama import OllamaClient, OllamaWatch
 

@@ -247,9 +247,42 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
     return default_model(outtype, log=lambda m: click.echo(m, err=True))
 
 
+def _serve_models(models: list[str], name: str | None, builtin_name: str) -> tuple[str | None, bool, list[Path]]:
+    """``serve --model`` values -> (the default model's file or None, whether the built-in model was
+    named first, the other files), each file checked and every served name distinct before the port
+    opens."""
+    from qabridge.bridge.registry import model_name
+    from qabridge.core.model_file import ModelFile
+    from qabridge.errors import UsageError
+
+    def builtin(m: str) -> bool:
+        return m == builtin_name and not Path(m).exists()
+
+    if any(builtin(m) for m in models[1:]):
+        raise UsageError(f"--model {builtin_name} (the built-in model) can only be the first --model")
+    named_builtin = bool(models) and builtin(models[0])
+    first = models[0] if models and not named_builtin else None
+    more = [Path(m) for m in models[1:]]
+    names = [name or (model_name(Path(first)) if first else builtin_name)]
+    for p in more:
+        if not p.is_file():
+            raise UsageError(f"--model {p}: no such file")
+        if p.suffix == ".onnx":
+            from qabridge.bridge.onnx_engine import OnnxModel
+
+            OnnxModel(p).close()
+        else:
+            ModelFile(p)
+        names.append(model_name(p))
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UsageError(f"two --model files would be served as {dup[0]!r}: rename one (or --name the first)")
+    return first, named_builtin, more
+
+
 @main.command()
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF written by `qabridge export`. Default: the committed adapter, exported once and cached.")
-@click.option("--name", default=None, help="Name the --model file is served under (default: the file name; 'bert-qa' for the built-in model).")
+@click.option("--model", type=click.Path(dir_okay=False), multiple=True, help="GGUF or ONNX file written by `qabridge export`, or bert-qa for the built-in model (the committed adapter, exported once and cached: the default). Repeatable: the first is the default model, the others are served beside it under their file names (requests pick one with `model`).")
+@click.option("--name", default=None, help="Name the first --model file is served under (default: the file name; 'bert-qa' for the built-in model).")
 @click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx"]), default="auto", show_default=True, help="Encoder engine. auto: for the built-in model, measure the candidates (llama.cpp GGUF types, ONNX Runtime int8 when torch can export it) on this CPU once, keep those that agree, serve the fastest (cached per CPU and model); for a --model file, the engine its format needs.")
 @click.option("--default-outtype", type=click.Choice(["auto", *(o.value for o in OutType)]), default="auto", show_default=True, help="Outtype of the cached default model (auto: bf16 on CPUs with AVX512-BF16, else q8_0).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
@@ -298,7 +331,10 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding {host}: reachable from other machines" + ("" if env_api_key() else " and no QABRIDGE_API_KEY is set"), err=True)
     ray_opts = _ray_serve_options(use_ray, address, replicas, autoscale, cpus_per_replica, threads, contexts)
-    builtin = not model and not ollama_model
+    model, named_builtin, more = _serve_models(list(model), name, DEFAULT_MODEL_NAME)
+    if more and ray_opts is not None:
+        raise UsageError("--ray serves one --model")
+    builtin = named_builtin or (not model and not ollama_model)
     if model and Path(model).suffix == ".onnx":
         if engine == "llama.cpp":
             raise UsageError(f"{model}: an ONNX file runs in ONNX Runtime; use --engine onnx or auto")
@@ -320,7 +356,7 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
         ollama_host = os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
     if builtin and not name:
         name = DEFAULT_MODEL_NAME
-    cfg = ServeConfig(model_path=path, model_name=name or None, engine=engine, builtin_model=builtin and path is None,
+    cfg = ServeConfig(model_path=path, model_name=name or None, more_models=more, engine=engine, builtin_model=builtin and path is None,
                       default_outtype=default_outtype, ollama_host=ollama_host, ollama_models=list(ollama_model),
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, passage_weight=passage_weight, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
@@ -330,7 +366,8 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
 
         serve_on_ray(cfg, ray_opts, host=host, port=port, address=address, log_fn=lambda m: click.echo(m, err=True))
         return
-    what = ", ".join(([str(path)] if path else ["the built-in model"] if builtin else []) + [f"ollama:{m}" for m in ollama_model])
+    what = ", ".join(([str(path)] if path else ["the built-in model"] if builtin else []) + [str(p) for p in more]
+                     + [f"ollama:{m}" for m in ollama_model])
     click.echo(f"qabridge {__version__}: serving {what} on http://{host}:{port}", err=True)
     run_serve(cfg, host=host, port=port)
 

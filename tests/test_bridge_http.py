@@ -196,3 +196,34 @@ def test_refuses_remote_bind_without_flag(exported):
 
     r = run_cli("serve", "--model", str(exported("q8_0")), "--host", "0.0.0.0", "--port", "1")
     assert r.returncode == 2 and "--allow-remote" in r.stderr
+
+
+def test_serves_several_model_files_side_by_side(exported, tmp_path):
+    """Repeated --model: the first is the default, the others answer when a request names them."""
+    from qabridge.bridge.registry import model_name
+
+    from .helpers import run_cli
+
+    q8, f32 = exported("q8_0"), exported("f32")
+    s = start_server(None, tmp_path, argv=["--model", str(q8), "--model", str(f32)])
+    try:
+        listed = httpx.get(s.url + "/api/models").json()
+        assert listed["default"] == model_name(q8)
+        assert [m["name"] for m in listed["models"]] == [model_name(q8), model_name(f32)]
+        body = {"question": "Who wrote the notes?", "context": "The notes were written by Ada Lovelace in 1843."}
+        a, b = post(s, "/api/qa", body).json(), post(s, "/api/qa", {**body, "model": model_name(f32)}).json()
+        assert a["model"] == model_name(q8) and b["model"] == model_name(f32)
+        assert a["answer"] == b["answer"] == "Ada Lovelace"
+        batch = post(s, "/api/qa/batch", {"qa_pairs": [body, {**body, "model": model_name(f32)}, {**body, "model": "nope"}]})
+        assert batch.status_code == 200, batch.text
+        results = batch.json()["results"]
+        assert [r.get("model") for r in results[:2]] == [model_name(q8), model_name(f32)]
+        assert results[2]["error"]["code"] == "model_not_found"
+        assert_error(post(s, "/api/qa", {**body, "model": "nope"}), 404, "model_not_found")
+    finally:
+        assert s.stop() == 0
+    # refused before the port opens: two files under one name, the built-in model not first, no file
+    for argv, needle in (([str(q8), str(q8)], "served as"), ([str(q8), "bert-qa"], "only be the first"),
+                         ([str(q8), str(tmp_path / "missing.gguf")], "no such file")):
+        r = run_cli("serve", "--port", "1", *(x for m in argv for x in ("--model", m)))
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
