@@ -1,6 +1,7 @@
 """Training: a tiny real run on the offline base, resume, QLoRA, eval CLI and bad input."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -266,7 +267,7 @@ def test_stop_after_pauses_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "paused"
     args = ["train", "--data", str(TRAIN_SAMPLE), "--output", str(out), "--max-steps", "6", "--batch-size", "2",
             "--max-seq-len", "64", "--doc-stride", "16", "--lora-r", "2", "--eval-data", str(DEV_SAMPLE),
-            "--eval-every", "1", "--curve-limit", "3", "--eval-limit", "3", "--quiet"]
+            "--eval-every", "1", "--curve-limit", "3", "--eval-limit", "3", "--checkpoint-every", "2", "--quiet"]
     r = run_cli(*args, "--stop-after", "0.000001")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "paused" in r.stdout and "step 1 of 6" in r.stdout
@@ -274,6 +275,9 @@ def test_stop_after_pauses_and_the_same_command_resumes(tmp_path):
     r = run_cli(*args)  # the same run without the pause: goes on from step 1, the schedule unchanged
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming from" in r.stderr and "at step 1/6" in r.stderr
+    # quiet, yet each checkpoint says where the run is and how fast it goes
+    assert re.search(r"checkpoint: step 2/6, loss \d+\.\d+, \d+\.\d windows/s this sitting, ~\d+\.\d h to go", r.stderr)
+    assert "checkpoint: step 4/6" in r.stderr
     s = json.loads((out / "training_summary.json").read_text())
     assert s["steps"] == s["planned_steps"] == 6 and not (out / "checkpoint").exists()
     assert [p["step"] for p in s["curve"]] == [1, 2, 3, 4, 5]  # the point before the pause kept

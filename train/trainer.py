@@ -515,6 +515,11 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
         bar.update(1)
         if dist.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
             save_checkpoint()
+            if not progress:  # a long quiet run (--stop-after sittings) still says where it is
+                rate = (examples_seen - seen_at_loop) / max(elapsed, 1e-6)
+                left_h = (total_steps - step) * cfg.batch_size * cfg.grad_accum / max(rate, 1e-6) / 3600
+                log(f"checkpoint: step {step}/{total_steps}, loss {last_loss:.3f}, {rate:.1f} windows/s this sitting, "
+                    f"~{left_h:.1f} h to go")
         if dist.main and cfg.eval_every and eval_examples is not None and step % cfg.eval_every == 0 and step < total_steps:
             eval_point()
     bar.close()
