@@ -247,12 +247,23 @@ def _resolve_model(model: str | None, outtype: str) -> Path:
     return default_model(outtype, log=lambda m: click.echo(m, err=True))
 
 
+def _check_model_file(p: Path) -> None:
+    """Fail fast, before the port opens, on a wrong file: opened by the engine its format needs."""
+    if p.suffix == ".onnx":
+        from qabridge.bridge.onnx_engine import OnnxModel
+
+        OnnxModel(p).close()
+    else:
+        from qabridge.core.model_file import ModelFile
+
+        ModelFile(p)
+
+
 def _serve_models(models: list[str], name: str | None, builtin_name: str) -> tuple[str | None, bool, list[Path]]:
     """``serve --model`` values -> (the default model's file or None, whether the built-in model was
     named first, the other files), each file checked and every served name distinct before the port
     opens."""
     from qabridge.bridge.registry import model_name
-    from qabridge.core.model_file import ModelFile
     from qabridge.errors import UsageError
 
     def builtin(m: str) -> bool:
@@ -267,12 +278,7 @@ def _serve_models(models: list[str], name: str | None, builtin_name: str) -> tup
     for p in more:
         if not p.is_file():
             raise UsageError(f"--model {p}: no such file")
-        if p.suffix == ".onnx":
-            from qabridge.bridge.onnx_engine import OnnxModel
-
-            OnnxModel(p).close()
-        else:
-            ModelFile(p)
+        _check_model_file(p)
         names.append(model_name(p))
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -339,17 +345,14 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
         if engine == "llama.cpp":
             raise UsageError(f"{model}: an ONNX file runs in ONNX Runtime; use --engine onnx or auto")
         path = Path(model)
-        from qabridge.bridge.onnx_engine import OnnxModel
-
-        OnnxModel(path).close()  # fail fast, before the port opens, on a wrong file
     elif builtin and engine != "llama.cpp":
         path = None  # the registry builds the candidates and measures them (in the background)
     else:
         if engine == "onnx":
             raise UsageError("--engine onnx serves an ONNX file (qabridge export --format onnx) or the built-in model")
         path = None if (ollama_model and not model) else _resolve_model(model, default_outtype)
-    if path is not None and path.suffix != ".onnx":
-        ModelFile(path)  # fail fast, before the port opens, on a wrong file
+    if path is not None:
+        _check_model_file(path)
     if embedding_gguf:
         ModelFile(embedding_gguf, require_qa=False)
     if (ollama_model or embedding_model) and not ollama_host:

@@ -25,12 +25,8 @@ TEACHER="${OUT:-$RUNS/bge-accurate}"
 STUDENT="$RUNS/minilm-distilled"
 DATA="${DATA:-$(cd .. && pwd)/shared/data/squad/train-v1.1.json.gz}"
 DEV="$(dirname "$DATA")/dev-v1.1.json.gz"
-# glibc hands every tensor over 32 MB back to the kernel and faults it in again on the next step;
-# tcmalloc keeps it: 1.47x the windows/s on this CPU (benchmarks/quality.md, "the allocator").
-# (`qabridge train` preloads it by itself too; set here so that the exec'd command needs no re-exec.)
-for lib in /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/*/libtcmalloc.so.4; do
-  if [ -e "$lib" ] && [ -z "${LD_PRELOAD:-}" ]; then export LD_PRELOAD="$lib"; fi
-done
+# `qabridge train`/`distill` run on tcmalloc when it is installed (train/allocator.py: 1.4-1.6x the
+# windows/s of glibc's malloc on this CPU); `bash scripts/setup-debian.sh` installs it.
 # The curve's 2,000-question evaluations cost ~2 min each on 2 cores: every 700 steps as on the GPU.
 COMMON=(--data "$DATA" "${DEFAULT_RECIPE[@]}" --batch-size 32 --grad-accum 2 --eval-data "$DEV"
         --checkpoint-every 25 --stop-after "$SECONDS_NOW" --quiet)
