@@ -305,7 +305,7 @@ def test_precision_is_chosen_by_device_and_recorded(tmp_path):
 
 
 def test_cpu_training_preloads_tcmalloc_when_installed(tmp_path):
-    """`qabridge train` on the CPU re-executes itself on tcmalloc (1.47x the windows/s of glibc's
+    """`qabridge train` on the CPU re-executes itself on tcmalloc (1.4-1.6x the windows/s of glibc's
     malloc on long windows); QABRIDGE_ALLOCATOR=system keeps glibc's; a bad value is refused.
     scripts/setup-debian.sh installs libtcmalloc-minimal4, so CI takes the tcmalloc branch."""
     from qabridge.train.allocator import find_tcmalloc
