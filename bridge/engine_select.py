@@ -300,13 +300,15 @@ def choose_engine(
     return choice
 
 
-def choose_default(engine: str = "auto", outtype: str = "auto", *, n_threads: int | None = None, log=None) -> EngineChoice:
-    """The built-in model's file and engine, as ``qabridge serve`` (and the Python API) pick them:
-    ``engine`` "auto" measures llama.cpp (``outtype``, or q8_0 and bf16) and ONNX Runtime int8
-    candidates on this CPU (cached per CPU and model), "onnx" only the ONNX ones."""
+def choose_default(engine: str = "auto", outtype: str = "auto", *, adapter: str | os.PathLike | None = None,
+                   n_threads: int | None = None, log=None) -> EngineChoice:
+    """A built-in model's file and engine (``adapter``: the default's when None), as ``qabridge serve``
+    (and the Python API) pick them: ``engine`` "auto" measures llama.cpp (``outtype``, or q8_0 and
+    bf16) and ONNX Runtime int8 candidates on this CPU (cached per CPU and model), "onnx" only the
+    ONNX ones."""
     engines = ("onnx",) if engine == "onnx" else ("llama.cpp", "onnx")
     outtypes = ("q8_0", "bf16") if outtype == "auto" else (outtype,)
-    cands = default_candidates(gguf_outtypes=outtypes, engines=engines, log=log)
+    cands = default_candidates(adapter, gguf_outtypes=outtypes, engines=engines, log=log)
     if engine == "onnx" and not cands:
         raise UsageError("--engine onnx: no ONNX model could be built (exporting needs torch)")
     return choose_engine(cands, n_threads=n_threads, log=log)
@@ -362,5 +364,5 @@ def default_candidates(
                 continue
         out.append(Candidate("onnx", p, t))
     if not out:
-        raise ModelError("no candidate engine could be built for the default model")
+        raise ModelError(f"no candidate engine could be built for {adapter}")
     return out

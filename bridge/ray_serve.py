@@ -100,7 +100,7 @@ def parse_autoscale(text: str | None) -> tuple[int, int] | None:
 # -- the replica ------------------------------------------------------------------------------------
 def replica_config(cfg: ServeConfig, threads: int, contexts: int | None) -> ServeConfig:
     """The config a replica runs: its own thread budget, nothing built or measured per replica."""
-    return dataclasses.replace(cfg, n_threads=threads, n_contexts=contexts or min(4, threads), builtin_model=False,
+    return dataclasses.replace(cfg, n_threads=threads, n_contexts=contexts or min(4, threads), builtin_model=None,
                                default_embedder=False)
 
 
@@ -214,10 +214,11 @@ def prepare_config(cfg: ServeConfig, log_fn: Callable[[str], None] | None = None
         raise UsageError("--ray serves model files; Ollama runs per machine: pass --model FILE (and --embedding-gguf)")
     path = cfg.model_path
     if path is None:
+        from qabridge.builtin import lookup_builtin
         from qabridge.export.run import default_model
 
         outtype = "q8_0" if cfg.default_outtype == "auto" else cfg.default_outtype
-        path = default_model(outtype, log=log_fn)
+        path = default_model(outtype, adapter=lookup_builtin(cfg.builtin_model).adapter(), log=log_fn)
     path = Path(path).resolve()
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (with --ray it must be readable at this path on every node)")
@@ -230,7 +231,7 @@ def prepare_config(cfg: ServeConfig, log_fn: Callable[[str], None] | None = None
         except ModelError as exc:  # no offline base: replicas rank with the QA model's own states
             if log_fn:
                 log_fn(f"no local embedder ({exc.message}); documents are ranked with the QA model")
-    return dataclasses.replace(cfg, model_path=path, embedding_gguf=emb, builtin_model=False, default_embedder=False,
+    return dataclasses.replace(cfg, model_path=path, embedding_gguf=emb, builtin_model=None, default_embedder=False,
                                engine="onnx" if path.suffix == ".onnx" else "llama.cpp")
 
 

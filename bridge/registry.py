@@ -19,7 +19,7 @@ from qabridge.errors import (
     UsageError,
 )
 
-from .config import DEFAULT_MODEL_NAME, ServeConfig
+from .config import ServeConfig
 from .llama_engine import LlamaCppEngine, gguf_pipeline
 
 log = logging.getLogger("qabridge.bridge")
@@ -48,13 +48,20 @@ def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") ->
     return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, sha256_file(path), source)
 
 
-def choose_builtin(cfg: ServeConfig):
-    """The built-in model's file and engine: measured on this CPU among the candidates (cached)."""
+def choose_builtin(cfg: ServeConfig, name: str):
+    """A built-in model's file and engine: measured on this CPU among the candidates (cached)."""
+    from qabridge.builtin import BUILTIN_MODELS
+
     from .engine_select import choose_default
 
-    choice = choose_default(cfg.engine, cfg.default_outtype, n_threads=cfg.n_threads, log=log.info)
-    log.info("engine: %s (%s)", choice.label, "cached choice" if choice.cached else f"measured in {choice.seconds:.1f} s")
-    return choice
+    if cfg.engine == "llama.cpp":  # one GGUF, no measuring
+        from qabridge.export.run import default_model
+
+        return None, default_model(cfg.default_outtype, adapter=BUILTIN_MODELS[name].adapter(), log=log.info)
+    choice = choose_default(cfg.engine, cfg.default_outtype, adapter=BUILTIN_MODELS[name].adapter(),
+                            n_threads=cfg.n_threads, log=log.info)
+    log.info("%s engine: %s (%s)", name, choice.label, "cached choice" if choice.cached else f"measured in {choice.seconds:.1f} s")
+    return choice, Path(choice.path)
 
 
 def model_name(path: Path) -> str:
@@ -76,7 +83,8 @@ class ModelRegistry:
         self.watch = None
         self.retriever = None
         self.pending_ollama: list[str] = list(cfg.ollama_models)
-        self.engine_choice = None  # EngineChoice of the built-in model under --engine auto/onnx
+        #: EngineChoice per built-in model under --engine auto/onnx.
+        self.engine_choices: dict = {}
         self._embed_engine: LlamaCppEngine | None = None
         self._lazy_embedder = None
         self._lock = threading.Lock()
@@ -87,9 +95,8 @@ class ModelRegistry:
             if self.cfg.model_path is None and not self.cfg.ollama_models and not self.cfg.builtin_model:
                 raise UsageError("no model given")
             if self.cfg.builtin_model:
-                self.engine_choice = choose_builtin(self.cfg)
-                name = self.cfg.model_name or DEFAULT_MODEL_NAME
-                self.models[name] = load_model(name, Path(self.engine_choice.path), self.cfg)
+                name = self.cfg.model_name or self.cfg.builtin_model
+                self._load_builtin(name, self.cfg.builtin_model)
                 self.default = name
             elif self.cfg.model_path is not None:
                 name = self.cfg.model_name or model_name(self.cfg.model_path)
@@ -100,6 +107,10 @@ class ModelRegistry:
                 if name in self.models:
                     raise UsageError(f"two models would be served as {name!r}: rename one file")
                 self.models[name] = load_model(name, Path(path), self.cfg)
+            for name in self.cfg.more_builtins:
+                if name in self.models:
+                    raise UsageError(f"two models would be served as {name!r}")
+                self._load_builtin(name, name)
             if self.cfg.ollama_host:
                 from .ollama import OllamaClient, OllamaWatch
 
@@ -118,6 +129,17 @@ class ModelRegistry:
         except Exception as exc:  # keep serving health with the reason
             self.state, self.error = "error", f"{exc.__class__.__name__}: {exc}"
             log.exception("model load failed")
+
+    def _load_builtin(self, served_as: str, builtin: str) -> None:
+        choice, path = choose_builtin(self.cfg, builtin)
+        if choice is not None:
+            self.engine_choices[served_as] = choice
+        self.models[served_as] = load_model(served_as, path, self.cfg)
+
+    @property
+    def engine_choice(self):
+        """How the default model's engine was chosen (a built-in model under --engine auto/onnx), else None."""
+        return self.engine_choices.get(self.default)
 
     def load_pending_ollama(self) -> None:
         """Load the Ollama models not loaded yet (at start, and again when Ollama comes back)."""

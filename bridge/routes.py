@@ -91,7 +91,7 @@ def create_app(cfg: ServeConfig, *, registry: ModelRegistry | None = None, load_
         )
 
     def info_of(m: LoadedModel) -> ModelInfo:
-        choice = reg.engine_choice if reg.engine_choice and m.name == reg.default and m.source == "file" else None
+        choice = reg.engine_choices.get(m.name) if m.source == "file" else None
         return model_info(m, choice.summary() if choice else None)
 
     @app.get("/api/models", response_model=ModelList, summary="Models this bridge can serve")

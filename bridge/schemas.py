@@ -107,7 +107,7 @@ class HealthResponse(BaseModel):
     ollama: dict | None = Field(default=None, description="Ollama host, reachability and version, when configured.")
     error: str | None = Field(default=None, description="Why loading failed, if it did.")
     inflight: int = Field(default=0, description="POST requests being answered now.")
-    engine_choice: dict | None = Field(default=None, description="With --engine auto: the engine chosen for the built-in model and what each candidate measured on this CPU.")
+    engine_choice: dict | None = Field(default=None, description="With --engine auto: the engine chosen for the default model (when built in) and what each candidate measured on this CPU.")
     embedding_cache: dict[str, int] | None = Field(default=None, description="Passage-embedding cache: hits, misses, size.")
 
 

@@ -46,16 +46,16 @@ def resolve_model(model: str | os.PathLike | None, *, ollama_host: str | None = 
                   outtype: str = "auto") -> tuple[Path, str, str]:
     """``(gguf_path, name, source)`` for a model argument.
 
-    ``None``: the built-in default model (built once from the shipped adapter, cached).
-    An existing file: that GGUF. ``ollama:NAME`` (or a bare name that is no file): the GGUF blob
-    that Ollama holds for NAME (the process must run on the machine that holds Ollama's models).
+    ``None``: the built-in default model (built once from the shipped adapter, cached); a built-in
+    model's name (``qabridge.builtin``, e.g. ``bert-qa``): that one, unless a file has the name.
+    An existing file: that GGUF. ``ollama:NAME`` (or another bare name that is no file): the GGUF
+    blob that Ollama holds for NAME (the process must run on the machine that holds Ollama's models).
     """
-    if model is None:
+    builtin = _builtin(model)
+    if builtin is not None:
         from qabridge.export.run import default_model
 
-        from .bridge.config import DEFAULT_MODEL_NAME
-
-        return default_model(outtype), DEFAULT_MODEL_NAME, "file"
+        return default_model(outtype, adapter=builtin.adapter()), builtin.name, "file"
     text = os.fspath(model)
     path = Path(text)
     if not text.startswith(OLLAMA_PREFIX) and (path.exists() or path.suffix in (".gguf", ".onnx") or os.sep in text):
@@ -74,6 +74,15 @@ def resolve_model(model: str | os.PathLike | None, *, ollama_host: str | None = 
         client.close()
 
 
+def _builtin(model: str | os.PathLike | None):
+    """The built-in model ``model`` names (None: the default), never for an ``ollama:`` name."""
+    from qabridge.builtin import lookup_builtin
+
+    if model is not None and os.fspath(model).startswith(OLLAMA_PREFIX):
+        return None
+    return lookup_builtin(model)
+
+
 class QuestionAnsweringPipeline:
     """Extractive QA over one qabridge model file: tokenizer and span head from its metadata, the
     encoder in llama.cpp (GGUF) or ONNX Runtime (``.onnx`` from ``qabridge export --format onnx``).
@@ -88,17 +97,16 @@ class QuestionAnsweringPipeline:
                  engine: str = "auto"):
         if engine not in ENGINES:
             raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-        #: How the built-in model's engine was chosen (as ``qabridge serve`` does), else None.
+        #: How a built-in model's engine was chosen (as ``qabridge serve`` does), else None.
         self.engine_choice = None
-        if model is None and engine == "onnx" and outtype != "auto":
+        builtin = _builtin(model)
+        if builtin is not None and engine == "onnx" and outtype != "auto":
             raise UsageError(f"engine='onnx' has no outtype {outtype!r} (an outtype names a GGUF)")
-        if model is None and engine != "llama.cpp" and outtype == "auto":
+        if builtin is not None and engine != "llama.cpp" and outtype == "auto":
             from qabridge.bridge.engine_select import choose_default
 
-            from .bridge.config import DEFAULT_MODEL_NAME
-
-            self.engine_choice = choose_default(engine, n_threads=threads)
-            path, self.name, self.source = Path(self.engine_choice.path), DEFAULT_MODEL_NAME, "file"
+            self.engine_choice = choose_default(engine, adapter=builtin.adapter(), n_threads=threads)
+            path, self.name, self.source = Path(self.engine_choice.path), builtin.name, "file"
         else:
             path, self.name, self.source = resolve_model(model, ollama_host=ollama_host, outtype=outtype)
         if engine != "auto" and (path.suffix == ".onnx") != (engine == "onnx"):
@@ -220,16 +228,17 @@ class QuestionAnsweringPipeline:
 
 def pipeline(task: str | None = None, model: str | os.PathLike | None = None, **kwargs) -> QuestionAnsweringPipeline:
     """A question-answering pipeline: ``pipeline()``, ``pipeline("question-answering", model=...)``,
-    ``pipeline(model="models/bert-qa.q8_0.gguf")`` or ``pipeline("ollama:bert-qa")``.
+    ``pipeline(model="models/bert-qa.q8_0.gguf")``, a built-in model by name (``pipeline("bert-qa")``;
+    ``qabridge.builtin``) or ``pipeline("ollama:bert-qa")``.
 
     Keyword arguments: ``ollama_host``, ``threads``, ``contexts`` (requests encoded at once),
     ``flash_attn``, ``engine`` (auto, llama.cpp, onnx) and ``outtype`` (auto, f32, f16, bf16, q8_0)
-    of the built-in default model: with both "auto", the engine ``qabridge serve`` measures fastest
+    of a built-in model: with both "auto", the engine ``qabridge serve`` measures fastest
     on this CPU (cached per CPU and model: ONNX Runtime int8 where it wins and torch can export it);
     an outtype or engine="llama.cpp" gives that GGUF.
     """
     if task is not None and task != TASK:
         if model is not None:
             raise UsageError(f"qabridge only does {TASK!r}, not {task!r}")
-        model = task  # pipeline("models/x.gguf") / pipeline("ollama:bert-qa")
+        model = task  # pipeline("models/x.gguf") / pipeline("bert-qa") / pipeline("ollama:bert-qa")
     return QuestionAnsweringPipeline(model, **kwargs)

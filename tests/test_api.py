@@ -16,6 +16,7 @@ from qabridge.errors import (
     MissingContext,
     ModelError,
     ModelNotFound,
+    OllamaUnavailable,
     QABridgeError,
     UnsupportedMediaType,
     UsageError,
@@ -189,3 +190,26 @@ def test_cli_exit_code_follows_the_error_class(tmp_path):
     assert r.returncode == 2 and "--context" in r.stderr
     r = run_cli("ask", "q?", "--context", "c", "--model", str(tmp_path / "x.gguf"))
     assert r.returncode == 4 and "no such model file" in r.stderr
+
+
+def test_builtin_models_by_name_and_files_first(qa, exported, dev_examples, tmp_path, monkeypatch):
+    """``pipeline("bert-qa")`` is the built-in model (built into the cache from its adapter); a file
+    of that name in the working directory wins; ``ollama:`` names never resolve to a built-in model."""
+    import shutil
+
+    from qabridge.api import _builtin
+
+    monkeypatch.setenv("QABRIDGE_CACHE", str(tmp_path / "cache"))
+    with qabridge.pipeline("bert-qa", engine="llama.cpp", outtype="q8_0") as p:
+        assert (p.name, p.source) == ("bert-qa", "file")
+        assert p.model_file.path.parent == tmp_path / "cache" / "models"
+        for e in dev_examples[:5]:  # the committed adapter as q8_0: what the exported fixture answers
+            assert p(question=e.question, context=e.context) == qa(question=e.question, context=e.context)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(exported("f32"), tmp_path / "bert-qa")
+    assert _builtin("bert-qa") is None
+    with qabridge.pipeline("bert-qa") as p:
+        assert p.model_file.path.resolve() == (tmp_path / "bert-qa").resolve() and p.model_file.outtype == "f32"
+    assert _builtin("ollama:bert-qa") is None
+    with pytest.raises(OllamaUnavailable):  # a bare name that is neither built in nor a file: Ollama's
+        qabridge.pipeline("no-such-model", ollama_host=f"http://127.0.0.1:{free_port()}")

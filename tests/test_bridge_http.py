@@ -222,8 +222,33 @@ def test_serves_several_model_files_side_by_side(exported, tmp_path):
         assert_error(post(s, "/api/qa", {**body, "model": "nope"}), 404, "model_not_found")
     finally:
         assert s.stop() == 0
-    # refused before the port opens: two files under one name, the built-in model not first, no file
-    for argv, needle in (([str(q8), str(q8)], "served as"), ([str(q8), "bert-qa"], "only be the first"),
-                         ([str(q8), str(tmp_path / "missing.gguf")], "no such file")):
+    # refused before the port opens: two files under one name, a built-in model twice, no file
+    for argv, needle in (([str(q8), str(q8)], "served as"), (["bert-qa", "bert-qa"], "served as"),
+                         ([str(q8), str(tmp_path / "missing.gguf")], "built-in models: bert-qa")):
         r = run_cli("serve", "--port", "1", *(x for m in argv for x in ("--model", m)))
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_serves_a_builtin_model_beside_a_file(exported, tmp_path):
+    """A built-in model's name can follow a file: built from its adapter (here as the q8_0 GGUF
+    into an empty cache, in the background) and served under its name."""
+    from qabridge.bridge.registry import model_name
+
+    q8 = exported("q8_0")
+    cache = tmp_path / "cache"
+    s = start_server(None, tmp_path, "--engine", "llama.cpp", "--default-outtype", "q8_0",
+                     argv=["--model", str(q8), "--model", "bert-qa"], env={"QABRIDGE_CACHE": str(cache)})
+    try:
+        listed = httpx.get(s.url + "/api/models").json()
+        assert listed["default"] == model_name(q8)
+        assert [m["name"] for m in listed["models"]] == [model_name(q8), "bert-qa"]
+        built = list((cache / "models").glob("default-*.q8_0.gguf"))
+        assert len(built) == 1
+        body = {"question": "Who wrote the notes?", "context": "The notes were written by Ada Lovelace in 1843."}
+        a, b = post(s, "/api/qa", body).json(), post(s, "/api/qa", {**body, "model": "bert-qa"}).json()
+        assert b["model"] == "bert-qa" and a["answer"] == b["answer"] == "Ada Lovelace"
+        assert abs(a["score"] - b["score"]) < 1e-6  # the same adapter, the same outtype: the same model
+        info = httpx.get(s.url + "/api/model/info", params={"model": "bert-qa"}).json()
+        assert info["file"].endswith(built[0].name)
+    finally:
+        assert s.stop() == 0
