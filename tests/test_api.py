@@ -22,7 +22,7 @@ from qabridge.errors import (
     UsageError,
 )
 
-from .helpers import FIXTURES, free_port
+from .helpers import DEV_SAMPLE, FIXTURES, free_port, run_cli
 
 HF_RECORD = FIXTURES / "hf_pipeline_4.57.6.json"
 
@@ -213,3 +213,27 @@ def test_builtin_models_by_name_and_files_first(qa, exported, dev_examples, tmp_
     assert _builtin("ollama:bert-qa") is None
     with pytest.raises(OllamaUnavailable):  # a bare name that is neither built in nor a file: Ollama's
         qabridge.pipeline("no-such-model", ollama_host=f"http://127.0.0.1:{free_port()}")
+
+
+def test_models_command_and_eval_of_a_builtin_model_by_name(committed_adapter, exported, tmp_path):
+    """`qabridge models` lists the built-in models with their training summary's scores;
+    `qabridge eval --model bert-qa` scores the cached GGUF built from its adapter, which answers
+    as the same adapter exported by hand does."""
+    from pathlib import Path
+
+    from qabridge.export.run import auto_outtype
+
+    r = run_cli("models", "--json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)[0]
+    summary = json.loads((committed_adapter / "training_summary.json").read_text())
+    assert row["name"] == "bert-qa" and row["default"] and Path(row["adapter"]).resolve() == committed_adapter.resolve()
+    assert row["squad_v1_dev"]["f1"] == round(summary["dev"]["f1"], 2) and row["negatives"] == "none"
+    env = {"QABRIDGE_CACHE": str(tmp_path / "cache")}
+    by_name = run_cli("eval", "--model", "bert-qa", "--data", str(DEV_SAMPLE), "--limit", "20", "--json", env=env)
+    assert by_name.returncode == 0, by_name.stderr
+    got = json.loads(by_name.stdout)
+    assert Path(got["model"]).parent == tmp_path / "cache" / "models"
+    by_file = json.loads(run_cli("eval", "--model", str(exported(auto_outtype())), "--data", str(DEV_SAMPLE),
+                                 "--limit", "20", "--json").stdout)
+    assert (got["exact_match"], got["f1"], got["count"]) == (by_file["exact_match"], by_file["f1"], 20)
