@@ -230,10 +230,13 @@ def run_batch(data: str | os.PathLike, out: str | os.PathLike, *, model: str | o
         raise UsageError(f"--cpus-per-actor must be > 0, got {cpus_per_actor:g}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    if model is None:
+    from qabridge.builtin import lookup_builtin
+
+    builtin = lookup_builtin(model)
+    if builtin is not None:  # None (the default) or a built-in model's name: its q8_0 GGUF, built once here
         from qabridge.export.run import default_model
 
-        model = default_model("q8_0", log=log_fn)
+        model = default_model("q8_0", adapter=builtin.adapter(), log=log_fn)
     model = Path(model).resolve()
     if not model.is_file():
         raise DataError(f"{model}: no such model file (with --address it must be readable on every node)")

@@ -555,7 +555,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
 @click.option("--data", required=True, help="Passages: .jsonl or .parquet rows with id, context (and question, without --questions), or a SQuAD .json.")
 @click.option("--questions", default=None, type=click.Path(dir_okay=False), help="Ask every passage these: .txt (one a line) or .jsonl ({id, question}); answer ids are <passage id>::<question id>.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for answers.jsonl; run again with the same folder to resume (ids already there are skipped).")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF (or ONNX) file, readable at this path on every node. Default: the built-in q8_0 model.")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF (or ONNX) file, readable at this path on every node, or a built-in model's name (its q8_0 GGUF). Default: bert-qa.")
 @click.option("--address", default=None, help="Ray cluster to join ('auto': the one this machine belongs to). Default: a local Ray.")
 @click.option("--actors", type=click.IntRange(min=1), default=None, help="Actors in the pool, each with the model loaded once (default: the cluster's CPUs).")
 @click.option("--cpus-per-actor", type=float, default=0.5, show_default=True, help="CPUs Ray reserves per actor; below 1 leaves room for the read tasks (1 hung a 2-CPU cluster).")
