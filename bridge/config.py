@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qabridge.builtin import DEFAULT_BUILTIN
+from qabridge.core.builtin import DEFAULT_BUILTIN
 
 #: The name the built-in default model is served under (its file hash is in /api/model/info).
 DEFAULT_MODEL_NAME = DEFAULT_BUILTIN
@@ -28,11 +28,11 @@ class ServeConfig:
     model_name: str | None = None
     #: More model files (GGUF or ONNX) served beside the default, each under its file name.
     more_models: list[Path] = field(default_factory=list)
-    #: More built-in models (qabridge.builtin names) served beside the default, each under its name.
+    #: More built-in models (qabridge.core.builtin names) served beside the default, each under its name.
     more_builtins: list[str] = field(default_factory=list)
     #: auto (measure candidates for built-in models; by format for a file), llama.cpp or onnx.
     engine: str = "llama.cpp"
-    #: The built-in model served as the default (a qabridge.builtin name), its engine and file
+    #: The built-in model served as the default (a qabridge.core.builtin name), its engine and file
     #: chosen at load (``model_path`` is then None); None: a file or Ollama model is the default.
     builtin_model: str | None = None
     #: GGUF outtype candidates of built-in models: auto (q8_0 and bf16) or one of them.

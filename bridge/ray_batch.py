@@ -230,7 +230,7 @@ def run_batch(data: str | os.PathLike, out: str | os.PathLike, *, model: str | o
         raise UsageError(f"--cpus-per-actor must be > 0, got {cpus_per_actor:g}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    from qabridge.builtin import lookup_builtin
+    from qabridge.core.builtin import lookup_builtin
 
     builtin = lookup_builtin(model)
     if builtin is not None:  # None (the default) or a built-in model's name: its q8_0 GGUF, built once here

@@ -214,7 +214,7 @@ def prepare_config(cfg: ServeConfig, log_fn: Callable[[str], None] | None = None
         raise UsageError("--ray serves model files; Ollama runs per machine: pass --model FILE (and --embedding-gguf)")
     path = cfg.model_path
     if path is None:
-        from qabridge.builtin import lookup_builtin
+        from qabridge.core.builtin import lookup_builtin
         from qabridge.export.run import default_model
 
         outtype = "q8_0" if cfg.default_outtype == "auto" else cfg.default_outtype

@@ -50,7 +50,7 @@ def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") ->
 
 def choose_builtin(cfg: ServeConfig, name: str):
     """A built-in model's file and engine: measured on this CPU among the candidates (cached)."""
-    from qabridge.builtin import BUILTIN_MODELS
+    from qabridge.core.builtin import BUILTIN_MODELS
 
     from .engine_select import choose_default
 

@@ -47,7 +47,7 @@ def resolve_model(model: str | os.PathLike | None, *, ollama_host: str | None = 
     """``(gguf_path, name, source)`` for a model argument.
 
     ``None``: the built-in default model (built once from the shipped adapter, cached); a built-in
-    model's name (``qabridge.builtin``, e.g. ``bert-qa``): that one, unless a file has the name.
+    model's name (``qabridge.core.builtin``, e.g. ``bert-qa``): that one, unless a file has the name.
     An existing file: that GGUF. ``ollama:NAME`` (or another bare name that is no file): the GGUF
     blob that Ollama holds for NAME (the process must run on the machine that holds Ollama's models).
     """
@@ -76,7 +76,7 @@ def resolve_model(model: str | os.PathLike | None, *, ollama_host: str | None = 
 
 def _builtin(model: str | os.PathLike | None):
     """The built-in model ``model`` names (None: the default), never for an ``ollama:`` name."""
-    from qabridge.builtin import lookup_builtin
+    from qabridge.core.builtin import lookup_builtin
 
     if model is not None and os.fspath(model).startswith(OLLAMA_PREFIX):
         return None
@@ -229,7 +229,7 @@ class QuestionAnsweringPipeline:
 def pipeline(task: str | None = None, model: str | os.PathLike | None = None, **kwargs) -> QuestionAnsweringPipeline:
     """A question-answering pipeline: ``pipeline()``, ``pipeline("question-answering", model=...)``,
     ``pipeline(model="models/bert-qa.q8_0.gguf")``, a built-in model by name (``pipeline("bert-qa")``;
-    ``qabridge.builtin``) or ``pipeline("ollama:bert-qa")``.
+    ``qabridge.core.builtin``) or ``pipeline("ollama:bert-qa")``.
 
     Keyword arguments: ``ollama_host``, ``threads``, ``contexts`` (requests encoded at once),
     ``flash_attn``, ``engine`` (auto, llama.cpp, onnx) and ``outtype`` (auto, f32, f16, bf16, q8_0)

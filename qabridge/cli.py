@@ -194,14 +194,38 @@ def export(adapter, output, outtype, modelfile, name, base, embedding, force, fm
         click.echo(f"wrote {info['modelfile']}  (ollama create {name} -f {info['modelfile']})")
 
 
-# -- bases --------------------------------------------------------------------------------------
+# -- models and bases ---------------------------------------------------------------------------
+def _describe_builtins() -> list[dict]:
+    """One row per built-in model for ``qabridge models``: what it is, its adapter, its dev scores
+    (torch, from its training summary), whether it abstains, and whether its base is on this machine."""
+    import json
+
+    from qabridge.core.builtin import BUILTIN_MODELS, DEFAULT_BUILTIN
+    from qabridge.train.bases import installed_dir, lookup
+
+    rows = []
+    for m in BUILTIN_MODELS.values():
+        d = m.adapter()
+        summary = json.loads((d / "training_summary.json").read_text()) if (d / "training_summary.json").exists() else {}
+        qcfg = json.loads((d / "qabridge.json").read_text()) if (d / "qabridge.json").exists() else {}
+        base = lookup(m.base)
+        dev = summary.get("dev") or {}
+        rows.append({
+            "name": m.name, "default": m.name == DEFAULT_BUILTIN, "description": m.description,
+            "adapter": str(d), "base": base.name if base else m.base,
+            "base_installed": bool(base and installed_dir(base)),
+            "squad_v1_dev": {"exact_match": round(dev["exact_match"], 2), "f1": round(dev["f1"], 2)} if dev else None,
+            "negatives": (qcfg.get("train_identity") or {}).get("negatives") or "none",
+            "null_threshold": qcfg.get("null_threshold"),
+        })
+    return rows
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models(as_json=False) -> None:
     """The built-in models (for serve/ask/eval --model NAME and qabridge.pipeline(NAME))."""
-    from qabridge.builtin import describe
-
-    rows = describe()
+    rows = _describe_builtins()
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -274,7 +298,7 @@ def _serve_models(models: list[str], name: str | None) -> tuple[str | None, str 
     """``serve --model`` values -> (the default model's file, or its built-in name; the other files;
     the other built-in names), each file checked and every served name distinct before the port opens."""
     from qabridge.bridge.registry import model_name
-    from qabridge.builtin import DEFAULT_BUILTIN, lookup_builtin
+    from qabridge.core.builtin import DEFAULT_BUILTIN, lookup_builtin
     from qabridge.errors import UsageError
 
     first_file = first_builtin = None
@@ -302,7 +326,7 @@ def _serve_models(models: list[str], name: str | None) -> tuple[str | None, str 
 
 
 def _builtin_names() -> list[str]:
-    from qabridge.builtin import BUILTIN_MODELS
+    from qabridge.core.builtin import BUILTIN_MODELS
 
     return list(BUILTIN_MODELS)
 
@@ -480,7 +504,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     metadata, 30 tokens by default) and the best span across windows. Data with unanswerable
     questions (SQuAD 2.0) gets the official v2 metric: EM, F1, HasAns, NoAns and best threshold.
     """
-    from qabridge.builtin import lookup_builtin
+    from qabridge.core.builtin import lookup_builtin
     from qabridge.errors import UsageError
     from qabridge.train.evaluate import evaluate_pipeline, evaluate_v2_pipeline
     from qabridge.train.squad import has_unanswerable, load_squad

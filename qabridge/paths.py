@@ -23,8 +23,8 @@ def models_dir() -> Path:
 
 
 def default_adapter() -> Path:
-    """The default built-in model's adapter (``qabridge.builtin``)."""
-    from qabridge.builtin import BUILTIN_MODELS, DEFAULT_BUILTIN
+    """The default built-in model's adapter (``qabridge.core.builtin``)."""
+    from qabridge.core.builtin import BUILTIN_MODELS, DEFAULT_BUILTIN
 
     return BUILTIN_MODELS[DEFAULT_BUILTIN].adapter()
 

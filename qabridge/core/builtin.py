@@ -46,27 +46,3 @@ def lookup_builtin(model: str | os.PathLike | None) -> BuiltinModel | None:
     m = BUILTIN_MODELS.get(text)
     return m if m is not None and not Path(text).exists() else None
 
-
-def describe() -> list[dict]:
-    """One row per built-in model for ``qabridge models``: what it is, its adapter, its dev scores
-    (torch, from its training summary), whether it abstains, and whether its base is on this machine."""
-    import json
-
-    from qabridge.train.bases import installed_dir, lookup
-
-    rows = []
-    for m in BUILTIN_MODELS.values():
-        d = m.adapter()
-        summary = json.loads((d / "training_summary.json").read_text()) if (d / "training_summary.json").exists() else {}
-        qcfg = json.loads((d / "qabridge.json").read_text()) if (d / "qabridge.json").exists() else {}
-        base = lookup(m.base)
-        dev = summary.get("dev") or {}
-        rows.append({
-            "name": m.name, "default": m.name == DEFAULT_BUILTIN, "description": m.description,
-            "adapter": str(d), "base": base.name if base else m.base,
-            "base_installed": bool(base and installed_dir(base)),
-            "squad_v1_dev": {"exact_match": round(dev["exact_match"], 2), "f1": round(dev["f1"], 2)} if dev else None,
-            "negatives": (qcfg.get("train_identity") or {}).get("negatives") or "none",
-            "null_threshold": qcfg.get("null_threshold"),
-        })
-    return rows
