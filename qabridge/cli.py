@@ -283,7 +283,11 @@ def bases_fetch(name, from_file, force) -> None:
 
 # -- serve / ask --------------------------------------------------------------------------------
 def _check_model_file(p: Path) -> None:
-    """Fail fast, before the port opens, on a wrong file: opened by the engine its format needs."""
+    """Fail fast, before the port opens, on a missing or wrong file: opened by the engine its format needs."""
+    from qabridge.errors import ModelError
+
+    if not p.is_file():
+        raise ModelError(f"{p}: no such model file (built-in models: {', '.join(_builtin_names())})")
     if p.suffix == ".onnx":
         from qabridge.bridge.onnx_engine import OnnxModel
 
@@ -299,7 +303,7 @@ def _serve_models(models: list[str], name: str | None) -> tuple[str | None, str 
     the other built-in names), each file checked and every served name distinct before the port opens."""
     from qabridge.bridge.registry import model_name
     from qabridge.core.builtin import DEFAULT_BUILTIN, lookup_builtin
-    from qabridge.errors import ModelError, UsageError
+    from qabridge.errors import UsageError
 
     first_file = first_builtin = None
     if models:
@@ -314,8 +318,6 @@ def _serve_models(models: list[str], name: str | None) -> tuple[str | None, str 
             names.append(b.name)
             continue
         p = Path(m)
-        if not p.is_file():
-            raise ModelError(f"{p}: no such model file (built-in models: {', '.join(_builtin_names())})")
         _check_model_file(p)
         more.append(p)
         names.append(model_name(p))
@@ -375,7 +377,7 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
     )
     from qabridge.bridge.server import serve as run_serve
     from qabridge.core.model_file import ModelFile
-    from qabridge.errors import ModelError, UsageError
+    from qabridge.errors import UsageError
 
     if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
         raise UsageError(f"--host {host} would expose the bridge beyond this machine; add --allow-remote to do so")
@@ -394,8 +396,6 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
     elif not builtin and engine == "onnx":
         raise UsageError("--engine onnx serves an ONNX file (qabridge export --format onnx) or a built-in model")
     if path is not None:
-        if not path.is_file():
-            raise ModelError(f"{path}: no such model file (built-in models: {', '.join(_builtin_names())})")
         _check_model_file(path)
     if embedding_gguf:
         ModelFile(embedding_gguf, require_qa=False)
