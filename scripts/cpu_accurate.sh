@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Issues 18 and 13 on the CPU, over several sittings, for a task without a GPU:
+# Issues 18 and 13 on the CPU, over several sittings, for a task without a GPU. The accurate model
+# itself was trained on the lent GPU (scripts/device_accurate.sh) and is committed as
+# models/lora-accurate: abstain and distill start from it unless $RUNS/bge-accurate holds a newer run.
+# $RUNS lies outside the repository: a new machine starts without it (a run paused there is lost).
 #   bash scripts/cpu_accurate.sh [train] [SECONDS]   the accurate model: bge-small-en-v1.5 + LoRA, the
 #                                                    default recipe, 3 epochs (4,152 steps of 64)
 #   bash scripts/cpu_accurate.sh abstain [SECONDS]   then a warm start of it with generated negatives
@@ -31,7 +34,8 @@ if [[ "${1:-}" =~ ^(train|abstain|eval|distill)$ ]]; then STEP=$1; shift; fi
 SECONDS_NOW="${1:-2700}"
 RUNS="${RUNS:-/work/runs}"
 TEACHER="${OUT:-$RUNS/bge-accurate}"
-ABSTAIN="$TEACHER-neg"
+if [[ $STEP != train && ! -f $TEACHER/adapter_config.json ]]; then TEACHER=$PWD/models/lora-accurate; fi
+ABSTAIN="$RUNS/bge-accurate-neg"
 STUDENT="$RUNS/minilm-distilled"
 DATA="${DATA:-$(cd .. && pwd)/shared/data/squad/train-v1.1.json.gz}"
 DEV="$(dirname "$DATA")/dev-v1.1.json.gz"

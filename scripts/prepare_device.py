@@ -1,4 +1,4 @@
-"""Prepare .dev/ for scripts/device_train.sh (and device_abstain.sh): the offline base as fp16 safetensors, SQuAD and bitsandbytes.
+"""Prepare .dev/ for the device scripts (device_train.sh, device_abstain.sh, device_accurate.sh): the offline base as fp16 safetensors, SQuAD, bge-small and bitsandbytes.
 
 The GPU machine reaches no registry and carries at most 64 MiB, so the base travels
 as fp16 (about 45 MB) with its config and tokenizer files, the training set as xz (5.8 MB
@@ -24,8 +24,6 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from qabridge.paths import offline_base_dir  # noqa: E402
-from qabridge.train.squad import squad_dir  # noqa: E402
 
 
 def main() -> None:
@@ -34,8 +32,17 @@ def main() -> None:
                     help="also the SQuAD 2.0 dev set (evaluation only) for scripts/device_abstain.sh")
     ap.add_argument("--no-bitsandbytes", dest="bnb", action="store_false", help="skip QLoRA's bitsandbytes")
     ap.add_argument("--bge", action="store_true",
-                    help="also bge-small-en-v1.5 as fp16 in two parts (.dev/bge-a, .dev/bge-b) for scripts/device_accurate.sh")
+                    help="also bge-small-en-v1.5 (matrices bf16, packed: .dev/bge, ~43 MiB), for scripts/device_accurate.sh")
+    ap.add_argument("--unpack-bge", metavar="DIR", type=Path, default=None,
+                    help="on the device: rebuild .dev/bge's safetensors into DIR (an HF directory) and exit")
     args = ap.parse_args()
+    if args.unpack_bge is not None:
+        unpack_bge(Path(__file__).resolve().parent.parent / ".dev" / "bge", args.unpack_bge)
+        return
+    # Here, not at the top: --unpack-bge runs on the device, where the tree is not installed.
+    from qabridge.paths import offline_base_dir
+    from qabridge.train.squad import squad_dir
+
     src = offline_base_dir()
     if src is None:
         sys.exit("the offline base is not installed (scripts/setup.sh)")
@@ -71,38 +78,92 @@ def main() -> None:
     print(f"prepared {dev}: {total / 2**20:.1f} MiB")
 
 
-#: Bytes of bge's fp16 safetensors in the first part: .dev/bge-a alone fills most of one call's
-#: 64 MiB carry (with the working tree); the rest travels with the data in the next call.
-BGE_PART0 = 52 << 20
+#: The packed safetensors of .dev/bge (see pack_bge).
+PLANES = "model.planes.xz"
+
+
+def write_planes(data: bytes, path: Path) -> int:
+    """xz a safetensors file with its tensor bytes split into planes: the header, then every second
+    byte from the second (the high bytes of 16-bit words: sign and exponent, which compress), then
+    the low bytes. Returns the header's length (8 + its JSON), which read_planes needs."""
+    head = 8 + int.from_bytes(data[:8], "little")
+    if (len(data) - head) % 2:
+        raise ValueError("tensor data of odd length: not 16/32-bit tensors")
+    body = np.frombuffer(data, dtype=np.uint8, offset=head).reshape(-1, 2)
+    with lzma.open(path, "wb", preset=9 | lzma.PRESET_EXTREME) as fh:
+        fh.write(data[:head])
+        fh.write(np.ascontiguousarray(body[:, 1]).tobytes())
+        fh.write(np.ascontiguousarray(body[:, 0]).tobytes())
+    return head
+
+
+def read_planes(path: Path, head: int, n: int) -> bytes:
+    """The n bytes write_planes packed into path (head: the header length it returned)."""
+    half = (n - head) // 2
+    with lzma.open(path, "rb") as fh:
+        header = fh.read(head)
+        hi = np.frombuffer(fh.read(half), dtype=np.uint8)
+        lo = np.frombuffer(fh.read(half), dtype=np.uint8)
+    body = np.empty((half, 2), dtype=np.uint8)
+    body[:, 0], body[:, 1] = lo, hi
+    return header + body.tobytes()
 
 
 def pack_bge(dev: Path) -> None:
-    """bge-small-en-v1.5 (fetched from Maven Central and converted by `qabridge bases`) as an fp16
-    HF directory cut in two: its safetensors is ~63 MiB, too much for one carry beside the tree.
-    scripts/device_accurate.sh joins the parts and checks the sha256 in bge-a/manifest.json."""
+    """bge-small-en-v1.5 (fetched from Maven Central and converted by `qabridge bases`) as an HF
+    directory in .dev/bge, small enough to travel in one carry beside the tree and the data: its
+    matrices as bf16 (what the training's bf16 autocast multiplies with anyway: the rounding is the
+    same; fp16 would be 63 MiB), 1-D tensors as fp32, and the file's bytes split into two planes
+    (high bytes, mostly sign and exponent, then low bytes) and xz'd: ~43 MiB.
+    `python3 scripts/prepare_device.py --unpack-bge DIR` rebuilds the file on the device and checks
+    its sha256 (manifest.json)."""
     import hashlib
     import json
+
+    import torch
+    from safetensors.torch import save_file as save_torch
 
     from qabridge.train.bases import ensure, lookup
 
     src = ensure(lookup("bge-small-en-v1.5"), log=print)
-    a, b = dev / "bge-a", dev / "bge-b"
-    for d in (a, b):
+    out = dev / "bge"
+    for d in (out, dev / "bge-a", dev / "bge-b"):  # bge-a, bge-b: an earlier layout (fp16 in two carries)
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+    out.mkdir(parents=True)
+
     state = load_file(str(src / "model.safetensors"))
     with tempfile.TemporaryDirectory() as tmp:
         whole = Path(tmp) / "model.safetensors"
-        save_file({k: v.astype(np.float16) for k, v in state.items()}, str(whole))
+        save_torch({k: torch.from_numpy(v).to(torch.bfloat16 if v.ndim == 2 else torch.float32) for k, v in state.items()},
+                   str(whole))
         data = whole.read_bytes()
-    (a / "model.part0").write_bytes(data[:BGE_PART0])
-    (b / "model.part1").write_bytes(data[BGE_PART0:])
+    head = write_planes(data, out / PLANES)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "NOTICE"):
         if (src / name).exists():
-            shutil.copy2(src / name, a / name)
-    (a / "manifest.json").write_text(json.dumps({"model.safetensors": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                                                 "parts": ["bge-a/model.part0", "bge-b/model.part1"]}) + "\n")
-    print(f"bge-small-en-v1.5 fp16: {len(data) / 2**20:.1f} MiB in {a} and {b}")
+            shutil.copy2(src / name, out / name)
+    (out / "manifest.json").write_text(json.dumps({"model.safetensors": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                                                   "header_bytes": head}) + "\n")
+    packed = (out / PLANES).stat().st_size
+    print(f"bge-small-en-v1.5 bf16: {len(data) / 2**20:.1f} MiB packed into {packed / 2**20:.1f} MiB in {out}")
+
+
+def unpack_bge(src: Path, dst: Path) -> None:
+    """Rebuild model.safetensors from pack_bge's planes (src) into the HF directory dst; exits 1 on a
+    checksum mismatch. Needs only numpy and the standard library (it runs on the device)."""
+    import hashlib
+    import json
+
+    manifest = json.loads((src / "manifest.json").read_text())
+    head, n = manifest["header_bytes"], manifest["bytes"]
+    data = read_planes(src / PLANES, head, n)
+    if hashlib.sha256(data).hexdigest() != manifest["model.safetensors"]:
+        sys.exit(f"bge sha256 mismatch after unpacking {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name not in (PLANES, "manifest.json"):
+            shutil.copy2(f, dst / f.name)
+    (dst / "model.safetensors").write_bytes(data)
+    print(f"bge sha256 ok: {dst / 'model.safetensors'} ({n / 2**20:.1f} MiB)")
 
 
 def pack_bitsandbytes(dest: Path, cuda: tuple[str, ...] = ("130", "132")) -> None:

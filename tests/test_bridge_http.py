@@ -224,7 +224,7 @@ def test_serves_several_model_files_side_by_side(exported, tmp_path):
         assert s.stop() == 0
     # refused before the port opens: two files under one name, a built-in model twice, no file
     for argv, code, needle in (([str(q8), str(q8)], 2, "served as"), (["bert-qa", "bert-qa"], 2, "served as"),
-                               ([str(q8), str(tmp_path / "missing.gguf")], 4, "no such model file (built-in models: bert-qa)")):
+                               ([str(q8), str(tmp_path / "missing.gguf")], 4, "no such model file (built-in models: bert-qa, bert-qa-accurate)")):
         r = run_cli("serve", "--port", "1", *(x for m in argv for x in ("--model", m)))
         assert r.returncode == code and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
 

@@ -115,6 +115,36 @@ def test_bf16_export_is_an_ollama_model(ollama, created, committed_adapter, tmp_
     assert (cos > 0.99).all(), cos
 
 
+def test_accurate_model_through_ollama(ollama, bge_dir, dev_examples, tmp_path):
+    """bert-qa-accurate (bge-small, 12 layers): its Modelfile goes through `ollama create`, and the
+    bridge serves Ollama's blob of it, answering as the exported file does in the embedded engine."""
+    from qabridge.bridge.llama_engine import gguf_pipeline
+    from qabridge.core.builtin import BUILTIN_MODELS
+    from qabridge.export.run import export
+
+    info = export(BUILTIN_MODELS["bert-qa-accurate"].adapter(), output=tmp_path / "models" / "bert-qa-accurate.q8_0.gguf",
+                  outtype="q8_0", modelfile=tmp_path / "modelfiles" / "Modelfile.accurate", name="bert-qa-accurate")
+    assert "MIT (BAAI/bge-small-en-v1.5)" in Path(info["modelfile"]).read_text()
+    r = ollama_cli("create", "qabridge-test-accurate", "-f", info["modelfile"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = start_server(None, tmp_path, argv=["--ollama-model", "qabridge-test-accurate", "--ollama-host", ollama])
+    try:
+        model = httpx.get(s.url + "/api/model/info").json()
+        answers = [httpx.post(s.url + "/api/qa", json={"question": e.question, "context": e.context}, timeout=60).json()
+                   for e in dev_examples[:10]]
+    finally:
+        s.stop()
+    assert model["layers"] == 12 and model["base_model"] == "BAAI/bge-small-en-v1.5"
+    same_qa_model(Path(model["file"]), Path(info["path"]))
+    pipe = gguf_pipeline(Path(info["path"]))
+    try:
+        for e, a in zip(dev_examples[:10], answers):
+            ref = pipe.predict(e.question, e.context).spans[0]
+            assert (a["start"], a["end"]) == (ref.start, ref.end) and a["model"] == "qabridge-test-accurate"
+    finally:
+        pipe.encoder.close()
+
+
 @pytest.fixture(scope="module")
 def pooling_none_gguf(committed_adapter, tmp_path_factory) -> Path:
     """The committed model written with pooling type none: llama.cpp runs it, Ollama cannot serve it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,14 @@ def test_fresh_venv_with_only_the_wheel(tmp_path):
     ask = run(str(cli), "ask", "When was the Eiffel Tower completed?", "--context", context, "--json")
     assert ask.returncode == 0, ask.stderr
     assert '"answer": "1889"' in ask.stdout and '"model": "bert-qa"' in ask.stdout
+
+    # Both built-in models' adapters are package data of the wheel.
+    models = run(str(cli), "models", "--json")
+    assert models.returncode == 0, models.stderr
+    rows = {m["name"]: m for m in json.loads(models.stdout)}
+    assert list(rows) == ["bert-qa", "bert-qa-accurate"]
+    for m in rows.values():
+        assert m["adapter"].startswith(str(venv)) and (Path(m["adapter"]) / "adapter_model.safetensors").is_file()
 
     api = run(str(py), "-c", "import qabridge\nwith qabridge.pipeline() as qa:\n"
               f"    print(qa(question='Where does it stand?', context={context!r})['answer'])")
