@@ -8,8 +8,11 @@
 # call 1 took 431 s, call 2 284 s; with the machine's start, 773 s of the session's 900.
 #   1. carry .dev/bge .dev/squad .dev/squad2    command: bash scripts/device_accurate.sh train    (~7 min)
 #   2. carry .dev/base                          command: bash scripts/device_accurate.sh distill  (~5 min)
+# The teacher is committed now (models/lora-accurate), so the next session can skip training it:
+#   1. carry .dev/bge .dev/squad .dev/squad2    command: bash scripts/device_accurate.sh abstain  (~8 min)
+#   2. carry .dev/base                          command: ABSTAIN_BUDGET=0 DISTILL_BUDGET=240 bash scripts/device_accurate.sh distill
 # Prepared by `python scripts/prepare_device.py --bge --squad2 --no-bitsandbytes`. Each run stops at
-# its time budget (TRAIN_BUDGET, default 400 s; DISTILL_BUDGET / ABSTAIN_BUDGET, default 120 s):
+# its time budget (TRAIN_BUDGET 400 s; DISTILL_BUDGET / ABSTAIN_BUDGET 120 s; WARM_BUDGET 240 s, SCRATCH_BUDGET 300 s):
 # training_summary.json holds SQuAD v1.1 dev EM/F1 (torch) and the learning curve. The GGUF numbers
 # (F1 >= 87 through the bridge's engine) are measured back on the CPU machine, after the adapters'
 # recorded base (the path .dev/bge-full here) is set back to its name, BAAI/bge-small-en-v1.5, or with
@@ -19,7 +22,7 @@
 #     EXTRA="--max-steps 2 --subset-size 64 --batch-size 8 --eval-limit 20 --curve-limit 20" \
 #     bash scripts/device_accurate.sh train   (then the same with distill)
 set -uo pipefail
-STEP=${1:?train or distill}
+STEP=${1:?train, abstain or distill}
 . "$(dirname "$0")/device_env.sh"
 . "$(dirname "$0")/default_recipe.sh"
 DEVICE=${DEVICE:-cuda}
@@ -30,10 +33,25 @@ mkdir -p "$KEEP"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU: $DEVICE"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 T0=$(date +%s)
+teacher() {  # the teacher in $KEEP/bge: trained by the train step, else the committed models/lora-accurate
+  [[ -f $KEEP/bge/adapter_config.json ]] && return 0
+  [[ -f $BGE/model.safetensors ]] || python3 scripts/prepare_device.py --unpack-bge "$BGE" || return 1
+  mkdir -p "$KEEP/bge" && cp models/lora-accurate/* "$KEEP/bge/"
+  # It names its base BAAI/bge-small-en-v1.5, which qabridge would fetch from Maven Central: not from here.
+  sed -i "s|BAAI/bge-small-en-v1.5|$BGE|g" "$KEEP/bge/adapter_config.json" "$KEEP/bge/qabridge.json"
+  echo "teacher: the committed models/lora-accurate"
+}
+v2() {  # the null threshold tuned on SQuAD 2.0 dev articles 1-17 (torch) and stored; scored on 18-35
+  local LIMIT=(); [[ -n ${EVAL_LIMIT:-} ]] && LIMIT=(--limit "$EVAL_LIMIT")
+  python3 -m qabridge.cli eval --adapter "$KEEP/$1" --data .dev/squad2/dev-v2.0.json.gz --device "$DEVICE" \
+    --tune-articles 17 --save-threshold "$KEEP/$1" --json --quiet "${LIMIT[@]}" > "$OUTDIR/$1.v2.json" 2>> "$OUTDIR/$1.log"
+  echo "== $1 v2 rc=$? after $(( $(date +%s) - T0 )) s: $(head -c 300 "$OUTDIR/$1.v2.json")"
+}
+NEGATIVES=(--negatives topical,adversarial --negative-ratio 0.5)
 train() {  # name, seconds, args...
   local name=$1 budget=$2; shift 2
   echo "== start $name ($budget s): $*"
-  timeout $(( budget + 120 )) python3 -m qabridge.cli "$@" --output "$KEEP/$name" --quiet --device "$DEVICE" \
+  timeout $(( budget + ${SETUP_S:-120} )) python3 -m qabridge.cli "$@" --output "$KEEP/$name" --quiet --device "$DEVICE" \
     --data .dev/squad/train-v1.1.json.xz --eval-data .dev/squad/dev-v1.1.json.gz \
     --time-budget "$budget" "${EXTRA_ARGS[@]}" > "$OUTDIR/$name.log" 2>&1
   echo "== $name rc=$? after $(( $(date +%s) - T0 )) s: $(tail -n 1 "$OUTDIR/$name.log")"
@@ -43,25 +61,36 @@ case $STEP in
     [[ -f $BGE/model.safetensors ]] || python3 scripts/prepare_device.py --unpack-bge "$BGE" || exit 1
     train bge "${TRAIN_BUDGET:-400}" train --base "$BGE" "${DEFAULT_RECIPE[@]}" --epochs "${EPOCHS:-3}"
     tar czf "$OUTDIR/bge.tgz" -C "$KEEP" --exclude=checkpoint --exclude=model.safetensors bge ;;
+  abstain)
+    # Issue 13's next runs on the accurate model, side by side: the warm start of the distill step
+    # below over every training question (1 epoch), and the recipe from scratch with negatives
+    # (EPOCHS, default 2, or what the budget allows). Carry as for train.
+    teacher || exit 1
+    ( SETUP_S=240 train neg-warm "${WARM_BUDGET:-240}" train --base "$BGE" --init-adapter "$KEEP/bge" "${DEFAULT_RECIPE[@]}" \
+        "${NEGATIVES[@]}" --epochs 1 --lr 3e-4 --eval-every 700 && v2 neg-warm ) &
+    ( SETUP_S=240 train neg-scratch "${SCRATCH_BUDGET:-300}" train --base "$BGE" "${DEFAULT_RECIPE[@]}" "${NEGATIVES[@]}" \
+        --epochs "${EPOCHS:-2}" && v2 neg-scratch ) &
+    wait
+    for run in neg-warm neg-scratch; do
+      tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint "$run"
+    done ;;
   distill)
-    [[ -f $KEEP/bge/adapter_config.json ]] || { echo "no teacher: run the train step first on this machine"; exit 1; }
-    [[ -f $BGE/model.safetensors ]] || { echo "bge base gone from this machine"; exit 1; }
-    # The student (all-minilm-l6-v2 is .dev/base here: device_env.sh): the shipped MiniLM adapter (the recipe's 3 epochs) warm-started for DISTILL_EPOCHS
-    # at lr 3e-4 on the teacher's cached logits (computed once, before the budget's clock).
+    teacher || exit 1
+    # The student (all-minilm-l6-v2 is .dev/base here: device_env.sh): the shipped MiniLM adapter (the
+    # recipe's 3 epochs) warm-started for DISTILL_EPOCHS at lr 3e-4 on the teacher's cached logits
+    # (computed once, before the budget's clock).
     train distilled "${DISTILL_BUDGET:-120}" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 \
       "${DEFAULT_RECIPE[@]}" --init-adapter models/lora --epochs "${DISTILL_EPOCHS:-2}" --lr 3e-4 \
       --cache-teacher "$KEEP/teacher-logits" &
     # Issue 13 on the accurate model: its warm start with generated negatives (as runs/lora-neg was
-    # for MiniLM), then the null threshold tuned on SQuAD 2.0 dev articles 1-17 and stored.
-    ( train bge-neg "${ABSTAIN_BUDGET:-120}" train --base "$BGE" --init-adapter "$KEEP/bge" "${DEFAULT_RECIPE[@]}" \
-        --negatives topical,adversarial --negative-ratio 0.5 --subset-size 40000 --epochs 1 --lr 3e-4 --eval-every 300
-      LIMIT=(); [[ -n ${EVAL_LIMIT:-} ]] && LIMIT=(--limit "$EVAL_LIMIT")
-      python3 -m qabridge.cli eval --adapter "$KEEP/bge-neg" --data .dev/squad2/dev-v2.0.json.gz --device "$DEVICE" \
-        --tune-articles 17 --save-threshold "$KEEP/bge-neg" --json --quiet "${LIMIT[@]}" > "$OUTDIR/bge-neg.v2.json" 2>> "$OUTDIR/bge-neg.log"
-      echo "== bge-neg v2 rc=$? after $(( $(date +%s) - T0 )) s" ) &
+    # for MiniLM) on 40k questions, beside the distillation (ABSTAIN_BUDGET=0: the distillation alone).
+    if (( ${ABSTAIN_BUDGET:-120} > 0 )); then
+      ( train bge-neg "${ABSTAIN_BUDGET:-120}" train --base "$BGE" --init-adapter "$KEEP/bge" "${DEFAULT_RECIPE[@]}" \
+          "${NEGATIVES[@]}" --subset-size 40000 --epochs 1 --lr 3e-4 --eval-every 300 && v2 bge-neg ) &
+    fi
     wait
     for run in distilled bge-neg; do  # one archive each: a file that comes back holds at most 16 MiB
-      tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint "$run"
+      [[ -d $KEEP/$run ]] && tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint "$run"
     done ;;
   *) echo "unknown step $STEP"; exit 2 ;;
 esac
