@@ -6,11 +6,14 @@
 # by prepare_device.py) and the data, so they travel in two calls; the warm machine keeps ignored
 # paths between calls (and gives itself back after ~30 s idle: chain them). Run on 2026-11-27 (H200):
 # call 1 took 431 s, call 2 284 s; with the machine's start, 773 s of the session's 900.
-#   1. carry .dev/bge .dev/squad .dev/squad2    command: bash scripts/device_accurate.sh train    (~7 min)
-#   2. carry .dev/base                          command: bash scripts/device_accurate.sh distill  (~5 min)
+#   1. carry .dev/bge .dev/squad                command: bash scripts/device_accurate.sh train    (~7 min)
+#   2. carry .dev/base .dev/squad2              command: bash scripts/device_accurate.sh distill  (~5 min)
 # The teacher is committed now (models/lora-accurate), so the next session can skip training it:
-#   1. carry .dev/bge .dev/squad .dev/squad2    command: bash scripts/device_accurate.sh abstain  (~8 min)
-#   2. carry .dev/base                          command: ABSTAIN_BUDGET=0 DISTILL_BUDGET=240 bash scripts/device_accurate.sh distill
+#   1. carry .dev/bge .dev/squad                command: bash scripts/device_accurate.sh abstain  (~8 min)
+#   2. carry .dev/base .dev/squad2              command: ABSTAIN_BUDGET=0 DISTILL_BUDGET=240 bash scripts/device_accurate.sh distill
+# The carry is tight: with models/lora-accurate the tree is ~11.8 MiB, and tree + .dev/bge + .dev/squad
+# ~62.6 of the 64 MiB (prepare_device.py prints each call's size), so SQuAD 2.0 travels in call 2
+# and abstain's runs are scored on it back on the CPU machine (through the GGUF, as the issue asks).
 # Prepared by `python scripts/prepare_device.py --bge --squad2 --no-bitsandbytes`. Each run stops at
 # its time budget (TRAIN_BUDGET 400 s; DISTILL_BUDGET / ABSTAIN_BUDGET 120 s; WARM_BUDGET 240 s, SCRATCH_BUDGET 300 s):
 # training_summary.json holds SQuAD v1.1 dev EM/F1 (torch) and the learning curve. The GGUF numbers
@@ -42,6 +45,7 @@ teacher() {  # the teacher in $KEEP/bge: trained by the train step, else the com
   echo "teacher: the committed models/lora-accurate"
 }
 v2() {  # the null threshold tuned on SQuAD 2.0 dev articles 1-17 (torch) and stored; scored on 18-35
+  [[ -f .dev/squad2/dev-v2.0.json.gz ]] || { echo "== $1: no .dev/squad2 carried, SQuAD 2.0 left to the CPU machine"; return 0; }
   local LIMIT=(); [[ -n ${EVAL_LIMIT:-} ]] && LIMIT=(--limit "$EVAL_LIMIT")
   python3 -m qabridge.cli eval --adapter "$KEEP/$1" --data .dev/squad2/dev-v2.0.json.gz --device "$DEVICE" \
     --tune-articles 17 --save-threshold "$KEEP/$1" --json --quiet "${LIMIT[@]}" > "$OUTDIR/$1.v2.json" 2>> "$OUTDIR/$1.log"

@@ -76,6 +76,28 @@ def main() -> None:
         (dev / "bitsandbytes.tar.xz").unlink(missing_ok=True)
     total = sum(p.stat().st_size for p in dev.rglob("*") if p.is_file())
     print(f"prepared {dev}: {total / 2**20:.1f} MiB")
+    report_carries(dev)
+
+
+#: What one device call may carry: the working tree (tracked and untracked files) and the carried paths.
+CARRY_LIMIT = 64 << 20
+#: The carries the device scripts document (scripts/device_accurate.sh, device_abstain.sh, device_train.sh).
+CARRIES = {"device_accurate.sh train|abstain": ("bge", "squad"), "device_accurate.sh distill": ("base", "squad2"),
+           "device_train.sh, device_abstain.sh": ("base", "squad", "squad2")}
+
+
+def report_carries(dev: Path) -> None:
+    """Each documented call's size against the limit, so an over-full carry shows here, not on the device."""
+    root = dev.parent
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.split(b"\0")
+    tree = sum((root / p.decode()).stat().st_size for p in listed if p and (root / p.decode()).is_file())
+    for call, parts in CARRIES.items():
+        if not all((dev / p).exists() for p in parts):
+            continue
+        size = tree + sum(f.stat().st_size for p in parts for f in (dev / p).rglob("*") if f.is_file())
+        flag = "ok" if size <= CARRY_LIMIT else "OVER THE LIMIT"
+        print(f"  {call}: tree {tree / 2**20:.1f} + .dev/{{{','.join(parts)}}} = {size / 2**20:.1f} of 64 MiB: {flag}")
 
 
 #: The packed safetensors of .dev/bge (see pack_bge).
