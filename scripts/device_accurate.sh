@@ -36,9 +36,12 @@ mkdir -p "$KEEP"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU: $DEVICE"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 T0=$(date +%s)
+bge_base() {  # .dev/bge (carried packed) rebuilt into $BGE once per machine, sha256-checked
+  [[ -f $BGE/model.safetensors ]] || python3 scripts/prepare_device.py --unpack-bge "$BGE"
+}
 teacher() {  # the teacher in $KEEP/bge: trained by the train step, else the committed models/lora-accurate
   [[ -f $KEEP/bge/adapter_config.json ]] && return 0
-  [[ -f $BGE/model.safetensors ]] || python3 scripts/prepare_device.py --unpack-bge "$BGE" || return 1
+  bge_base || return 1
   mkdir -p "$KEEP/bge" && cp models/lora-accurate/* "$KEEP/bge/"
   # It names its base BAAI/bge-small-en-v1.5, which qabridge would fetch from Maven Central: not from here.
   sed -i "s|BAAI/bge-small-en-v1.5|$BGE|g" "$KEEP/bge/adapter_config.json" "$KEEP/bge/qabridge.json"
@@ -62,7 +65,7 @@ train() {  # name, seconds, args...
 }
 case $STEP in
   train)
-    [[ -f $BGE/model.safetensors ]] || python3 scripts/prepare_device.py --unpack-bge "$BGE" || exit 1
+    bge_base || exit 1
     train bge "${TRAIN_BUDGET:-400}" train --base "$BGE" "${DEFAULT_RECIPE[@]}" --epochs "${EPOCHS:-3}"
     tar czf "$OUTDIR/bge.tgz" -C "$KEEP" --exclude=checkpoint --exclude=model.safetensors bge ;;
   abstain)

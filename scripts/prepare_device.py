@@ -91,7 +91,8 @@ def report_carries(dev: Path) -> None:
     root = dev.parent
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
                             capture_output=True, check=True).stdout.split(b"\0")
-    tree = sum((root / p.decode()).stat().st_size for p in listed if p and (root / p.decode()).is_file())
+    files = [root / p.decode() for p in listed if p]
+    tree = sum(f.stat().st_size for f in files if f.is_file())  # a deleted, still-listed file: not sent
     for call, parts in CARRIES.items():
         if not all((dev / p).exists() for p in parts):
             continue

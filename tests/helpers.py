@@ -126,6 +126,18 @@ def lazy_exports(adapter: Path, out_dir: Path, name: str, *, modelfile: bool = F
     return get
 
 
+def embedded_top_spans(gguf_path: Path, pairs) -> list:
+    """The embedded engine's best span for each (question, context) on a GGUF file: the reference an
+    answer served another way (Ollama's blob, a built-in model's cached file) must equal."""
+    from qabridge.bridge.llama_engine import gguf_pipeline
+
+    pipe = gguf_pipeline(gguf_path)
+    try:
+        return [pipe.predict(q, c).spans[0] for q, c in pairs]
+    finally:
+        pipe.encoder.close()
+
+
 def span_flips(pipe, torch_pipe, examples) -> list[float]:
     """Run ``pipe`` (closing its encoder) and compare its best span with the torch model's on each example:
     for every question where they differ, torch's margin between its top two spans (a near-tie is small)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import lazy_exports, run_cli, start_server
+from .helpers import embedded_top_spans, lazy_exports, run_cli, start_server
 
 ACCURATE = "bert-qa-accurate"
 
@@ -76,8 +76,6 @@ def test_more_accurate_than_the_fast_default_on_dev(accurate_adapter, squad_dev_
 def test_serves_fast_and_accurate_side_by_side(accurate_adapter, accurate_exported, dev_examples, tmp_path):
     """`serve --model bert-qa --model bert-qa-accurate`: both built from their adapters, listed, picked
     per request (and per batch item), each answering as its own exported file does."""
-    from qabridge.bridge.llama_engine import gguf_pipeline
-
     s = start_server(None, tmp_path, "--engine", "llama.cpp", "--default-outtype", "q8_0",
                      argv=["--model", "bert-qa", "--model", ACCURATE], env={"QABRIDGE_CACHE": str(tmp_path / "cache")})
     try:
@@ -93,11 +91,7 @@ def test_serves_fast_and_accurate_side_by_side(accurate_adapter, accurate_export
         assert s.stop() == 0
     assert batch.status_code == 200, batch.text
     assert [r["model"] for r in batch.json()["results"]] == ["bert-qa", ACCURATE] * 2
-    pipe = gguf_pipeline(accurate_exported("q8_0"))
-    try:
-        for p, a in zip(pairs, answers):
-            ref = pipe.predict(p["question"], p["context"]).spans[0]
-            assert a["model"] == ACCURATE and (a["start"], a["end"]) == (ref.start, ref.end)
-            assert abs(a["score"] - ref.score) < 1e-4
-    finally:
-        pipe.encoder.close()
+    refs = embedded_top_spans(accurate_exported("q8_0"), [(p["question"], p["context"]) for p in pairs])
+    for a, ref in zip(answers, refs, strict=True):
+        assert a["model"] == ACCURATE and (a["start"], a["end"]) == (ref.start, ref.end)
+        assert abs(a["score"] - ref.score) < 1e-4

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import ROOT, start_server
+from .helpers import ROOT, embedded_top_spans, start_server
 
 pytestmark = pytest.mark.ollama
 
@@ -118,7 +118,6 @@ def test_bf16_export_is_an_ollama_model(ollama, created, committed_adapter, tmp_
 def test_accurate_model_through_ollama(ollama, bge_dir, dev_examples, tmp_path):
     """bert-qa-accurate (bge-small, 12 layers): its Modelfile goes through `ollama create`, and the
     bridge serves Ollama's blob of it, answering as the exported file does in the embedded engine."""
-    from qabridge.bridge.llama_engine import gguf_pipeline
     from qabridge.core.builtin import BUILTIN_MODELS
     from qabridge.export.run import export
 
@@ -136,13 +135,9 @@ def test_accurate_model_through_ollama(ollama, bge_dir, dev_examples, tmp_path):
         s.stop()
     assert model["layers"] == 12 and model["base_model"] == "BAAI/bge-small-en-v1.5"
     same_qa_model(Path(model["file"]), Path(info["path"]))
-    pipe = gguf_pipeline(Path(info["path"]))
-    try:
-        for e, a in zip(dev_examples[:10], answers):
-            ref = pipe.predict(e.question, e.context).spans[0]
-            assert (a["start"], a["end"]) == (ref.start, ref.end) and a["model"] == "qabridge-test-accurate"
-    finally:
-        pipe.encoder.close()
+    refs = embedded_top_spans(Path(info["path"]), [(e.question, e.context) for e in dev_examples[:10]])
+    for a, ref in zip(answers, refs, strict=True):
+        assert (a["start"], a["end"]) == (ref.start, ref.end) and a["model"] == "qabridge-test-accurate"
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +190,6 @@ def ollama_bridge(ollama, created, tmp_path_factory):
 
 
 def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama, ollama_bridge, created, squad_dev_full):
-    from qabridge.bridge.llama_engine import gguf_pipeline
-
     h = httpx.get(ollama_bridge.url + "/api/health").json()
     version = httpx.get(ollama + "/api/version", timeout=10).json()["version"]
     assert h["status"] == "ok" and h["ollama"]["up"] and h["ollama"]["version"] == version
@@ -206,15 +199,12 @@ def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama, ollama_brid
     assert "blobs" in str(blob)
     same_qa_model(blob, created["qa_file"])
     # The embedded engine on the exported file is the reference for every answer.
-    pipe = gguf_pipeline(created["qa_file"])
-    try:
-        for e in squad_dev_full[:100]:
-            ref = pipe.predict(e.question, e.context).spans[0]
-            r = httpx.post(ollama_bridge.url + "/api/qa", json={"question": e.question, "context": e.context,
-                                                                "model": created["qa"]}, timeout=60).json()
-            assert (r["start"], r["end"]) == (ref.start, ref.end) and r["model"] == created["qa"]
-    finally:
-        pipe.encoder.close()
+    examples = squad_dev_full[:100]
+    refs = embedded_top_spans(created["qa_file"], [(e.question, e.context) for e in examples])
+    for e, ref in zip(examples, refs, strict=True):
+        r = httpx.post(ollama_bridge.url + "/api/qa", json={"question": e.question, "context": e.context,
+                                                            "model": created["qa"]}, timeout=60).json()
+        assert (r["start"], r["end"]) == (ref.start, ref.end) and r["model"] == created["qa"]
 
 
 def _paragraph_questions(squad_dev_full):
