@@ -490,13 +490,14 @@ def _builtin_file(builtin, engine: str) -> Path:
 @click.option("--device", default="auto", show_default=True, help="torch engine device: cpu, cuda or auto.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Also write id -> answer JSON here.")
+@click.option("--null-scores", type=click.Path(dir_okay=False), default=None, help="Also write id -> null score (log p(no answer) - log p(best span), what --null-threshold compares) here; the official SQuAD 2.0 script takes it as --na-prob-file.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a Markdown report (EM/F1 by question type and context length) and a PNG plot beside it.")
 @click.option("--null-threshold", type=float, default=None, help="SQuAD 2.0 data: abstain where log p(no answer) - log p(best span) exceeds this (default: never abstain; best_f1 still reported).")
 @click.option("--tune-articles", type=click.IntRange(min=1), default=None, help="SQuAD 2.0 data: tune the threshold on the first N articles and report on the rest (issue 13 uses 17).")
 @click.option("--save-threshold", type=click.Path(file_okay=False, exists=True), default=None, help="With --tune-articles: store the tuned threshold and how it was tuned in this adapter's qabridge.json (the next export puts it in the GGUF/ONNX metadata).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
-def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, report, null_threshold, tune_articles,
+def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, null_scores, report, null_threshold, tune_articles,
              save_threshold, quiet) -> None:
     """Official SQuAD EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp) or ONNX file (ONNX Runtime).
 
@@ -544,6 +545,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
             examples = [e for e in examples if e.title not in held]
         res = evaluate_v2_pipeline(pipe, examples[: limit or None], threshold=null_threshold, tune_on=tune_on, progress=progress)
         res["metric"] = "squad_v2"
+        nulls = res.pop("null_scores")
         preds = {k: {"text": v} for k, v in res.pop("predictions").items()}
     else:
         if tune_articles:
@@ -552,8 +554,12 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
         res = evaluate_pipeline(pipe, examples, limit=limit, progress=progress, threshold=null_threshold)
         res["metric"] = "squad_v1.1"
         preds = res.pop("predictions")
+        nulls = {k: v["na"] for k, v in preds.items()}
     if predictions:
         Path(predictions).write_text(json.dumps({k: v["text"] for k, v in preds.items()}, ensure_ascii=False))
+    if null_scores:
+        # A question with no span at all scores +inf, which strict JSON cannot hold: the largest float stands in.
+        Path(null_scores).write_text(json.dumps({k: min(v, sys.float_info.max) for k, v in nulls.items()}))
     res.update({"engine": engine, "model": label, "data": str(data)})
     if save_threshold:
         from qabridge.train.evaluate import store_threshold

@@ -1,6 +1,6 @@
 """A frozen reader plus a separately trained "answerable?" probe (issue 13, an experiment: not adopted).
 
-    .venv/bin/python scripts/abstain_probe.py features MODEL.onnx train  train.npz [--n 15000]
+    .venv/bin/python scripts/abstain_probe.py features MODEL.onnx train  train.npz [--n 15000] [--pool dev]
     .venv/bin/python scripts/abstain_probe.py features MODEL.onnx v2dev  v2dev.npz
     .venv/bin/python scripts/abstain_probe.py fit train.npz v2dev.npz [--features sc,cls,span,q,prod,qspan]
 
@@ -38,7 +38,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum())
 
 
-def features(model: str, which: str, out: str, n: int, max_answer_len: int = 30) -> None:
+def features(model: str, which: str, out: str, n: int, max_answer_len: int = 30, pool_split: str = "train") -> None:
     from qabridge.bridge.onnx_engine import OnnxEngine
     from qabridge.core.decode import window_spans
     from qabridge.core.pipeline import QAPipeline
@@ -48,8 +48,8 @@ def features(model: str, which: str, out: str, n: int, max_answer_len: int = 30)
     eng = OnnxEngine(model)
     pipe = QAPipeline(eng.file.tokenizer, eng, eng.file.window_spec)
     if which == "train":
-        pool = load_squad(squad_file("train"))
-        pos = random.Random(1).sample(pool, n)
+        pool = load_squad(squad_file(pool_split))
+        pos = random.Random(1).sample(pool, min(n, len(pool)))
         negs, rep = generate_negatives(pos, NegativeConfig(kinds=("topical", "adversarial"), ratio=1.0, seed=1), corpus=pool)
         print("negatives:", rep.counts, rep.methods, flush=True)
         exs = pos + [x.example for x in negs]
@@ -155,6 +155,9 @@ def main() -> None:
     f.add_argument("which", choices=["train", "v2dev"])
     f.add_argument("out")
     f.add_argument("--n", type=int, default=15000, help="train: answerable questions (and as many negatives)")
+    f.add_argument("--pool", choices=["train", "dev"], default="train",
+                   help="train: the SQuAD v1.1 split the questions and negatives come from (dev: for a reader "
+                        "that was itself trained with negatives from train, whose scores there are overconfident)")
     t = sub.add_parser("fit")
     t.add_argument("train")
     t.add_argument("dev")
@@ -162,7 +165,7 @@ def main() -> None:
     t.add_argument("--l2", type=float, default=1e-3)
     a = ap.parse_args()
     if a.cmd == "features":
-        features(a.model, a.which, a.out, a.n)
+        features(a.model, a.which, a.out, a.n, pool_split=a.pool)
     else:
         fit(a.train, a.dev, a.features.split(","), a.l2)
 

@@ -239,10 +239,15 @@ def test_tuned_threshold_is_stored_and_exported(committed_adapter, tmp_path):
     assert "articles 1-1 of v2.json" in q["null_threshold_tuning"] and f"F1 {res['f1']:.2f}" in q["null_threshold_tuning"]
     # --limit caps both parts: N questions to tune on, N to report on (a quick smoke run).
     small = run_cli("eval", "--adapter", str(adapter), "--data", str(data), "--tune-articles", "1", "--limit", "4",
-                    "--json", "--device", "cpu")
+                    "--json", "--device", "cpu", "--predictions", str(tmp_path / "p.json"),
+                    "--null-scores", str(tmp_path / "na.json"))
     assert small.returncode == 0, small.stderr
     small = json.loads(small.stdout)
     assert small["tuned"]["count"] == 4 < res["tuned"]["count"] and small["count"] == 4 < res["count"]
+    # The null scores are what the threshold was compared with: an answer is empty exactly where it is exceeded.
+    preds, nulls = json.loads((tmp_path / "p.json").read_text()), json.loads((tmp_path / "na.json").read_text())
+    assert len(nulls) == 4 and nulls.keys() == preds.keys()
+    assert all((preds[k] == "") == (nulls[k] > small["threshold"]) for k in preds)
     run = run_cli("export", "--adapter", str(adapter), "--output", str(tmp_path / "m.gguf"), "--outtype", "f32",
                   "--modelfile", str(tmp_path / "Modelfile"))
     assert run.returncode == 0, run.stderr

@@ -154,6 +154,7 @@ def evaluate_v2_pipeline(pipe: QAPipeline, examples: list[Example], *, threshold
     res["abstained"] = sum(1 for v in preds.values() if threshold is not None and v["na"] > threshold)
     res["seconds"] = round(time.time() - t0, 2)
     res["predictions"] = {k: ("" if threshold is not None and v["na"] > threshold else v["text"]) for k, v in preds.items()}
+    res["null_scores"] = {k: v["na"] for k, v in preds.items()}
     return res
 
 
