@@ -74,6 +74,7 @@ def main() -> None:
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed for the subset, the batch order and initialisation.")
 @click.option("--negatives", default="none", show_default=True, help="Add generated unanswerable examples (SQuAD 2.0 recipe: labelled on [CLS]): none, topical, adversarial or topical,adversarial.")
 @click.option("--negative-ratio", type=float, default=0.33, show_default=True, help="Generated negatives per answerable training question, split evenly over the kinds (0 < r <= 4).")
+@click.option("--adversarial-methods", default=None, help="With adversarial negatives: the perturbations to draw from, comma-separated (entity, number, year, date, negation, antonym, attribute, paragraph_entity). Default: all but paragraph_entity (a name from the question's own paragraph, opt-in).")
 @click.option("--init-adapter", type=click.Path(file_okay=False), default=None, help="Warm start: begin from this adapter's LoRA matrices and span head (its rank, alpha and targets are used), e.g. to add abstention to a trained reader.")
 @click.option("--dropout", type=float, default=None, help="Dropout inside the base encoder (hidden and attention). Default: the base's own (0.1 for BERT); 0 makes data-parallel runs match one process bit for bit.")
 @click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA (for comparison; writes the whole model).")

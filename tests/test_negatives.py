@@ -9,6 +9,7 @@ import pytest
 from qabridge.errors import UsageError
 from qabridge.train.metrics import normalize_answer
 from qabridge.train.negatives import (
+    DEFAULT_METHODS,
     Corpus,
     NegativeConfig,
     adversarial_candidates,
@@ -239,6 +240,7 @@ def test_tiny_training_run_with_negatives(tmp_path, offline_base):
     assert saved["negatives"] == neg
     ident = json.loads((out / "qabridge.json").read_text())["train_identity"]
     assert ident["negatives"] == "topical,adversarial" and ident["negative_ratio"] == 0.5
+    assert neg["adversarial_methods"] == list(DEFAULT_METHODS) and "adversarial_methods" not in ident
 
 
 def test_negatives_are_part_of_the_run_identity():
@@ -254,3 +256,59 @@ def test_negatives_are_part_of_the_run_identity():
     assert len({json.dumps(x.identity(), sort_keys=True) for x in (plain, a, c, d)}) == 4
     with pytest.raises(UsageError):
         TrainConfig(negatives="everything").identity()
+
+
+def test_paragraph_entity_swaps_a_name_for_one_of_its_own_paragraph():
+    # Tesla and Marconi are used alike (the corpus's neighbouring words rank replacements);
+    # Edison shares the answer's sentence, so "When did Edison patent ..." might be answered there.
+    a = ("Tesla worked in New York. Marconi worked in London. In 1900 Tesla and Edison patented a "
+         "transmitter. Marconi worked in Bologna.")
+    b = ("Tesla worked in Paris. Marconi worked in Rome. Tesla patented a transmitter in 1900. "
+         "Marconi's patent for a transmitter came in 1899.")
+    ea = Example("a", "t", a, "When did Tesla patent a transmitter?", (Answer("1900", a.index("1900")),))
+    eb = Example("b", "t", b, "When did Tesla patent a transmitter?", (Answer("1900", b.index("1900")),))
+    corpus = Corpus([ea, eb])
+    got = adversarial_candidates(ea, corpus, seed=0, methods=("paragraph_entity",))["paragraph_entity"]
+    assert [c.question for c in got] == ["When did Marconi patent a transmitter?"]
+    assert (got[0].old, got[0].new) == ("Tesla", "Marconi")
+    # In b a sentence naming Marconi holds the question's other words: that question has an answer.
+    assert adversarial_candidates(eb, corpus, seed=0, methods=("paragraph_entity",)) == {}
+    # The default swap takes a name the paragraph lacks instead.
+    assert "paragraph_entity" not in adversarial_candidates(ea, corpus, seed=0, methods=("entity",))
+
+
+def test_paragraph_entity_negatives_on_real_squad(pool):
+    import re
+
+    negs, rep = generate_negatives(pool, NegativeConfig(kinds=("adversarial",), ratio=1.0, seed=3,
+                                                        methods=("paragraph_entity",)))
+    assert len(negs) > 10 and set(rep.methods) == {"paragraph_entity"}
+    by_id = {e.id: e for e in pool}
+    for n in negs:
+        src = by_id[n.source_id]
+        assert n.example.context == src.context and n.example.is_impossible
+        assert _word_in(n.old, src.context) and _word_in(n.new, src.context)  # both names are in the text
+        assert not _word_in(n.new, src.question) and n.new not in {a.text for a in src.answers}
+        # ...and the new one is never in a sentence that holds an answer.
+        for m in re.finditer(r"[^.!?]+(?:[.!?]+(?=\s|$)|$)", src.context):
+            if any(a.text in m.group() for a in src.answers):
+                assert not _word_in(n.new, m.group()), (n.detail, m.group())
+
+
+def test_adversarial_methods_option():
+    from qabridge.train.negatives import METHODS
+    from qabridge.train.trainer import TrainConfig
+
+    assert "paragraph_entity" in METHODS and "paragraph_entity" not in DEFAULT_METHODS
+    assert NegativeConfig.parse("adversarial", 0.3, 1).methods == DEFAULT_METHODS
+    cfg = NegativeConfig.parse("adversarial", 0.3, 1, " Paragraph_Entity,negation ")
+    assert cfg.methods == ("negation", "paragraph_entity")  # canonical order, case-blind
+    for bad in ("entity,entity", "swap", "negation,,nope"):
+        with pytest.raises(UsageError, match="--adversarial-methods"):
+            NegativeConfig.parse("adversarial", 0.3, 1, bad)
+    # Runs on the default methods keep the identity they had; another mix is another run.
+    plain = TrainConfig(negatives="adversarial")
+    assert "adversarial_methods" not in plain.identity()
+    assert TrainConfig(negatives="adversarial", adversarial_methods=",".join(DEFAULT_METHODS)).identity() == plain.identity()
+    other = TrainConfig(negatives="adversarial", adversarial_methods="paragraph_entity,negation").identity()
+    assert other["adversarial_methods"] == "negation,paragraph_entity" and other != plain.identity()

@@ -34,7 +34,10 @@ from .metrics import normalize_answer
 from .squad import Example
 
 KINDS = ("topical", "adversarial")
-METHODS = ("entity", "number", "year", "date", "negation", "antonym", "attribute")
+METHODS = ("entity", "number", "year", "date", "negation", "antonym", "attribute", "paragraph_entity")
+#: What ``--negatives adversarial`` uses unless ``--adversarial-methods`` says otherwise: every
+#: method but ``paragraph_entity`` (opt-in until a run shows what it buys).
+DEFAULT_METHODS = METHODS[:-1]
 MAX_RATIO = 4.0
 
 
@@ -52,7 +55,7 @@ class NegativeConfig:
     kinds: tuple[str, ...] = KINDS
     ratio: float = 0.33
     seed: int = 0
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
 
     def __post_init__(self) -> None:
         if not self.kinds:
@@ -67,15 +70,24 @@ class NegativeConfig:
             raise UsageError(f"--negative-ratio must be in (0, {MAX_RATIO:g}], not {self.ratio!r}")
 
     @classmethod
-    def parse(cls, negatives: str, ratio: float, seed: int) -> NegativeConfig | None:
-        """``--negatives`` text ("none", "topical", "adversarial", "topical,adversarial") -> config or None."""
+    def parse(cls, negatives: str, ratio: float, seed: int, methods: str | None = None) -> NegativeConfig | None:
+        """``--negatives`` text ("none", "topical", "adversarial", "topical,adversarial") -> config or None.
+
+        ``methods``: ``--adversarial-methods``, comma-separated (None or "": DEFAULT_METHODS)."""
         text = (negatives or "none").strip().lower()
         if text == "none":
             return None
         kinds = tuple(k.strip() for k in text.split(",") if k.strip())
         if "none" in kinds:
             raise UsageError(f"--negatives {negatives!r}: 'none' cannot be combined with a kind")
-        cfg = cls(kinds=kinds, ratio=ratio, seed=seed)
+        chosen = DEFAULT_METHODS
+        if methods and methods.strip():
+            names = [m.strip().lower() for m in methods.split(",") if m.strip()]
+            bad = [m for m in names if m not in METHODS]
+            if bad or len(set(names)) != len(names):
+                raise UsageError(f"--adversarial-methods {methods!r}: unknown or repeated method; use {', '.join(METHODS)}")
+            chosen = tuple(m for m in METHODS if m in names)  # one canonical order, as for kinds
+        cfg = cls(kinds=kinds, ratio=ratio, seed=seed, methods=chosen)
         # One canonical order: "adversarial,topical" must generate what "topical,adversarial" does.
         return replace(cfg, kinds=tuple(k for k in KINDS if k in kinds))
 
@@ -90,7 +102,7 @@ class Negative:
     source_id: str
     detail: str  # what changed, for reports: "year: '1998' -> '1875'", "paragraph 3 of 'Montana'"
     old: str = ""  # adversarial: the text taken out of the question ("" for an insertion)
-    new: str = ""  # adversarial: the text put in (for a swap, absent from the paragraph)
+    new: str = ""  # adversarial: the text put in (for a swap, absent from the paragraph except paragraph_entity's)
 
 
 @dataclass
@@ -516,6 +528,71 @@ def _entity_swaps(e: Example, corpus: Corpus, para_lower: str, rng: random.Rando
     return out
 
 
+_SENTENCE_RE = re.compile(r"[^.!?]+(?:[.!?]+(?=\s|$)|$)")
+
+
+def _sentences(text: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in _SENTENCE_RE.finditer(text)]
+
+
+_MIN_PARAGRAPH_SIMILARITY = 0.3
+
+
+def _paragraph_entity_swaps(e: Example, corpus: Corpus, para_lower: str, rng: random.Random) -> list[Candidate]:
+    """A name in the question swapped for another name of the same kind *from its own paragraph*.
+
+    SQuAD 2.0's written unanswerable questions mostly keep every word in the text ("When did King
+    Harold II conquer England?" over a paragraph where William conquers and Harold is defeated);
+    ``entity`` swaps in a name the paragraph lacks, which a reader can reject by that absence
+    alone. Here the new name never shares a sentence with an answer, and no sentence that names it
+    holds most of the question's other content words (which would likely answer the new question).
+    """
+    ctx = e.context
+    sents = _sentences(ctx)
+    answer_spans = []
+    for a in e.answers:
+        for m in re.finditer(re.escape(a.text), ctx):
+            answer_spans.append((m.start(), m.end()))
+        answer_spans.append((a.start, a.start + len(a.text)))
+    blocked = [(s0, s1) for s0, s1 in sents if any(s0 < a1 and a0 < s1 for a0, a1 in answer_spans)]
+    answers_lower = [a.text.lower() for a in e.answers]
+    out = []
+    para_phrases = corpus.phrases(ctx)
+    for p in corpus.phrases(e.question):
+        if not re.search(r"(?<!\w)" + re.escape(p.text) + r"(?!\w)", ctx):
+            continue
+        kind = corpus.entity_kind(p.text)
+        if kind == "code":
+            continue
+        old_toks = {t.lower() for t in p.text.split()}
+        q_lower = e.question.lower()
+        rest = _content_words(e.question[: p.start] + " " + e.question[p.end :]) - old_toks
+        by_text: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for c in para_phrases:
+            by_text[c.text].append((c.start, c.end))
+        cands = []
+        for c, where in sorted(by_text.items()):
+            new_toks = {t.lower() for t in c.split()}
+            if corpus.entity_kind(c) != kind or _occurs(c, q_lower) or any(
+                    a[:5] == b[:5] for a in old_toks for b in new_toks if min(len(a), len(b)) >= 4):
+                continue  # 'Tangut' -> 'Tanguts' is the same name
+            if any(c.lower() in a or a in c.lower() for a in answers_lower):
+                continue
+            homes = [(s0, s1) for s0, s1 in sents if any(s0 <= c0 < s1 for c0, _ in where)]
+            if any(h in blocked for h in homes):
+                continue
+            if rest and any(len(rest & _content_words(ctx[s0:s1])) * 2 > len(rest) for s0, s1 in homes):
+                continue
+            cands.append(c)
+        # Only names the corpus uses alike ('Luther' -> 'Younger' is noise, not a question).
+        scored = sorted(((corpus.similarity(p.text, c), c) for c in cands), key=lambda t: (-t[0], t[1]))
+        scored = [(sim, c) for sim, c in scored if sim >= _MIN_PARAGRAPH_SIMILARITY]
+        if scored:
+            new = scored[rng.randrange(min(2, len(scored)))][1]
+            out.append(_cand(e.question, p.start, p.end, new, f"paragraph_entity: {p.text!r} -> {new!r}"))
+    return out
+
+
 def _year_swaps(e: Example, corpus: Corpus, para_lower: str, rng: random.Random) -> list[Candidate]:
     out = []
     for m in _YEAR_RE.finditer(e.question):
@@ -668,6 +745,7 @@ _PERTURB: dict[str, Callable[[Example, Corpus, str, random.Random], list[Candida
     "negation": _negations,
     "antonym": _antonym_swaps,
     "attribute": _attribute_swaps,
+    "paragraph_entity": _paragraph_entity_swaps,
 }
 
 
@@ -803,6 +881,6 @@ def with_negatives(
 
 
 __all__ = [
-    "KINDS", "METHODS", "Corpus", "Negative", "NegativeConfig", "NegativeReport", "adversarial_candidates",
+    "DEFAULT_METHODS", "KINDS", "METHODS", "Corpus", "Negative", "NegativeConfig", "NegativeReport", "adversarial_candidates",
     "generate_negatives", "with_negatives",
 ]

@@ -85,6 +85,8 @@ class TrainConfig:
     # "topical,adversarial"; negative_ratio = negatives per answerable training question.
     negatives: str = "none"
     negative_ratio: float = 0.33
+    # The adversarial perturbations, comma-separated (None: negatives.DEFAULT_METHODS).
+    adversarial_methods: str | None = None
     # Warm start: an adapter (from `qabridge train`) whose LoRA matrices and span head this run
     # starts from, e.g. to add abstention to a trained reader; its rank, alpha and targets are used.
     init_adapter: str | None = None
@@ -104,6 +106,8 @@ class TrainConfig:
         keep = ("base", "data", "subset_size", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha",
                 "lora_dropout", "target_modules", "quantize", "max_seq_len", "doc_stride", "seed", "full",
                 "max_question_tokens", "weight_decay", "warmup_ratio")
+        from .negatives import DEFAULT_METHODS
+
         d = asdict(self)
         ident = {k: d[k] for k in keep}
         neg = self.negative_config()
@@ -113,6 +117,8 @@ class TrainConfig:
             # "topical,adversarial" are one run.
             ident["negatives"] = ",".join(neg.kinds)
             ident["negative_ratio"] = neg.ratio
+            if neg.methods != DEFAULT_METHODS:  # runs on the defaults keep the identity they had
+                ident["adversarial_methods"] = ",".join(neg.methods)
         if self.init_adapter:
             from qabridge.core.hashing import adapter_hash
 
@@ -131,7 +137,7 @@ class TrainConfig:
         """The generator's config for this run, or None without negatives (raises UsageError when bad)."""
         from .negatives import NegativeConfig
 
-        return NegativeConfig.parse(self.negatives, self.negative_ratio, self.seed)
+        return NegativeConfig.parse(self.negatives, self.negative_ratio, self.seed, self.adversarial_methods)
 
 
 def _peak_rss_mb() -> float:
@@ -550,7 +556,8 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
         "train_examples": len(examples),
         "train_features": len(feats),
         "unanswerable_in_data": unanswerable_in_data,
-        "negatives": {"kinds": cfg.negatives, "ratio": cfg.negative_ratio, **neg_report.as_dict()}
+        "negatives": {"kinds": cfg.negatives, "ratio": cfg.negative_ratio,
+                      "adversarial_methods": list(neg_cfg.methods), **neg_report.as_dict()}
         if neg_report is not None else None,
         "null_windows": feats.null_windows,
         "skipped_questions": feats.skipped_questions,
