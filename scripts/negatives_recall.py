@@ -61,7 +61,11 @@ def main() -> None:
     if threshold is None and not a.model.endswith(".onnx"):
         from qabridge.core.model_file import ModelFile
 
-        threshold = ModelFile(a.model).null_threshold
+        mf = ModelFile(a.model)
+        try:
+            threshold = mf.null_threshold
+        finally:
+            mf.close()
     if threshold is None:
         sys.exit(f"{a.model}: no stored null threshold read; give --threshold")
     out = {"model": a.model, "threshold": threshold, "seed": a.seed, "abstained": {}}

@@ -496,14 +496,20 @@ def _pick_absent(pool: Sequence[str], para_lower: str, rng: random.Random, *, av
     return None
 
 
-def _entity_swaps(e: Example, corpus: Corpus, para_lower: str, rng: random.Random) -> list[Candidate]:
-    out = []
+def _anchored_names(e: Example, corpus: Corpus) -> Iterator[tuple[_Phrase, str]]:
+    """The question's names that its paragraph uses too (only those anchor it there), with their kind;
+    codes ('R&B') are left out: they have no interchangeable peers."""
     for p in corpus.phrases(e.question):
         if not re.search(r"(?<!\w)" + re.escape(p.text) + r"(?!\w)", e.context):
-            continue  # only a name the paragraph uses anchors the question to it
-        kind = corpus.entity_kind(p.text)
-        if kind == "code":
             continue
+        kind = corpus.entity_kind(p.text)
+        if kind != "code":
+            yield p, kind
+
+
+def _entity_swaps(e: Example, corpus: Corpus, para_lower: str, rng: random.Random) -> list[Candidate]:
+    out = []
+    for p, kind in _anchored_names(e, corpus):
         old_toks = {t.lower() for t in p.text.split()}
         q_lower = e.question.lower()
 
@@ -556,20 +562,14 @@ def _paragraph_entity_swaps(e: Example, corpus: Corpus, para_lower: str, rng: ra
         answer_spans.append((a.start, a.start + len(a.text)))
     blocked = [(s0, s1) for s0, s1 in sents if any(s0 < a1 and a0 < s1 for a0, a1 in answer_spans)]
     answers_lower = [a.text.lower() for a in e.answers]
+    q_lower = e.question.lower()
+    by_text: dict[str, list[tuple[int, int]]] = defaultdict(list)  # the paragraph's names, where each occurs
+    for c in corpus.phrases(ctx):
+        by_text[c.text].append((c.start, c.end))
     out = []
-    para_phrases = corpus.phrases(ctx)
-    for p in corpus.phrases(e.question):
-        if not re.search(r"(?<!\w)" + re.escape(p.text) + r"(?!\w)", ctx):
-            continue
-        kind = corpus.entity_kind(p.text)
-        if kind == "code":
-            continue
+    for p, kind in _anchored_names(e, corpus):
         old_toks = {t.lower() for t in p.text.split()}
-        q_lower = e.question.lower()
         rest = _content_words(e.question[: p.start] + " " + e.question[p.end :]) - old_toks
-        by_text: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for c in para_phrases:
-            by_text[c.text].append((c.start, c.end))
         cands = []
         for c, where in sorted(by_text.items()):
             new_toks = {t.lower() for t in c.split()}
