@@ -509,7 +509,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     from qabridge.core.builtin import lookup_builtin
     from qabridge.errors import UsageError
     from qabridge.train.evaluate import evaluate_pipeline, evaluate_v2_pipeline
-    from qabridge.train.squad import has_unanswerable, load_squad
+    from qabridge.train.squad import first_articles, has_unanswerable, load_squad
 
     if adapter and lookup_builtin(adapter):
         adapter = str(lookup_builtin(adapter).adapter())
@@ -540,8 +540,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     if has_unanswerable(examples):
         tune_on = None
         if tune_articles:
-            titles = list(dict.fromkeys(e.title for e in examples))
-            held = set(titles[:tune_articles])
+            held = first_articles(examples, tune_articles)
             tune_on = [e for e in examples if e.title in held][: limit or None]
             examples = [e for e in examples if e.title not in held]
         res = evaluate_v2_pipeline(pipe, examples[: limit or None], threshold=null_threshold, tune_on=tune_on, progress=progress)

@@ -114,7 +114,7 @@ def _logistic(x: np.ndarray, y: np.ndarray, lam: float, steps: int = 1500, lr: f
 
 def fit(train: str, dev: str, sets: list[str], lam: float) -> None:
     from qabridge.train import metrics
-    from qabridge.train.squad import load_squad, squad2_dev_file
+    from qabridge.train.squad import first_articles, load_squad, squad2_dev_file
 
     tr, dv = np.load(train, allow_pickle=True), np.load(dev, allow_pickle=True)
     xtr = _matrix(tr, sets)
@@ -125,7 +125,7 @@ def fit(train: str, dev: str, sets: list[str], lam: float) -> None:
     by_kind = {str(k): round(float(((ztr[tr["kind"] == k] > 0) == (k != "answerable")).mean()), 3) for k in sorted(set(tr["kind"]))}
     zdv = ((_matrix(dv, sets) - mu) / sd) @ w + b
     exs = load_squad(squad2_dev_file())
-    tune = set(list(dict.fromkeys(e.title for e in exs))[:17])
+    tune = first_articles(exs, 17)
     gold = {e.id: [] if e.is_impossible else [a.text for a in e.answers] for e in exs}
     in_tune = {e.id: e.title in tune for e in exs}
     ids, pred = list(dv["id"]), dict(zip(dv["id"], dv["pred"]))

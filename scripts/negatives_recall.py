@@ -26,7 +26,13 @@ def main() -> None:
     from qabridge.bridge.engine_select import file_pipeline
     from qabridge.train.evaluate import predict_examples
     from qabridge.train.negatives import METHODS, Corpus, adversarial_candidates
-    from qabridge.train.squad import Example, load_squad, squad2_dev_file, squad_file
+    from qabridge.train.squad import (
+        Example,
+        first_articles,
+        load_squad,
+        squad2_dev_file,
+        squad_file,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -53,7 +59,7 @@ def main() -> None:
     v2 = squad2_dev_file()
     if v2 is not None and not a.no_v2:
         ex2 = load_squad(v2)
-        tune = set(list(dict.fromkeys(e.title for e in ex2))[:17])
+        tune = first_articles(ex2, 17)
         groups["SQuAD 2.0 dev 1-17, unanswerable"] = [e for e in ex2 if e.title in tune and e.is_impossible]
         groups["SQuAD 2.0 dev 1-17, answerable"] = [e for e in ex2 if e.title in tune and not e.is_impossible]
     pipe = file_pipeline(a.model, "onnx" if a.model.endswith(".onnx") else "llama.cpp")

@@ -233,3 +233,12 @@ def test_squad2_dev_file_reads_with_official_counts():
     # Abstaining everywhere scores exactly the unanswerable share (the README's 'always abstain').
     r = metrics.evaluate_v2({e.id: "" for e in ex}, [(e.id, [a.text for a in e.answers]) for e in ex])
     assert r["f1"] == pytest.approx(100 * 5945 / 11873) and r["HasAns_f1"] == 0.0 and r["NoAns_f1"] == 100.0
+
+
+def test_first_articles_keeps_file_order():
+    """The tune/report split of SQuAD 2.0 dev: the first n titles as the file orders them, each once."""
+    from qabridge.train.squad import Example, first_articles
+
+    exs = [Example(str(i), t, "c", "q?", ()) for i, t in enumerate(["B", "B", "A", "C", "A", "D"])]
+    assert first_articles(exs, 2) == {"B", "A"}
+    assert first_articles(exs, 3) == {"B", "A", "C"} and first_articles(exs, 9) == {"A", "B", "C", "D"}
