@@ -21,7 +21,7 @@
 # ~62.6 of the 64 MiB (prepare_device.py prints each call's size), so SQuAD 2.0 travels in call 2
 # and abstain's runs are scored on it back on the CPU machine (through the GGUF, as the issue asks).
 # Prepared by `python scripts/prepare_device.py --bge --squad2 --no-bitsandbytes`. Each run stops at
-# its time budget (TRAIN_BUDGET 400 s; DISTILL_BUDGET / ABSTAIN_BUDGET 120 s; WARM_BUDGET 240 s, SCRATCH_BUDGET 300 s):
+# its time budget (TRAIN_BUDGET 400 s; SD_BUDGET 330 s; DISTILL_BUDGET / ABSTAIN_BUDGET 120 s; WARM_BUDGET 240 s, SCRATCH_BUDGET 300 s):
 # training_summary.json holds SQuAD v1.1 dev EM/F1 (torch) and the learning curve. The GGUF numbers
 # (F1 >= 87 through the bridge's engine) are measured back on the CPU machine, after the adapters'
 # recorded base (the path .dev/bge-full here) is set back to its name, BAAI/bge-small-en-v1.5, or with

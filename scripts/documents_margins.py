@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/documents_margins.py NAME=ROWS.json [NAME=ROWS.json ...]
 
-For the tuning set (every article but Super_Bowl_50, the report set): the pooled AUC of the margin
+For the tuning set (every article but the first, the report set): the pooled AUC of the margin
 (passages holding the answer against the rest), how often the passage with the best margin holds the
 answer (every passage read, w = 0), and, for the off-topic questions (`--unanswerable` rows), how
 confident the reader is on text that does not answer them. Explains why a reader that scores higher
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-REPORT_ARTICLE = "Super_Bowl_50"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from documents_tune import chosen, split_report  # noqa: E402  (the rule and the split the rows were tuned with)
 
 
 def auc(pos: list[float], neg: list[float]) -> float:
@@ -28,15 +30,14 @@ def auc(pos: list[float], neg: list[float]) -> float:
 
 def summary(rows: list[dict]) -> dict:
     pos, neg, top1, off = [], [], [], []
-    for q in rows:
-        if q["article"] == REPORT_ARTICLE:
-            continue
-        if not q["answerable"]:
-            off.append(max(r["margin"] for r in q["rows"]))
+    for q in split_report(rows)[1]:
+        best = chosen(q, weight=0.0, top=None)  # every passage read, margin alone
+        if not q.get("answerable", True):
+            off.append(best["margin"])
             continue
         for r in q["rows"]:
             (pos if r["f1"] > 0.5 else neg).append(r["margin"])
-        top1.append(max(q["rows"], key=lambda r: r["margin"])["f1"] > 0.5)
+        top1.append(best["f1"] > 0.5)
     out = {"questions": len(top1), "auc": round(auc(pos, neg), 3), "best_margin_answers": round(100 * float(np.mean(top1)), 1),
            "median_margin_with_answer": round(float(np.median(pos)), 1), "median_margin_without": round(float(np.median(neg)), 1)}
     if off:

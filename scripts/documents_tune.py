@@ -76,6 +76,12 @@ def chosen(it: dict, weight: float, top: int | None) -> dict:
     return max(rows, key=lambda r: r["margin"] + weight * r["sim"])
 
 
+def split_report(data: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(report set, tuning set): the first article collected is the report set (issue 13's)."""
+    first = data[0]["article"]
+    return [d for d in data if d["article"] == first], [d for d in data if d["article"] != first]
+
+
 def answered(items: list[dict], weight: float, top: int | None) -> int:
     return sum(chosen(it, weight, top)["f1"] > 0.5 for it in items if it.get("answerable", True))
 
@@ -114,10 +120,8 @@ def main() -> None:
         data = collect(args.model, args.articles, args.max_words, args.unanswerable)
         if args.rows is not None:
             args.rows.write_text(json.dumps(data))
-    first = data[0]["article"]
-    report = [d for d in data if d["article"] == first]
-    tune = [d for d in data if d["article"] != first]
-    print(f"report set {first}: {len(report)} questions; tuning set: {len(tune)} questions of {args.articles - 1} articles")
+    report, tune = split_report(data)
+    print(f"report set {report[0]['article']}: {len(report)} questions; tuning set: {len(tune)} questions of {args.articles - 1} articles")
     report_a = [d for d in report if d.get("answerable", True)]
     tune_a = [d for d in tune if d.get("answerable", True)]
     for top in (3, 5, None):

@@ -5,7 +5,7 @@
 Generates up to ``--n`` unanswerable questions per adversarial method (train/negatives.py) from
 SQuAD v1.1 *dev* questions (seeded), runs the reader over them (llama.cpp, or ONNX Runtime for an
 .onnx file) and prints the share it abstains on at ``--threshold`` (default: the model file's
-stored one, GGUF), beside answerable v1.1 dev questions and SQuAD 2.0 dev articles 1-17 (its tuning half).
+stored one), beside answerable v1.1 dev questions and SQuAD 2.0 dev articles 1-17 (its tuning half).
 A kind the reader already refuses almost always teaches it little more; a kind it misses about as
 often as SQuAD 2.0's own unanswerable questions is a kind worth training on.
 """
@@ -62,16 +62,9 @@ def main() -> None:
         tune = first_articles(ex2, 17)
         groups["SQuAD 2.0 dev 1-17, unanswerable"] = [e for e in ex2 if e.title in tune and e.is_impossible]
         groups["SQuAD 2.0 dev 1-17, answerable"] = [e for e in ex2 if e.title in tune and not e.is_impossible]
-    pipe = file_pipeline(a.model, "onnx" if a.model.endswith(".onnx") else "llama.cpp")
-    threshold = a.threshold
-    if threshold is None and not a.model.endswith(".onnx"):
-        from qabridge.core.model_file import ModelFile
-
-        mf = ModelFile(a.model)
-        try:
-            threshold = mf.null_threshold
-        finally:
-            mf.close()
+    pipe = file_pipeline(a.model)
+    # The engine holds the file's metadata already (GGUF and ONNX alike): no second read of the file.
+    threshold = a.threshold if a.threshold is not None else pipe.encoder.file.null_threshold
     if threshold is None:
         sys.exit(f"{a.model}: no stored null threshold read; give --threshold")
     out = {"model": a.model, "threshold": threshold, "seed": a.seed, "abstained": {}}

@@ -76,6 +76,21 @@ def write_json(path: Path, obj) -> Path:
     return path
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module. The scripts put the checkout (or scripts/) first on sys.path;
+    that is undone here, so the installed package stays the one the tests import."""
+    import importlib.util
+
+    path = sys.path[:]
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path[:] = path
+    return mod
+
+
 # -- torch <-> llama.cpp parity (tests/test_export.py, tests/test_bases.py) ----------------------
 def torch_and_gguf_logits(torch_model, gguf_path, windows):
     """(start, end) logits per window from the merged torch model and from the GGUF in llama.cpp."""

@@ -3,25 +3,15 @@ come back byte for byte (the device checks the sha256 and stops on a mismatch)."
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 
-from .helpers import ROOT
+from .helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def prep():
-    path = sys.path[:]
-    try:  # the script puts the checkout first on sys.path; the installed package stays imported
-        spec = importlib.util.spec_from_file_location("prepare_device", ROOT / "scripts" / "prepare_device.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path[:] = path
-    return mod
+    return load_script("prepare_device")
 
 
 def test_planes_round_trip_a_mixed_safetensors_file(prep, tmp_path):

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from .helpers import ROOT
+from .helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def dm():
-    spec = importlib.util.spec_from_file_location("documents_margins", ROOT / "scripts" / "documents_margins.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("documents_margins")
 
 
 def q(article, answerable, *rows):
@@ -24,11 +19,11 @@ def q(article, answerable, *rows):
 
 def test_summary_counts_the_tuning_set_only(dm):
     rows = [
+        q("R", True, (-50.0, 1.0), (50.0, 0.0)),  # the first article is the report set: left out
         q("A", True, (20.0, 1.0), (5.0, 0.0), (4.0, 0.0)),  # the answer's passage has the best margin
         q("A", True, (6.0, 1.0), (9.0, 0.0)),  # a passage without it outranks it
         q("A", False, (25.0, 0.0), (3.0, 0.0)),  # off-topic: confident on text that does not answer
         q("A", False, (12.0, 0.0)),
-        q(dm.REPORT_ARTICLE, True, (-50.0, 1.0), (50.0, 0.0)),  # the report set is left out
     ]
     s = dm.summary(rows)
     assert s["questions"] == 2 and s["best_margin_answers"] == 50.0
