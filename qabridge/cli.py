@@ -124,14 +124,16 @@ def _echo_saved(output: str, summary: dict) -> None:
 # -- distill ------------------------------------------------------------------------------------
 @main.command()
 @click.option("--teacher", required=True, type=click.Path(file_okay=False), help="Teacher: an adapter directory (from `qabridge train`) or a full QA model directory; must share the student's vocabulary.")
-@click.option("--student", required=True, help="Student base encoder (a named base, local HF directory or HF id); a LoRA adapter is trained on it.")
+@click.option("--student", required=True, help="Student base encoder (a named base, local HF directory or HF id); a LoRA adapter is trained on it (or, with --full, the whole encoder).")
 @click.option("--output", default="models/lora-distilled", show_default=True, type=click.Path(file_okay=False), help="Student adapter directory to write (resumes from its checkpoint if the same run was interrupted).")
 @click.option("--temperature", type=float, default=2.0, show_default=True, help="Softmax temperature T of the soft start/end targets (the soft loss is scaled by T^2).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the soft (teacher) loss; 1 - alpha goes to the gold span loss.")
 @click.option("--cache-teacher", type=click.Path(file_okay=False), default=None, help="Cache the teacher's full start/end logits here (keyed by teacher hash and training windows) instead of running the teacher every step.")
+@click.option("--full", is_flag=True, help="Fully fine-tune the student (writes the whole model) instead of training a LoRA adapter on it.")
+@click.option("--negatives-target", type=click.Choice(["gold", "teacher"]), default="gold", show_default=True, help="With --negatives: what the generated unanswerable windows learn from. gold: their [CLS] label alone (a teacher never trained to abstain points them at a span); teacher: the --alpha mix, like every other window.")
 @_fail_cleanly
 def distill(teacher, student, alpha, quiet, target_modules, **kw) -> None:
-    """Distil a teacher into a student LoRA adapter: soft start/end targets (KL at temperature T,
+    """Distil a teacher into a student (a LoRA adapter, or --full): soft start/end targets (KL at temperature T,
     scaled by T^2) mixed with the gold span loss by --alpha, through the training loop of `train`.
 
     Takes train's options (data, schedule, LoRA shape, --init-adapter, --time-budget, ...) and

@@ -14,6 +14,10 @@
 #   2. carry .dev/base             command: DISTILL_INIT=scratch ABSTAIN_BUDGET=0 DISTILL_BUDGET=290 \
 #                                           bash scripts/device_accurate.sh distill   (328 s)
 #      -> the MiniLM recipe distilled from call 1's model (F1 83.54 -> 84.52; not shipped: quality.md)
+# Issue 18's open part (F1 85.5 for the MiniLM student), prepared 2026-11-27 and not yet run:
+#   1. carry .dev/bge .dev/squad   command: bash scripts/device_accurate.sh teacher   (caches the logits)
+#   2. carry .dev/base             command: SWEEP_BUDGET=400 bash scripts/device_accurate.sh sweep
+#      -> three students side by side: 6 epochs; --full; --negatives topical (their summaries hold dev EM/F1)
 # The teacher is committed (models/lora-accurate), so a session can skip training it:
 #   1. carry .dev/bge .dev/squad                command: bash scripts/device_accurate.sh abstain  (~8 min)
 #   2. carry .dev/base .dev/squad2              command: ABSTAIN_BUDGET=0 DISTILL_BUDGET=240 bash scripts/device_accurate.sh distill
@@ -31,7 +35,7 @@
 #     EXTRA="--max-steps 2 --subset-size 64 --batch-size 8 --eval-limit 20 --curve-limit 20" \
 #     bash scripts/device_accurate.sh train   (then the same with distill)
 set -uo pipefail
-STEP=${1:?train, selfdistill, abstain or distill}
+STEP=${1:?train, selfdistill, abstain, distill, teacher or sweep}
 . "$(dirname "$0")/device_env.sh"
 . "$(dirname "$0")/default_recipe.sh"
 DEVICE=${DEVICE:-cuda}
@@ -125,6 +129,36 @@ print("teacher F1: self-distilled", f[0], "committed", f[1]); sys.exit(f[0] <= f
     wait
     for run in distilled distilled-scratch bge-neg; do  # one archive each: a file that comes back holds at most 16 MiB
       [[ -d $KEEP/$run ]] && tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint "$run"
+    done ;;
+  teacher)
+    # Call 1 of the sweep: the committed teacher set up on this warm machine (bge unpacked, kept for
+    # call 2) and its logits cached for the sweep's two window sets (the recipe's; the recipe's with
+    # topical negatives). The caches are keyed by teacher and windows, not student, so bge itself
+    # stands in as the student for the one step that builds each. Carry .dev/bge .dev/squad.
+    teacher || exit 1
+    for neg in none topical; do
+      train "cache-$neg" 60 distill --teacher "$KEEP/bge" --student "$BGE" "${DEFAULT_RECIPE[@]}" --max-steps 1 \
+        --negatives "$neg" --cache-teacher "$KEEP/teacher-logits" --eval-limit 1
+    done
+    du -sh "$KEEP/teacher-logits"/* ;;
+  sweep)
+    # Call 2: what might close issue 18's last 0.93 F1 (85.5 for the MiniLM-L6 student), side by side
+    # on the cached logits, each fitted to SWEEP_BUDGET: a longer schedule (6 epochs), the whole
+    # encoder trained (--full, lr 1e-4), and generated topical negatives (gold [CLS] on those windows).
+    # Carry .dev/base; .dev/squad (the cached windows' data) and .dev/bge-full stay from call 1.
+    [[ -f $KEEP/bge/adapter_config.json ]] || { echo "run the teacher step first on this warm machine"; exit 1; }
+    B=${SWEEP_BUDGET:-400}
+    SETUP_S=150 train sweep-long "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
+      --epochs 6 --cache-teacher "$KEEP/teacher-logits" &
+    SETUP_S=150 train sweep-full "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
+      --full --lr 1e-4 --cache-teacher "$KEEP/teacher-logits" &
+    SETUP_S=150 train sweep-topical "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
+      --negatives topical --negative-ratio 0.33 --cache-teacher "$KEEP/teacher-logits" &
+    wait
+    for run in sweep-long sweep-full sweep-topical; do  # sweep-full is a whole model (~90 MB fp32): its summary only
+      [[ -d $KEEP/$run ]] || continue
+      if [[ $run == sweep-full ]]; then tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint --exclude='*.safetensors' "$run"
+      else tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint "$run"; fi
     done ;;
   *) echo "unknown step $STEP"; exit 2 ;;
 esac

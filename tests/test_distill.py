@@ -127,6 +127,88 @@ def test_cached_teacher_logits_are_the_teachers(tiny_bert, tmp_path, one_thread)
         assert np.abs(row[:, 0] - s[0].numpy()).max() < 1e-4 and np.abs(row[:, 1] - e[0].numpy()).max() < 1e-4
 
 
+def _cls_probability_on_negatives(adapter: Path) -> float:
+    """Mean start-and-end probability of [CLS] on topical negatives made from the dev sample (held out)."""
+    import torch
+
+    from qabridge.core.tokenizer import WordPieceTokenizer
+    from qabridge.core.windows import WindowSpec
+    from qabridge.train.distill import model_logits
+    from qabridge.train.features import build_features, pad_batch
+    from qabridge.train.model import load_for_inference, resolve_base, tokenizer_dir
+    from qabridge.train.negatives import NegativeConfig, generate_negatives
+    from qabridge.train.squad import load_squad
+
+    dev = load_squad(DEV_SAMPLE)
+    negs, _ = generate_negatives(dev, NegativeConfig.parse("topical", 1.0, 3), corpus=dev)
+    tok = WordPieceTokenizer.from_hf_dir(tokenizer_dir(resolve_base(None)))
+    feats = build_features([n.example for n in negs][:40], tok, WindowSpec(64, 32, 64))
+    ids, mask = pad_batch(feats.input_ids, tok.pad_id)
+    s, e = model_logits(load_for_inference(adapter)[0], torch.from_numpy(ids), torch.from_numpy(mask))
+    big = torch.finfo(s.dtype).min
+    m = torch.from_numpy(mask).bool()
+    p_s = torch.softmax(s.masked_fill(~m, big), -1)[:, 0]
+    p_e = torch.softmax(e.masked_fill(~m, big), -1)[:, 0]
+    return float(((p_s + p_e) / 2).mean())
+
+
+def test_generated_negatives_learn_their_gold_label(tiny_bert, tmp_path, one_thread, capsys):
+    """With --negatives, a teacher that never abstains (here a random one) would pull generated
+    unanswerable windows toward a span. negatives_target="gold" (the default) trains exactly those
+    windows on their [CLS] label, so even at alpha=1 the student learns to abstain on held-out
+    negatives; "teacher" (the alpha mix everywhere) at alpha=1 has no gold term and does not."""
+    from qabridge.train.trainer import TrainConfig
+
+    common = dict(negatives="topical", negative_ratio=1.0, distill_alpha=1.0, max_steps=12, lr=2e-3,
+                  cache_teacher=str(tmp_path / "cache"))
+    gold = _distill(tmp_path / "gold", tiny_bert, **common)
+    soft = _distill(tmp_path / "soft", tiny_bert, negatives_target="teacher", **common)
+    d = gold["distill"]
+    assert d["negatives_target"] == "gold" and soft["distill"]["negatives_target"] == "teacher"
+    # Every generated window, and only those, is gold-only (a negative's paragraph spans several
+    # 64-token windows; measured 160 of 304), none under "teacher".
+    n = gold["negatives"]["added"]["topical"]
+    assert n >= 20  # 24 asked for (ratio 1 on 24 questions); the sample's articles may run short
+    assert n <= d["gold_only_windows"] <= gold["train_features"] - (gold["train_examples"] - n)
+    assert soft["distill"]["gold_only_windows"] == 0
+    p = {name: _cls_probability_on_negatives(tmp_path / name) for name in ("gold", "soft")}
+    # Measured: gold 0.81, teacher 0.21.
+    assert p["gold"] > 0.5 and p["gold"] > 2.5 * p["soft"], p
+    # scripts/teacher_cls_mass.py rebuilds the same windows from the run's options and reads the cache.
+    from .helpers import load_script
+
+    mass = load_script("teacher_cls_mass")
+    (entry,) = (tmp_path / "cache").iterdir()
+    opts = [str(entry), "--data", SMALL["data"], "--subset-size", "24", "--seed", "7", "--max-seq-len", "64",
+            "--doc-stride", "32", "--negatives", "topical", "--negative-ratio", "1"]
+    assert mass.main(opts) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| generated negatives")]
+    assert [r.split(" | ")[1:3] for r in rows] == [[str(d["gold_only_windows"]), "1"], [str(d["gold_only_windows"]), "2"]]
+    assert mass.main(opts[:-4]) == 2  # without the negatives: other windows than the cached ones
+    # A different target is a different run (no resuming one from the other's checkpoint).
+    ident = json.loads((tmp_path / "gold" / "qabridge.json").read_text())["train_identity"]
+    assert ident["negatives_target"] == "gold"
+    assert "negatives_target" not in TrainConfig(teacher=str(tiny_bert)).identity()  # runs without negatives keep theirs
+
+
+def test_full_student(tiny_bert, tmp_path):
+    """--full through the CLI: the whole student encoder trains (no LoRA), is saved as a model
+    directory that loads and exports like any full fine-tune, and records its teacher."""
+    out = tmp_path / "full"
+    r = run_cli("distill", "--teacher", str(tiny_bert), "--student", "all-minilm-l6-v2", "--full", "--data",
+                str(TRAIN_SAMPLE), "--subset-size", "16", "--max-seq-len", "64", "--doc-stride", "32",
+                "--batch-size", "8", "--max-steps", "2", "--checkpoint-every", "0", "--device", "cpu",
+                "--output", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "training_summary.json").read_text())
+    assert s["config"]["full"] is True and s["trainable_params"] == s["total_params"] > 20_000_000
+    assert s["distill"]["alpha"] == 0.5 and s["steps"] == 2
+    from qabridge.train.model import read_adapter
+
+    assert read_adapter(out)[0].get("full_model") is True
+    assert (out / "model.safetensors").exists() and not (out / "adapter_model.safetensors").exists()
+
+
 def test_teacher_with_another_vocabulary_is_refused(tiny_bert, tmp_path):
     bad = tmp_path / "teacher"
     shutil.copytree(tiny_bert, bad)
@@ -167,6 +249,7 @@ def test_distill_help_describes_every_option():
             assert len(s.split("  ", 1)[1].strip()) > 3, s
     for opt in ("--teacher", "--student", "--output", "--temperature", "--alpha", "--cache-teacher", "--data",
                 "--epochs", "--max-steps", "--batch-size", "--lr", "--lora-r", "--max-seq-len", "--init-adapter",
-                "--time-budget", "--eval-data", "--dropout"):
+                "--time-budget", "--eval-data", "--dropout", "--negatives-target"):
         assert opt in r.stdout, opt
-    assert "--full" not in r.stdout and "--base" not in r.stdout  # the student is a LoRA adapter on --student
+    assert "--base" not in r.stdout  # the student's base is --student
+    assert sum(s.strip().startswith("--full ") for s in r.stdout.splitlines()) == 1  # distill's own, not train's too

@@ -8,6 +8,10 @@ start/end distributions on the *same* windows:
 (Hinton et al.: the T^2 keeps the soft term's gradients on the scale of the gold term's as T
 grows). The KL runs over the window's real tokens only, so padding never enters it.
 
+Generated negatives (``--negatives``) are the exception by default (``--negatives-target gold``):
+their windows take the gold [CLS] loss alone, since a teacher that never saw such questions would
+teach the student to answer them.
+
 Teacher logits are computed on the fly (the teacher runs on each rank's share of each batch), or
 once into ``--cache-teacher DIR``: full float32 start/end logits for every training window, not
 top-k. Full logits cost 8 bytes per token - about 110 MB for SQuAD v1.1 train at 384/128 windows
@@ -140,10 +144,17 @@ class Distiller:
     """The trainer's objective with a teacher: alpha * soft KL * T^2 + (1 - alpha) * gold CE."""
 
     def __init__(self, cfg: TrainConfig, feats: Features, tok: WordPieceTokenizer, student: BaseRef, *,
-                 device: str, dist: distributed.Dist, log=print):
-        from .model import load_for_inference
-
+                 device: str, dist: distributed.Dist, generated: np.ndarray | None = None, log=print):
         self.temperature, self.alpha, self.device = cfg.temperature, cfg.distill_alpha, device
+        # Per window: the soft term's weight. A generated negative is unanswerable by construction,
+        # and a teacher never trained on such questions still puts its mass on some span there (the
+        # reader it is): under "gold" those windows learn their [CLS] label alone.
+        self.negatives_target = cfg.negatives_target
+        self.soft_weight = np.full(len(feats), self.alpha, dtype=np.float32)
+        self.gold_only_windows = 0  # generated windows taken out of the soft term
+        if generated is not None and cfg.negatives_target == "gold":
+            self.soft_weight[generated] = 0.0
+            self.gold_only_windows = int(np.count_nonzero(generated))
         self.teacher_path = str(cfg.teacher)
         self.teacher_hash = adapter_hash(cfg.teacher)
         check_same_tokenizer(cfg.teacher, tok, student)
@@ -153,15 +164,16 @@ class Distiller:
             if cfg.max_seq_len > positions.max_position_embeddings:
                 raise UsageError(f"--max-seq-len {cfg.max_seq_len} exceeds the teacher's "
                                  f"{positions.max_position_embeddings} positions")
-        self.teacher, _, _ = load_for_inference(cfg.teacher, device=device)
-        self.teacher.eval()
+        # Loaded only where its logits are computed: a cache hit never holds the teacher in memory.
+        self.teacher = None
         self.cache_dir: Path | None = None
         self.cache_hit: bool | None = None
         self.flat: np.ndarray | None = None
         self.offsets: np.ndarray | None = None
         if cfg.cache_teacher:
             self._open_cache(Path(cfg.cache_teacher), feats, tok.pad_id, dist, log)
-            self.teacher = None  # every logit it will give is in the cache now
+        else:
+            self.teacher = self._load_teacher()
         log(f"distilling from {self.teacher_path} (sha256 {self.teacher_hash[:12]}), T={self.temperature:g}, "
             f"alpha={self.alpha:g}, teacher logits "
             + (f"from {self.cache_dir}" if self.cache_dir else "computed each step"))
@@ -173,13 +185,14 @@ class Distiller:
         def build() -> bool:
             if (d / "meta.json").exists():
                 return True
+            teacher = self._load_teacher()
             try:
                 root.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(prefix=".tmp-teacher-", dir=root))
             except OSError as exc:
                 raise UsageError(f"--cache-teacher {root}: cannot write ({exc.strerror})") from None
             try:
-                flat, offsets = compute_teacher_logits(self.teacher, feats, pad_id, self.device, log=log)
+                flat, offsets = compute_teacher_logits(teacher, feats, pad_id, self.device, log=log)
                 np.save(tmp / "logits.npy", flat)
                 np.save(tmp / "offsets.npy", offsets)
                 meta = {"teacher": self.teacher_path, "teacher_hash": self.teacher_hash, "windows": len(feats),
@@ -202,6 +215,12 @@ class Distiller:
         self.cache_dir = d
         log(f"teacher logits: cache {'hit' if self.cache_hit else 'built'} ({d})")
 
+    def _load_teacher(self):
+        from .model import load_for_inference
+
+        teacher, _, _ = load_for_inference(self.teacher_path, device=self.device)
+        return teacher.eval()
+
     def teacher_logits(self, batch: Batch):
         import torch
 
@@ -216,17 +235,22 @@ class Distiller:
         return t[..., 0], t[..., 1]
 
     def __call__(self, start_logits, end_logits, batch: Batch):
+        import torch
+
         from .trainer import gold_span_loss
 
         t_s, t_e = self.teacher_logits(batch)
         T = self.temperature
         soft = (span_kl(start_logits, t_s, batch.attention_mask, T) + span_kl(end_logits, t_e, batch.attention_mask, T)) / 2
         soft = soft * (T * T)
-        if self.alpha >= 1.0:
+        w = torch.from_numpy(self.soft_weight[batch.index]).to(soft.device)
+        if bool((w >= 1.0).all()):
             return soft
-        return self.alpha * soft + (1.0 - self.alpha) * gold_span_loss(start_logits, end_logits, batch)
+        return w * soft + (1.0 - w) * gold_span_loss(start_logits, end_logits, batch)
 
     def summary(self) -> dict:
         return {"teacher": self.teacher_path, "teacher_hash": self.teacher_hash, "temperature": self.temperature,
-                "alpha": self.alpha, "teacher_logits": "cache" if self.cache_dir else "on the fly",
+                "alpha": self.alpha, "negatives_target": self.negatives_target,
+                "gold_only_windows": self.gold_only_windows,
+                "teacher_logits": "cache" if self.cache_dir else "on the fly",
                 "cache": str(self.cache_dir) if self.cache_dir else None, "cache_hit": self.cache_hit}

@@ -100,6 +100,9 @@ class TrainConfig:
     temperature: float = 2.0
     distill_alpha: float = 0.5
     cache_teacher: str | None = None  # directory of cached teacher logits (None: computed each step)
+    # What generated negatives (--negatives) learn from under distillation: "gold" (their [CLS] label
+    # alone) or "teacher" (the alpha mix, like every other window).
+    negatives_target: str = "gold"
 
     def identity(self) -> dict:
         """What makes two runs the same run (resume allowed) - not budget or bookkeeping."""
@@ -131,6 +134,8 @@ class TrainConfig:
             # A different teacher, T or alpha is a different run; where the logits come from is not.
             ident.update(teacher=adapter_hash(self.teacher), temperature=self.temperature,
                          distill_alpha=self.distill_alpha)
+            if neg is not None:
+                ident["negatives_target"] = self.negatives_target
         return ident
 
     def negative_config(self) -> NegativeConfig | None:
@@ -267,20 +272,11 @@ def _set_dropout(model, p: float) -> None:
             m.p = p
 
 
-def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress: bool, log, torch, tqdm) -> dict:
-    from . import distributed
-
-    prev = distributed.on_main(lambda: _check_output(out, cfg), dist)
-    check_quantize(cfg.quantize, device)  # before minutes of feature building, not after
-    ref: BaseRef = resolve_base(cfg.base)
-    hf_cfg = load_config(ref)
-    if cfg.max_seq_len > hf_cfg.max_position_embeddings:
-        raise UsageError(f"--max-seq-len {cfg.max_seq_len} exceeds the base's {hf_cfg.max_position_embeddings} positions")
+def training_examples(cfg: TrainConfig, rng: np.random.Generator, neg_cfg=None, *, log=print):
+    """The run's training examples: the data file, its seeded subset (drawn from ``rng``, which the
+    batch order then goes on drawing from), then the generated negatives. Returns (examples, the
+    data's own unanswerable count, the negatives' report or None)."""
     examples = load_squad(cfg.data, split="train")
-    eval_examples = load_squad(cfg.eval_data, split="validation") if cfg.eval_data else None
-    # The same seed on every rank: the same subset, LoRA initialisation and batch order everywhere.
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     corpus = examples
     if cfg.subset_size:
         idx = np.sort(rng.permutation(len(examples))[: cfg.subset_size])
@@ -293,7 +289,23 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
         # Paragraphs and replacements come from the whole file, sources only from the subset.
         examples, neg_report = with_negatives(examples, neg_cfg, corpus=corpus)
         log(f"negatives: added {neg_report.counts} ({neg_report.seconds:.1f} s)")
-    del corpus
+    return examples, unanswerable_in_data, neg_report
+
+
+def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress: bool, log, torch, tqdm) -> dict:
+    from . import distributed
+
+    prev = distributed.on_main(lambda: _check_output(out, cfg), dist)
+    check_quantize(cfg.quantize, device)  # before minutes of feature building, not after
+    ref: BaseRef = resolve_base(cfg.base)
+    hf_cfg = load_config(ref)
+    if cfg.max_seq_len > hf_cfg.max_position_embeddings:
+        raise UsageError(f"--max-seq-len {cfg.max_seq_len} exceeds the base's {hf_cfg.max_position_embeddings} positions")
+    eval_examples = load_squad(cfg.eval_data, split="validation") if cfg.eval_data else None
+    # The same seed on every rank: the same subset, LoRA initialisation and batch order everywhere.
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    examples, unanswerable_in_data, neg_report = training_examples(cfg, rng, neg_cfg, log=log)
 
     tok = WordPieceTokenizer.from_hf_dir(tokenizer_dir(ref))
     spec = WindowSpec(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_tokens)
@@ -340,7 +352,8 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
     if cfg.teacher:
         from .distill import Distiller
 
-        objective = Distiller(cfg, feats, tok, ref, device=device, dist=dist, log=log)
+        generated = np.fromiter((bool(examples[i].kind) for i in feats.example_index), dtype=bool, count=len(feats))
+        objective = Distiller(cfg, feats, tok, ref, device=device, dist=dist, generated=generated, log=log)
 
     # --batch-size is the global batch: ranks split each batch, so the schedule does not depend on the world.
     steps_per_epoch = math.ceil(len(feats) / (cfg.batch_size * cfg.grad_accum))
