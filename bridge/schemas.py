@@ -38,7 +38,8 @@ class QARequest(BaseModel):
     null_threshold: float | None = Field(
         default=None, ge=-100, le=100,
         description="With handle_impossible_answer: abstain iff log p(no answer) - log p(best span) > this "
-        "(default: the model's stored threshold, else 0 = the empty answer wins when it is likelier).",
+        "(default: the model's stored threshold, else 0 = the empty answer wins when it is likelier; with documents, "
+        "the model's stored documents cut first).",
     )
     """Abstention threshold for this request (a log-probability ratio)."""
 

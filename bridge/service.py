@@ -122,8 +122,10 @@ class QAService:
         return _response(
             items, m, windows, {"rank": round(1e3 * (t1 - t0), 3), "read": round(1e3 * (t2 - t1), 3)},
             # null_rank abstains where ratio > threshold: here, where a span ranks below the null's
-            # passage_weight x NULL_SIMILARITY - threshold (with weight 0: the reader's rule).
+            # passage_weight x NULL_SIMILARITY - threshold (with weight 0: the reader's rule). The
+            # threshold: the request's, else the model's documents cut, else its single-text one.
             null=null, req=req, ratios=[self.cfg.passage_weight * NULL_SIMILARITY - c[2] for c in top],
+            default_threshold=m.file.abstention["documents_default_threshold"],
             ranking=[RankedPassage(document=p.document, start=p.start, end=p.end, similarity=round(sim, 6))
                      for p, sim in ranked[:n_read]],
             embedder=used,
@@ -162,14 +164,18 @@ class QAService:
 
 
 def _response(items: list[AnswerItem], m: LoadedModel, n_windows: int, timing: dict, *, null: float,
-              req: QARequest, ratios: list[float] | None = None, **extra) -> QAResponse:
+              req: QARequest, ratios: list[float] | None = None, default_threshold: float | None = None,
+              **extra) -> QAResponse:
     """The response; with ``handle_impossible_answer`` the null answer takes its place in the ranking
     (decode.null_rank). ``ratios``: each item's null_log_ratio when the caller computed them per
     passage; else against ``null``."""
     threshold = None
     abstained = False
     if req.handle_impossible_answer:
-        threshold = req.null_threshold if req.null_threshold is not None else m.file.abstention["default_threshold"]
+        if req.null_threshold is not None:
+            threshold = req.null_threshold
+        else:
+            threshold = default_threshold if default_threshold is not None else m.file.abstention["default_threshold"]
         null_item = AnswerItem(answer=None, score=null, start=None, end=None)
         pos = null_rank(ratios if ratios is not None else [null_log_ratio(null, it.score) for it in items], threshold)
         abstained = pos == 0

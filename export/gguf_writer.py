@@ -67,6 +67,8 @@ class QAMeta:
     negatives: str = ""
     null_threshold: float | None = None
     null_threshold_tuning: str = ""
+    documents_null_threshold: float | None = None
+    documents_null_threshold_tuning: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -211,6 +213,9 @@ def write_gguf(
         if meta.null_threshold is not None:
             w.add_float32(Key.NULL_THRESHOLD, float(meta.null_threshold))
             w.add_string(Key.NULL_THRESHOLD_TUNING, meta.null_threshold_tuning)
+        if meta.documents_null_threshold is not None:
+            w.add_float32(Key.DOCUMENTS_NULL_THRESHOLD, float(meta.documents_null_threshold))
+            w.add_string(Key.DOCUMENTS_NULL_THRESHOLD_TUNING, meta.documents_null_threshold_tuning)
         for k, v in meta.extra.items():
             w.add_string(k, str(v))
 

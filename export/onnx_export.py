@@ -351,6 +351,9 @@ def _metadata(merged, settings: QASettings, *, adapter_sha256: str, optimization
     if merged.qa_config.get("null_threshold") is not None:
         meta[Key.NULL_THRESHOLD] = repr(float(merged.qa_config["null_threshold"]))
         meta[Key.NULL_THRESHOLD_TUNING] = str(merged.qa_config.get("null_threshold_tuning", ""))
+    if merged.qa_config.get("documents_null_threshold") is not None:
+        meta[Key.DOCUMENTS_NULL_THRESHOLD] = repr(float(merged.qa_config["documents_null_threshold"]))
+        meta[Key.DOCUMENTS_NULL_THRESHOLD_TUNING] = str(merged.qa_config.get("documents_null_threshold_tuning", ""))
     return meta
 
 

@@ -54,6 +54,8 @@ def export(
             negatives=str((q.get("train_identity") or {}).get("negatives") or "none"),
             null_threshold=q.get("null_threshold"),
             null_threshold_tuning=str(q.get("null_threshold_tuning", "")),
+            documents_null_threshold=q.get("documents_null_threshold"),
+            documents_null_threshold_tuning=str(q.get("documents_null_threshold_tuning", "")),
             base_model=merged.base_name,
             adapter_sha256=adapter_hash(adapter),
         )

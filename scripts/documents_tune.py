@@ -9,6 +9,13 @@ the question (the default embedder: the offline base, mean-pooled). Then the rul
 offline: rank = margin over [CLS] + w x similarity, for several w, reading all passages or the top
 k by similarity. Article 1 is the report set (issue 13: >= 16/20); the others, 200 questions, are
 what a weight is chosen on. Prints one line per rule.
+
+    ... --unanswerable --save-threshold ADAPTER_DIR
+
+stores the model's own `documents` abstention cut in the adapter's qabridge.json (the next export
+puts it in the model file as qabridge.documents_null_threshold): the rank cut, at --weight and the
+top 5 passages, that keeps the most answers plus off-topic abstentions on the tuning set (ties: the
+lower cut, which keeps more answers), as the threshold the bridge compares with.
 """
 
 from __future__ import annotations
@@ -103,6 +110,39 @@ def abstention(items: list[dict], weight: float, top: int | None, rule: str, cut
     return ok, n, nulls
 
 
+def best_cut(items: list[dict], weight: float, top: int | None = 5) -> tuple[float, tuple[int, int, int]]:
+    """The rank cut (on a 0.5 grid) with the most answerable kept + unanswerable abstained; ties: lower."""
+    best: tuple[float, tuple[int, int, int]] | None = None
+    for cut in (x / 2 for x in range(-80, 121)):
+        r = abstention(items, weight, top, "rank", cut)
+        if best is None or r[0] + r[2] > best[1][0] + best[1][2]:
+            best = (cut, r)
+    return best
+
+
+def save_threshold(adapter: Path, model: Path, weight: float, report: list[dict], tune: list[dict]) -> float:
+    """Store the tuned cut as the threshold `documents` requests use: the bridge abstains iff
+    weight x NULL_SIMILARITY - best rank > threshold, i.e. best rank < weight x NULL_SIMILARITY - threshold."""
+    from qabridge.bridge.service import NULL_SIMILARITY
+
+    path = adapter / "qabridge.json"
+    if not path.exists():
+        sys.exit(f"--save-threshold {adapter}: no qabridge.json (not an adapter from `qabridge train`)")
+    cut, (ok, n, nulls) = best_cut(tune, weight)
+    r_ok, r_n, r_nulls = abstention(report, weight, 5, "rank", cut)
+    threshold = weight * NULL_SIMILARITY - cut
+    d = json.loads(path.read_text())
+    d["documents_null_threshold"] = threshold
+    d["documents_null_threshold_tuning"] = (
+        f"tuned by scripts/documents_tune.py on {len(tune)} questions of issue 13's sets through {model.name} "
+        f"(top 5 passages, passage weight {weight:g}: rank < {cut:g}): kept {ok}/{n}, off-topic abstained "
+        f"{nulls}/{len(tune) - n}; report set {report[0]['article']}: kept {r_ok}/{r_n}, abstained {r_nulls}/{len(report) - r_n}"
+    )
+    path.write_text(json.dumps(d, indent=2) + "\n")
+    print(f"stored documents_null_threshold {threshold:g} in {path}: {d['documents_null_threshold_tuning']}")
+    return threshold
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model", type=Path)
@@ -113,7 +153,11 @@ def main() -> None:
                          "and compare abstention rules")
     ap.add_argument("--weight", type=float, default=20.0, help="the passage weight the abstention rules use")
     ap.add_argument("--rows", type=Path, default=None, help="JSON file of the collected rows: read if it exists, else written")
+    ap.add_argument("--save-threshold", type=Path, default=None, metavar="ADAPTER_DIR",
+                    help="with --unanswerable: store the tuned documents cut in this adapter's qabridge.json")
     args = ap.parse_args()
+    if args.save_threshold is not None and not args.unanswerable:
+        sys.exit("--save-threshold needs --unanswerable (the off-topic questions the cut is tuned on)")
     if args.rows is not None and args.rows.exists():
         data = json.loads(args.rows.read_text())
     else:
@@ -135,6 +179,8 @@ def main() -> None:
             for cut in range(0, 42, 2):
                 t, r = (abstention(x, args.weight, 5, rule, cut) for x in (tune, report))
                 print(f"  {rule} < {cut}: {t[0]}/{t[1]} | {t[2]}/{len(tune) - t[1]};  {r[0]}/{r[1]} | {r[2]}/{len(report) - r[1]}")
+    if args.save_threshold is not None:
+        save_threshold(args.save_threshold, args.model, args.weight, report, tune)
 
 
 if __name__ == "__main__":

@@ -61,17 +61,43 @@ def test_bad_null_threshold(server, value, code):
     assert r.status_code == 422 and r.json()["error"]["code"] == code
 
 
+def _stored_documents_cut() -> float:
+    import json
+
+    from .helpers import COMMITTED_ADAPTER
+
+    return json.loads((COMMITTED_ADAPTER / "qabridge.json").read_text())["documents_null_threshold"]
+
+
 def test_model_info_says_what_the_model_knows(server):
     a = httpx.get(server.url + "/api/model/info").json()["abstention"]
     assert a["trained_with_negatives"] is False and a["null_threshold"] is None and a["default_threshold"] == 0.0
+    # Its documents cut, tuned by scripts/documents_tune.py and stored in qabridge.json, went through
+    # the export into the GGUF, with how it was tuned.
+    assert a["documents_null_threshold"] == pytest.approx(_stored_documents_cut()) == a["documents_default_threshold"]
+    assert "documents_tune.py" in a["documents_tuning"] and "passage weight 20" in a["documents_tuning"]
+
+
+def test_documents_requests_use_the_documents_cut(server):
+    """One text: the single-text threshold (none stored: 0). Documents: the model's documents cut,
+    unless the request gives its own."""
+    docs = [EIFFEL, "Spiders are arachnids. Most of them spin silk."]
+    single = qa(server, question=UNANSWERED, context=EIFFEL, handle_impossible_answer=True).json()
+    many = qa(server, question="When was the Eiffel Tower completed?", documents=docs, handle_impossible_answer=True).json()
+    own = qa(server, question="When was the Eiffel Tower completed?", documents=docs, handle_impossible_answer=True,
+             null_threshold=-100).json()
+    assert single["null_threshold"] == 0.0
+    assert many["null_threshold"] == pytest.approx(_stored_documents_cut()) and many["answer"] == "1889"
+    assert own["null_threshold"] == -100 and own["answer"] is None and own["abstained"] is True
 
 
 @pytest.mark.squad
 def test_documents_answer_from_the_passage_that_holds_the_answer(server, squad_dev_full):
     """Issue 13's set: 30 paragraphs of one article as documents, 20 of their questions, the default
     embedder ranking and the default reading (the 5 most similar of its 41 passages). Measured with
-    this q8_0 model: 17/20 (the reader's margin alone, --passage-weight 0: 15/20); asked to abstain,
-    17/20 kept and 19/20 questions of another article abstained (1/20 with the reader's rule)."""
+    this q8_0 model: 17/20 (the reader's margin alone, --passage-weight 0: 15/20); asked to abstain
+    (the model's stored documents cut), 17/20 kept and 20/20 questions of another article abstained
+    (19/20 at threshold 0, before the cut was stored; 1/20 with the reader's rule)."""
     from .helpers import documents_answered, first_paragraphs
 
     paras, qs = first_paragraphs(squad_dev_full)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import embedded_top_spans, lazy_exports, run_cli, start_server
+from .helpers import ROOT, embedded_top_spans, lazy_exports, run_cli, start_server
 
 ACCURATE = "bert-qa-accurate"
 
@@ -81,8 +81,13 @@ def test_serves_fast_and_accurate_side_by_side(accurate_adapter, accurate_export
     try:
         listed = httpx.get(s.url + "/api/models").json()
         assert listed["default"] == "bert-qa" and [m["name"] for m in listed["models"]] == ["bert-qa", ACCURATE]
-        layers = {m: httpx.get(s.url + "/api/model/info", params={"model": m}).json()["layers"] for m in ("bert-qa", ACCURATE)}
-        assert layers == {"bert-qa": 6, ACCURATE: 12}
+        info = {m: httpx.get(s.url + "/api/model/info", params={"model": m}).json() for m in ("bert-qa", ACCURATE)}
+        assert {m: i["layers"] for m, i in info.items()} == {"bert-qa": 6, ACCURATE: 12}
+        # Each carries its own documents cut (issue 18: abstention applies to both models).
+        cuts = {m: i["abstention"]["documents_null_threshold"] for m, i in info.items()}
+        stored = {m: json.loads((ROOT / "models" / d / "qabridge.json").read_text())["documents_null_threshold"]
+                  for m, d in (("bert-qa", "lora"), (ACCURATE, "lora-accurate"))}
+        assert cuts == stored and cuts["bert-qa"] != cuts[ACCURATE], cuts
         pairs = [{"question": e.question, "context": e.context} for e in dev_examples[:8]]
         answers = [httpx.post(s.url + "/api/qa", json={**p, "model": ACCURATE}, timeout=60).json() for p in pairs]
         batch = httpx.post(s.url + "/api/qa/batch", json={"qa_pairs": [{**p, "model": m} for p in pairs[:2]

@@ -34,3 +34,31 @@ def test_summary_counts_the_tuning_set_only(dm):
 
 def test_auc_splits_ties(dm):
     assert dm.auc([1.0], [1.0]) == 0.5 and dm.auc([2.0, 0.0], [1.0]) == 0.5
+
+
+def test_documents_cut_is_tuned_on_the_tuning_set_and_stored(tmp_path):
+    """documents_tune.py --save-threshold: the rank cut with the most kept answers plus off-topic
+    abstentions (tuning set only; ties to the lower cut), stored as the threshold the bridge uses."""
+    import json
+
+    dt = load_script("documents_tune")
+
+    def qs(article, answerable, margin, f1=1.0):
+        return {"article": article, "answerable": answerable, "rows": [{"margin": margin, "f1": f1, "sim": 0.5, "prob": 0.5}]}
+
+    # rank = margin + 20 x 0.5. Answerable: ranks 14 (right), 16 (a wrong span), 30 (right);
+    # off-topic: 11, 13, 15. A cut in (13, 14] keeps 14 and 30 and abstains on 11 and 13 (4); one in
+    # (15, 16] keeps 30 alone and abstains on all three (4 too): the tie goes to the lower cut, 13.5
+    # on the 0.5 grid.
+    tune = [qs("T", True, 4.0), qs("T", True, 6.0, f1=0.0), qs("T", True, 20.0),
+            qs("T", False, 1.0), qs("T", False, 3.0), qs("T", False, 5.0)]
+    report = [qs("R", True, 90.0), qs("R", False, -90.0)]  # the report set never moves the cut
+    cut, (ok, n, nulls) = dt.best_cut(tune, 20.0)
+    assert (cut, ok, n, nulls) == (13.5, 2, 3, 2)
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    (adapter / "qabridge.json").write_text(json.dumps({"base_model": "x"}))
+    t = dt.save_threshold(adapter, tmp_path / "m.int8.onnx", 20.0, report, tune)
+    d = json.loads((adapter / "qabridge.json").read_text())
+    assert t == d["documents_null_threshold"] == 20.0 * 1.0 - 13.5 and d["base_model"] == "x"
+    assert "m.int8.onnx" in d["documents_null_threshold_tuning"] and "kept 1/1, abstained 1/1" in d["documents_null_threshold_tuning"]

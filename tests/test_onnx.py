@@ -158,6 +158,7 @@ def test_export_metadata_and_fusions(onnx_exported, torch_pipe, committed_adapte
     from qabridge.core.model_file import ModelFile
 
     assert m.abstention == ModelFile(exported("q8_0")).abstention
+    assert m.abstention["documents_null_threshold"] == read_adapter(committed_adapter)[1]["documents_null_threshold"]
 
 
 def test_int8_argmax_spans_agree_with_torch(torch_pipe, onnx_exported, dev_examples):

@@ -29,6 +29,11 @@ class Key:
     NEGATIVES = "qabridge.negatives"  # str: the generated negatives trained with ("none", "topical,adversarial", ...)
     NULL_THRESHOLD = "qabridge.null_threshold"  # f32: abstain iff log p(no answer) - log p(best span) > this
     NULL_THRESHOLD_TUNING = "qabridge.null_threshold_tuning"  # str: how it was tuned (data, questions, F1)
+    # f32: the same for `documents` requests, where each span's rank is its margin over [CLS] plus the
+    # passage weight x its passage's similarity: abstain iff weight x 1.0 - best rank > this. A reader
+    # trained with negatives has margins far below one trained without, so it needs its own cut.
+    DOCUMENTS_NULL_THRESHOLD = "qabridge.documents_null_threshold"
+    DOCUMENTS_NULL_THRESHOLD_TUNING = "qabridge.documents_null_threshold_tuning"  # str: how it was tuned
 
 
 #: Keys a GGUF must carry for the bridge to serve it.

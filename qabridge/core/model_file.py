@@ -78,14 +78,22 @@ class QAModelMeta:
     def max_answer_len(self) -> int:
         return self.settings.max_answer_len
 
-    @property
-    def null_threshold(self) -> float | None:
-        """The tuned abstention threshold, if the model was trained and tuned for it."""
-        v = self.get(Key.NULL_THRESHOLD)
+    def _float_key(self, key: str) -> float | None:
+        v = self.get(key)
         try:
             return None if v is None else float(v)
         except (TypeError, ValueError):
-            raise ModelError(f"{self.path}: {Key.NULL_THRESHOLD} is not a number") from None
+            raise ModelError(f"{self.path}: {key} is not a number") from None
+
+    @property
+    def null_threshold(self) -> float | None:
+        """The tuned abstention threshold, if the model was trained and tuned for it."""
+        return self._float_key(Key.NULL_THRESHOLD)
+
+    @property
+    def documents_null_threshold(self) -> float | None:
+        """The tuned abstention threshold of `documents` requests (their rank rule), if stored."""
+        return self._float_key(Key.DOCUMENTS_NULL_THRESHOLD)
 
     @property
     def abstention(self) -> dict:
@@ -97,6 +105,11 @@ class QAModelMeta:
             "null_threshold": self.null_threshold,
             "tuning": self.get(Key.NULL_THRESHOLD_TUNING),
             "default_threshold": self.null_threshold if self.null_threshold is not None else 0.0,
+            "documents_null_threshold": self.documents_null_threshold,
+            "documents_tuning": self.get(Key.DOCUMENTS_NULL_THRESHOLD_TUNING),
+            # What a documents request without null_threshold uses: its own tuned cut, else the rule above.
+            "documents_default_threshold": self.documents_null_threshold if self.documents_null_threshold is not None
+            else (self.null_threshold if self.null_threshold is not None else 0.0),
         }
 
 
