@@ -220,6 +220,7 @@ def _describe_builtins() -> list[dict]:
             "squad_v1_dev": {"exact_match": round(dev["exact_match"], 2), "f1": round(dev["f1"], 2)} if dev else None,
             "negatives": (qcfg.get("train_identity") or {}).get("negatives") or "none",
             "null_threshold": qcfg.get("null_threshold"),
+            "documents_null_threshold": qcfg.get("documents_null_threshold"),
         })
     return rows
 
@@ -237,8 +238,11 @@ def models(as_json=False) -> None:
         click.echo(f"{r['name']:<20} {r['description']}" + ("  (default)" if r["default"] else ""))
         click.echo(f"{'':<20} base: {r['base']} ({'installed' if r['base_installed'] else 'fetched on first use'})"
                    + (f"; SQuAD v1.1 dev EM {dev['exact_match']} / F1 {dev['f1']} (torch)" if dev else ""))
+        cut = r["documents_null_threshold"]
         click.echo(f"{'':<20} abstention: " + (f"trained with {r['negatives']} negatives" if r["negatives"] != "none"
-                                                else "trained without negatives (no stored threshold)"))
+                                                else "trained without negatives")
+                   + (f"; threshold {r['null_threshold']:g}" if r["null_threshold"] is not None else "; no stored threshold")
+                   + (f"; documents cut {cut:g}" if cut is not None else ""))
 
 
 @main.group(invoke_without_command=True)

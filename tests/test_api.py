@@ -229,6 +229,10 @@ def test_models_command_and_eval_of_a_builtin_model_by_name(committed_adapter, e
     summary = json.loads((committed_adapter / "training_summary.json").read_text())
     assert row["name"] == "bert-qa" and row["default"] and Path(row["adapter"]).resolve() == committed_adapter.resolve()
     assert row["squad_v1_dev"]["f1"] == round(summary["dev"]["f1"], 2) and row["negatives"] == "none"
+    qcfg = json.loads((committed_adapter / "qabridge.json").read_text())
+    assert row["null_threshold"] is None and row["documents_null_threshold"] == qcfg["documents_null_threshold"]
+    text = run_cli("models").stdout
+    assert f"no stored threshold; documents cut {qcfg['documents_null_threshold']:g}" in text, text
     env = {"QABRIDGE_CACHE": str(tmp_path / "cache")}
     by_name = run_cli("eval", "--model", "bert-qa", "--data", str(DEV_SAMPLE), "--limit", "20", "--json", env=env)
     assert by_name.returncode == 0, by_name.stderr
