@@ -123,9 +123,9 @@ class QAService:
             items, m, windows, {"rank": round(1e3 * (t1 - t0), 3), "read": round(1e3 * (t2 - t1), 3)},
             # null_rank abstains where ratio > threshold: here, where a span ranks below the null's
             # passage_weight x NULL_SIMILARITY - threshold (with weight 0: the reader's rule). The
-            # threshold: the request's, else the model's documents cut, else its single-text one.
+            # threshold: the request's, else the model's documents cut (at its weight), else its single-text one.
             null=null, req=req, ratios=[self.cfg.passage_weight * NULL_SIMILARITY - c[2] for c in top],
-            default_threshold=m.file.abstention["documents_default_threshold"],
+            default_threshold=m.file.documents_threshold(self.cfg.passage_weight),
             ranking=[RankedPassage(document=p.document, start=p.start, end=p.end, similarity=round(sim, 6))
                      for p, sim in ranked[:n_read]],
             embedder=used,

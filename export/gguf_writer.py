@@ -69,6 +69,7 @@ class QAMeta:
     null_threshold_tuning: str = ""
     documents_null_threshold: float | None = None
     documents_null_threshold_tuning: str = ""
+    documents_passage_weight: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -216,6 +217,9 @@ def write_gguf(
         if meta.documents_null_threshold is not None:
             w.add_float32(Key.DOCUMENTS_NULL_THRESHOLD, float(meta.documents_null_threshold))
             w.add_string(Key.DOCUMENTS_NULL_THRESHOLD_TUNING, meta.documents_null_threshold_tuning)
+            if meta.documents_passage_weight is None:
+                raise ModelError("a documents_null_threshold needs the documents_passage_weight it was tuned at")
+            w.add_float32(Key.DOCUMENTS_PASSAGE_WEIGHT, float(meta.documents_passage_weight))
         for k, v in meta.extra.items():
             w.add_string(k, str(v))
 

@@ -354,6 +354,9 @@ def _metadata(merged, settings: QASettings, *, adapter_sha256: str, optimization
     if merged.qa_config.get("documents_null_threshold") is not None:
         meta[Key.DOCUMENTS_NULL_THRESHOLD] = repr(float(merged.qa_config["documents_null_threshold"]))
         meta[Key.DOCUMENTS_NULL_THRESHOLD_TUNING] = str(merged.qa_config.get("documents_null_threshold_tuning", ""))
+        if merged.qa_config.get("documents_passage_weight") is None:
+            raise ModelError("a documents_null_threshold needs the documents_passage_weight it was tuned at")
+        meta[Key.DOCUMENTS_PASSAGE_WEIGHT] = repr(float(merged.qa_config["documents_passage_weight"]))
     return meta
 
 

@@ -56,6 +56,7 @@ def export(
             null_threshold_tuning=str(q.get("null_threshold_tuning", "")),
             documents_null_threshold=q.get("documents_null_threshold"),
             documents_null_threshold_tuning=str(q.get("documents_null_threshold_tuning", "")),
+            documents_passage_weight=q.get("documents_passage_weight"),
             base_model=merged.base_name,
             adapter_sha256=adapter_hash(adapter),
         )

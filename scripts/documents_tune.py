@@ -133,6 +133,7 @@ def save_threshold(adapter: Path, model: Path, weight: float, report: list[dict]
     threshold = weight * NULL_SIMILARITY - cut
     d = json.loads(path.read_text())
     d["documents_null_threshold"] = threshold
+    d["documents_passage_weight"] = weight  # the bridge uses the cut only when it ranks at this weight
     d["documents_null_threshold_tuning"] = (
         f"tuned by scripts/documents_tune.py on {len(tune)} questions of issue 13's sets through {model.name} "
         f"(top 5 passages, passage weight {weight:g}: rank < {cut:g}): kept {ok}/{n}, off-topic abstained "

@@ -74,7 +74,7 @@ def test_model_info_says_what_the_model_knows(server):
     assert a["trained_with_negatives"] is False and a["null_threshold"] is None and a["default_threshold"] == 0.0
     # Its documents cut, tuned by scripts/documents_tune.py and stored in qabridge.json, went through
     # the export into the GGUF, with how it was tuned.
-    assert a["documents_null_threshold"] == pytest.approx(_stored_documents_cut()) == a["documents_default_threshold"]
+    assert a["documents_null_threshold"] == pytest.approx(_stored_documents_cut()) and a["documents_passage_weight"] == 20.0
     assert "documents_tune.py" in a["documents_tuning"] and "passage weight 20" in a["documents_tuning"]
 
 
@@ -89,6 +89,20 @@ def test_documents_requests_use_the_documents_cut(server):
     assert single["null_threshold"] == 0.0
     assert many["null_threshold"] == pytest.approx(_stored_documents_cut()) and many["answer"] == "1889"
     assert own["null_threshold"] == -100 and own["answer"] is None and own["abstained"] is True
+
+
+def test_documents_cut_only_at_the_weight_it_was_tuned_at(exported, tmp_path):
+    """A bridge that ranks passages at another weight ranks on another scale: the stored cut (tuned at
+    20) does not apply there, and documents requests fall back to the single-text threshold."""
+    from .helpers import start_server
+
+    s = start_server(exported("q8_0"), tmp_path, "--passage-weight", "0")
+    try:
+        r = qa(s, question="When was the Eiffel Tower completed?", documents=[EIFFEL, "Spiders spin silk."],
+               handle_impossible_answer=True).json()
+    finally:
+        s.stop()
+    assert r["null_threshold"] == 0.0 and r["answer"] == "1889"
 
 
 @pytest.mark.squad

@@ -61,4 +61,5 @@ def test_documents_cut_is_tuned_on_the_tuning_set_and_stored(tmp_path):
     t = dt.save_threshold(adapter, tmp_path / "m.int8.onnx", 20.0, report, tune)
     d = json.loads((adapter / "qabridge.json").read_text())
     assert t == d["documents_null_threshold"] == 20.0 * 1.0 - 13.5 and d["base_model"] == "x"
+    assert d["documents_passage_weight"] == 20.0
     assert "m.int8.onnx" in d["documents_null_threshold_tuning"] and "kept 1/1, abstained 1/1" in d["documents_null_threshold_tuning"]

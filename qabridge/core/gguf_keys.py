@@ -34,6 +34,9 @@ class Key:
     # trained with negatives has margins far below one trained without, so it needs its own cut.
     DOCUMENTS_NULL_THRESHOLD = "qabridge.documents_null_threshold"
     DOCUMENTS_NULL_THRESHOLD_TUNING = "qabridge.documents_null_threshold_tuning"  # str: how it was tuned
+    # f32: the passage weight that cut was tuned at; a bridge run with another weight ranks on
+    # another scale, so it falls back to NULL_THRESHOLD there.
+    DOCUMENTS_PASSAGE_WEIGHT = "qabridge.documents_passage_weight"
 
 
 #: Keys a GGUF must carry for the bridge to serve it.

@@ -106,11 +106,17 @@ class QAModelMeta:
             "tuning": self.get(Key.NULL_THRESHOLD_TUNING),
             "default_threshold": self.null_threshold if self.null_threshold is not None else 0.0,
             "documents_null_threshold": self.documents_null_threshold,
+            "documents_passage_weight": self._float_key(Key.DOCUMENTS_PASSAGE_WEIGHT),
             "documents_tuning": self.get(Key.DOCUMENTS_NULL_THRESHOLD_TUNING),
-            # What a documents request without null_threshold uses: its own tuned cut, else the rule above.
-            "documents_default_threshold": self.documents_null_threshold if self.documents_null_threshold is not None
-            else (self.null_threshold if self.null_threshold is not None else 0.0),
         }
+
+    def documents_threshold(self, passage_weight: float) -> float:
+        """What a documents request without null_threshold is judged with: the stored documents cut
+        where the bridge ranks at the weight it was tuned at, else the single-text threshold."""
+        a = self.abstention
+        if a["documents_null_threshold"] is not None and a["documents_passage_weight"] == float(passage_weight):
+            return a["documents_null_threshold"]
+        return a["default_threshold"]
 
 
 class ModelFile(QAModelMeta):
