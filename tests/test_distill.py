@@ -91,14 +91,15 @@ def test_cached_teacher_logits_are_the_teachers(tiny_bert, tmp_path, one_thread)
     from qabridge.train.model import load_for_inference
 
     cache = tmp_path / "cache"
-    a = _distill(tmp_path / "a", tiny_bert, cache_teacher=str(cache), max_steps=4, distill_alpha=0.7)
-    b = _distill(tmp_path / "b", tiny_bert, cache_teacher=str(cache), max_steps=4, distill_alpha=0.7)
-    c = _distill(tmp_path / "c", tiny_bert, max_steps=4, distill_alpha=0.7)
+    fp32 = dict(max_steps=4, distill_alpha=0.7, precision="fp32")  # exact comparisons below
+    a = _distill(tmp_path / "a", tiny_bert, cache_teacher=str(cache), **fp32)
+    b = _distill(tmp_path / "b", tiny_bert, cache_teacher=str(cache), **fp32)
+    c = _distill(tmp_path / "c", tiny_bert, **fp32)
     assert a["distill"]["cache_hit"] is False and b["distill"]["cache_hit"] is True
     assert c["distill"]["teacher_logits"] == "on the fly"
     (entry,) = cache.iterdir()
     meta = json.loads((entry / "meta.json").read_text())
-    assert meta["windows"] == a["train_features"]
+    assert meta["windows"] == a["train_features"] and meta["precision"] == "fp32"
 
     from safetensors.numpy import load_file
 
@@ -125,6 +126,30 @@ def test_cached_teacher_logits_are_the_teachers(tiny_bert, tmp_path, one_thread)
         s, e = model_logits(teacher, ids, torch.ones_like(ids))
         row = flat[offsets[i] : offsets[i + 1]]
         assert np.abs(row[:, 0] - s[0].numpy()).max() < 1e-4 and np.abs(row[:, 1] - e[0].numpy()).max() < 1e-4
+
+
+def test_bf16_teacher_logits_are_their_own_cache_entry(tiny_bert, tmp_path, one_thread):
+    """--precision bf16: the teacher runs under bf16 autocast like the student; its logits go to
+    another cache entry than fp32's, and stay close to them (same argmax almost everywhere, tiny KL)."""
+    cache = tmp_path / "cache"
+    runs = {p: _distill(tmp_path / p, tiny_bert, cache_teacher=str(cache), max_steps=1, precision=p)
+            for p in ("fp32", "bf16")}
+    assert {p: r["distill"]["teacher_precision"] for p, r in runs.items()} == {"fp32": "fp32", "bf16": "bf16"}
+    entries = {json.loads((e / "meta.json").read_text())["precision"]: e for e in cache.iterdir()}
+    assert set(entries) == {"fp32", "bf16"} and runs["fp32"]["distill"]["cache"] == str(entries["fp32"])
+    a, b = (np.load(entries[p] / "logits.npy") for p in ("fp32", "bf16"))
+    off = np.load(entries["fp32"] / "offsets.npy")
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    agree, kl = [], []
+    for i in range(len(off) - 1):
+        for c in (0, 1):
+            x, y = a[off[i] : off[i + 1], c] / 2.0, b[off[i] : off[i + 1], c] / 2.0
+            p, q = np.exp(x - x.max()), np.exp(y - y.max())
+            p, q = p / p.sum(), q / q.sum()
+            agree.append(p.argmax() == q.argmax())
+            kl.append(float((p * (np.log(p) - np.log(q))).sum()))
+    # Measured here: argmax agrees on 98.6% of start/end distributions, mean KL 2e-5.
+    assert np.mean(agree) > 0.9 and np.mean(kl) < 1e-2, (np.mean(agree), np.mean(kl))
 
 
 def _cls_probability_on_negatives(adapter: Path) -> float:

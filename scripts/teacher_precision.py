@@ -1,0 +1,73 @@
+"""The teacher's logits in fp32 and under bf16 autocast: speed and how far apart (issue 18, CPU distillation).
+
+    .venv/bin/python scripts/teacher_precision.py [--teacher models/lora-accurate] [--questions 600]
+
+Runs `compute_teacher_logits` (what `qabridge distill --cache-teacher` does before training) on the
+windows of the first N SQuAD v1.1 train questions of the seeded subset, twice in each precision, and
+compares the two: the largest logit difference, the mean and largest KL(fp32 || bf16) of the start
+and end distributions at T = 2, and how often their argmax agrees. Result on the 2-core AMD EPYC in
+benchmarks/train-runs/accurate/teacher-precision.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="models/lora-accurate")
+    ap.add_argument("--questions", type=int, default=600)
+    ap.add_argument("--data", default=os.environ.get("QABRIDGE_SQUAD_DIR", "../shared/data/squad") + "/train-v1.1.json.gz")
+    a = ap.parse_args()
+
+    import torch
+
+    from qabridge.core.machine import cpu_info
+    from qabridge.core.tokenizer import WordPieceTokenizer
+    from qabridge.core.windows import WindowSpec
+    from qabridge.train.distill import compute_teacher_logits
+    from qabridge.train.features import build_features
+    from qabridge.train.model import adapter_tokenizer_dir, load_for_inference
+    from qabridge.train.trainer import TrainConfig, training_examples
+
+    cfg = TrainConfig(data=a.data, subset_size=a.questions)
+    ex, _, _ = training_examples(cfg, np.random.default_rng(cfg.seed), None, log=lambda m: None)
+    tok = WordPieceTokenizer.from_hf_dir(adapter_tokenizer_dir(a.teacher))
+    feats = build_features(ex, tok, WindowSpec(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_tokens))
+    teacher, _, _ = load_for_inference(a.teacher)
+    print(f"{cpu_info().describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"teacher {a.teacher}, {len(feats)} windows of {a.questions} questions")
+    out = {}
+    for precision in ("fp32", "bf16", "fp32", "bf16"):
+        t0 = time.time()
+        flat, offsets = compute_teacher_logits(teacher, feats, tok.pad_id, "cpu", precision=precision, log=lambda m: None)
+        dt = time.time() - t0
+        out[precision] = flat
+        print(f"{precision}: {dt:.1f} s, {len(feats) / dt:.1f} windows/s")
+
+    def softmax(x: np.ndarray) -> np.ndarray:
+        p = np.exp(x - x.max())
+        return p / p.sum()
+
+    kl, agree = [], []
+    for i in range(len(feats)):
+        for c in (0, 1):
+            p = softmax(out["fp32"][offsets[i] : offsets[i + 1], c] / 2.0)
+            q = softmax(out["bf16"][offsets[i] : offsets[i + 1], c] / 2.0)
+            kl.append(float((p * (np.log(p + 1e-30) - np.log(q + 1e-30))).sum()))
+            agree.append(p.argmax() == q.argmax())
+    print(f"max |logit difference| {np.abs(out['fp32'] - out['bf16']).max():.3f}; KL(fp32 || bf16) at T=2: mean "
+          f"{np.mean(kl):.2e}, max {np.max(kl):.2e}; argmax agrees {100 * np.mean(agree):.1f}%")
+
+
+if __name__ == "__main__":
+    main()
