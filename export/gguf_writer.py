@@ -72,6 +72,23 @@ class QAMeta:
     documents_passage_weight: float | None = None
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.documents_null_threshold is not None and self.documents_passage_weight is None:
+            raise ModelError("a documents_null_threshold needs the documents_passage_weight it was tuned at")
+
+
+def abstention_fields(qa_config: dict) -> dict:
+    """QAMeta's abstention fields from an adapter's qabridge.json: what both exports (GGUF, ONNX) write."""
+    q = qa_config
+    return dict(
+        negatives=str((q.get("train_identity") or {}).get("negatives") or "none"),
+        null_threshold=q.get("null_threshold"),
+        null_threshold_tuning=str(q.get("null_threshold_tuning", "")),
+        documents_null_threshold=q.get("documents_null_threshold"),
+        documents_null_threshold_tuning=str(q.get("documents_null_threshold_tuning", "")),
+        documents_passage_weight=q.get("documents_passage_weight"),
+    )
+
 
 def phantom_vocab(vocab: list[str]) -> tuple[list[str], list[int]]:
     """llama.cpp's WordPiece form: specials kept, ``##x`` -> ``x``, other tokens -> ``▁x``."""
@@ -217,8 +234,6 @@ def write_gguf(
         if meta.documents_null_threshold is not None:
             w.add_float32(Key.DOCUMENTS_NULL_THRESHOLD, float(meta.documents_null_threshold))
             w.add_string(Key.DOCUMENTS_NULL_THRESHOLD_TUNING, meta.documents_null_threshold_tuning)
-            if meta.documents_passage_weight is None:
-                raise ModelError("a documents_null_threshold needs the documents_passage_weight it was tuned at")
             w.add_float32(Key.DOCUMENTS_PASSAGE_WEIGHT, float(meta.documents_passage_weight))
         for k, v in meta.extra.items():
             w.add_string(k, str(v))

@@ -42,7 +42,7 @@ from qabridge.core.hashing import sha256_file
 from qabridge.core.settings import QASettings
 from qabridge.errors import ModelError, UsageError
 
-from .gguf_writer import prepare_output
+from .gguf_writer import QAMeta, abstention_fields, prepare_output
 
 ONNX_OPSET = 17
 #: The graph recipe: part of cached file names, so a new recipe is exported again rather than read
@@ -321,6 +321,7 @@ def _metadata(merged, settings: QASettings, *, adapter_sha256: str, optimization
     if settings.max_seq_len > spec.max_position_embeddings:
         raise ModelError(f"max_seq_len {settings.max_seq_len} exceeds the position table ({spec.max_position_embeddings})")
     strip = _strip_accents(merged)
+    ab = QAMeta(**abstention_fields(merged.qa_config))  # validated as the GGUF's are
     meta = {
         Key.VERSION: __version__,
         Key.TASK: TASK_QA,
@@ -345,18 +346,16 @@ def _metadata(merged, settings: QASettings, *, adapter_sha256: str, optimization
         OnnxKey.OPTIMIZATION: optimization,
         OnnxKey.QUANTIZATION: quantize,
         OnnxKey.RECIPE: str(ONNX_RECIPE),
-        # Abstention, as export/run.py writes it into the GGUF.
-        Key.NEGATIVES: str((merged.qa_config.get("train_identity") or {}).get("negatives") or "none"),
+        # Abstention: the same fields export/run.py writes into the GGUF.
+        Key.NEGATIVES: ab.negatives,
     }
-    if merged.qa_config.get("null_threshold") is not None:
-        meta[Key.NULL_THRESHOLD] = repr(float(merged.qa_config["null_threshold"]))
-        meta[Key.NULL_THRESHOLD_TUNING] = str(merged.qa_config.get("null_threshold_tuning", ""))
-    if merged.qa_config.get("documents_null_threshold") is not None:
-        meta[Key.DOCUMENTS_NULL_THRESHOLD] = repr(float(merged.qa_config["documents_null_threshold"]))
-        meta[Key.DOCUMENTS_NULL_THRESHOLD_TUNING] = str(merged.qa_config.get("documents_null_threshold_tuning", ""))
-        if merged.qa_config.get("documents_passage_weight") is None:
-            raise ModelError("a documents_null_threshold needs the documents_passage_weight it was tuned at")
-        meta[Key.DOCUMENTS_PASSAGE_WEIGHT] = repr(float(merged.qa_config["documents_passage_weight"]))
+    if ab.null_threshold is not None:
+        meta[Key.NULL_THRESHOLD] = repr(float(ab.null_threshold))
+        meta[Key.NULL_THRESHOLD_TUNING] = ab.null_threshold_tuning
+    if ab.documents_null_threshold is not None:
+        meta[Key.DOCUMENTS_NULL_THRESHOLD] = repr(float(ab.documents_null_threshold))
+        meta[Key.DOCUMENTS_NULL_THRESHOLD_TUNING] = ab.documents_null_threshold_tuning
+        meta[Key.DOCUMENTS_PASSAGE_WEIGHT] = repr(float(ab.documents_passage_weight))
     return meta
 
 

@@ -9,7 +9,7 @@ from qabridge.core.settings import QASettings
 from qabridge.errors import ModelError
 from qabridge.paths import cache_dir, default_adapter
 
-from .gguf_writer import QAMeta, prepare_output, write_gguf
+from .gguf_writer import QAMeta, abstention_fields, prepare_output, write_gguf
 from .modelfile import write_modelfile
 
 #: Relative to the working directory, like every output path of the CLI.
@@ -51,12 +51,7 @@ def export(
         q = merged.qa_config
         meta = QAMeta(
             settings=QASettings.from_mapping(q),
-            negatives=str((q.get("train_identity") or {}).get("negatives") or "none"),
-            null_threshold=q.get("null_threshold"),
-            null_threshold_tuning=str(q.get("null_threshold_tuning", "")),
-            documents_null_threshold=q.get("documents_null_threshold"),
-            documents_null_threshold_tuning=str(q.get("documents_null_threshold_tuning", "")),
-            documents_passage_weight=q.get("documents_passage_weight"),
+            **abstention_fields(q),
             base_model=merged.base_name,
             adapter_sha256=adapter_hash(adapter),
         )

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from qabridge.core.tokenizer import WordPieceTokenizer
     from qabridge.core.windows import WindowSpec
+    from qabridge.train.distill import cache_fits
     from qabridge.train.features import build_features
     from qabridge.train.model import resolve_base, tokenizer_dir
     from qabridge.train.trainer import TrainConfig, training_examples
@@ -58,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     feats = build_features(examples, tok, WindowSpec(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_tokens))
     flat = np.load(a.cache / "logits.npy", mmap_mode="r")
     offsets = np.load(a.cache / "offsets.npy")
-    if len(offsets) != len(feats) + 1 or not np.array_equal(np.diff(offsets), feats.lengths()):
+    if not cache_fits(offsets, feats):
         print(f"{a.cache}: these options make {len(feats)} windows that are not the cached {len(offsets) - 1}",
               file=sys.stderr)
         return 2
-    generated = np.fromiter((bool(examples[i].kind) for i in feats.example_index), dtype=bool, count=len(feats))
+    generated = feats.generated(examples)
     null = (feats.start_positions == 0) & (feats.end_positions == 0)
     groups = {"generated negatives": generated, "answerable, answer in the window": ~generated & ~null,
               "answerable, answer outside the window": ~generated & null}

@@ -22,6 +22,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def precision_gap(ref: np.ndarray, other: np.ndarray, offsets: np.ndarray, temperature: float = 2.0):
+    """Per window and span end (start, end): KL(ref || other) at T, as distillation's loss measures it
+    (train/distill.span_kl), and whether the two argmaxes agree."""
+    import torch
+
+    from qabridge.train.distill import span_kl
+
+    kl, agree = [], []
+    for i in range(len(offsets) - 1):
+        a = torch.from_numpy(np.ascontiguousarray(ref[offsets[i] : offsets[i + 1]].T))  # [2, tokens]
+        b = torch.from_numpy(np.ascontiguousarray(other[offsets[i] : offsets[i + 1]].T))
+        kl += span_kl(b, a, torch.ones_like(a), temperature).tolist()
+        agree += (a.argmax(-1) == b.argmax(-1)).tolist()
+    return np.asarray(kl), np.asarray(agree)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="models/lora-accurate")
@@ -54,17 +70,7 @@ def main() -> None:
         out[precision] = flat
         print(f"{precision}: {dt:.1f} s, {len(feats) / dt:.1f} windows/s")
 
-    def softmax(x: np.ndarray) -> np.ndarray:
-        p = np.exp(x - x.max())
-        return p / p.sum()
-
-    kl, agree = [], []
-    for i in range(len(feats)):
-        for c in (0, 1):
-            p = softmax(out["fp32"][offsets[i] : offsets[i + 1], c] / 2.0)
-            q = softmax(out["bf16"][offsets[i] : offsets[i + 1], c] / 2.0)
-            kl.append(float((p * (np.log(p + 1e-30) - np.log(q + 1e-30))).sum()))
-            agree.append(p.argmax() == q.argmax())
+    kl, agree = precision_gap(out["fp32"], out["bf16"], offsets)
     print(f"max |logit difference| {np.abs(out['fp32'] - out['bf16']).max():.3f}; KL(fp32 || bf16) at T=2: mean "
           f"{np.mean(kl):.2e}, max {np.max(kl):.2e}; argmax agrees {100 * np.mean(agree):.1f}%")
 

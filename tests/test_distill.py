@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .helpers import DEV_SAMPLE, TRAIN_SAMPLE, run_cli
+from .helpers import DEV_SAMPLE, TRAIN_SAMPLE, load_script, run_cli
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -140,14 +140,7 @@ def test_bf16_teacher_logits_are_their_own_cache_entry(tiny_bert, tmp_path, one_
     a, b = (np.load(entries[p] / "logits.npy") for p in ("fp32", "bf16"))
     off = np.load(entries["fp32"] / "offsets.npy")
     assert a.shape == b.shape and not np.array_equal(a, b)
-    agree, kl = [], []
-    for i in range(len(off) - 1):
-        for c in (0, 1):
-            x, y = a[off[i] : off[i + 1], c] / 2.0, b[off[i] : off[i + 1], c] / 2.0
-            p, q = np.exp(x - x.max()), np.exp(y - y.max())
-            p, q = p / p.sum(), q / q.sum()
-            agree.append(p.argmax() == q.argmax())
-            kl.append(float((p * (np.log(p) - np.log(q))).sum()))
+    kl, agree = load_script("teacher_precision").precision_gap(a, b, off)
     # Measured here: argmax agrees on 98.6% of start/end distributions, mean KL 2e-5.
     assert np.mean(agree) > 0.9 and np.mean(kl) < 1e-2, (np.mean(agree), np.mean(kl))
 
@@ -200,8 +193,6 @@ def test_generated_negatives_learn_their_gold_label(tiny_bert, tmp_path, one_thr
     # Measured: gold 0.81, teacher 0.21.
     assert p["gold"] > 0.5 and p["gold"] > 2.5 * p["soft"], p
     # scripts/teacher_cls_mass.py rebuilds the same windows from the run's options and reads the cache.
-    from .helpers import load_script
-
     mass = load_script("teacher_cls_mass")
     (entry,) = (tmp_path / "cache").iterdir()
     opts = [str(entry), "--data", SMALL["data"], "--subset-size", "24", "--seed", "7", "--max-seq-len", "64",

@@ -202,3 +202,16 @@ def test_numpy_lora_merge_equals_peft(committed_adapter, tiny_adapter):
         np.testing.assert_array_equal(fast.span_weight, ref.span_weight)
         np.testing.assert_array_equal(fast.span_bias, ref.span_bias)
         assert fast.spec == ref.spec and fast.qa_config == ref.qa_config
+
+
+def test_a_documents_cut_needs_the_weight_it_was_tuned_at():
+    """The one check both exports (GGUF and ONNX) go through: a documents cut without its passage
+    weight could not be judged on the right scale, so the metadata refuses it."""
+    from qabridge.errors import ModelError
+    from qabridge.export.gguf_writer import QAMeta, abstention_fields
+
+    q = {"documents_null_threshold": -4.0, "train_identity": {"negatives": "topical"}}
+    with pytest.raises(ModelError, match="documents_passage_weight"):
+        QAMeta(**abstention_fields(q))
+    meta = QAMeta(**abstention_fields({**q, "documents_passage_weight": 20.0}))
+    assert (meta.negatives, meta.documents_null_threshold, meta.documents_passage_weight) == ("topical", -4.0, 20.0)

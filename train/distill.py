@@ -91,6 +91,11 @@ def windows_hash(feats: Features) -> str:
     return h.hexdigest()
 
 
+def cache_fits(offsets: np.ndarray, feats: Features) -> bool:
+    """Do a cache entry's offsets describe exactly these windows (count and every length)?"""
+    return len(offsets) == len(feats) + 1 and np.array_equal(np.diff(offsets), feats.lengths())
+
+
 def span_kl(student, teacher, mask, temperature: float):
     """KL(teacher || student) per row at temperature T over the positions where mask is 1."""
     import torch.nn.functional as F
@@ -195,14 +200,13 @@ class Distiller:
         def build() -> bool:
             if (d / "meta.json").exists():
                 return True
-            teacher = self._load_teacher()
             try:
                 root.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(prefix=".tmp-teacher-", dir=root))
             except OSError as exc:
                 raise UsageError(f"--cache-teacher {root}: cannot write ({exc.strerror})") from None
             try:
-                flat, offsets = compute_teacher_logits(teacher, feats, pad_id, self.device, precision=self.precision, log=log)
+                flat, offsets = compute_teacher_logits(self._load_teacher(), feats, pad_id, self.device, precision=self.precision, log=log)
                 np.save(tmp / "logits.npy", flat)
                 np.save(tmp / "offsets.npy", offsets)
                 meta = {"teacher": self.teacher_path, "teacher_hash": self.teacher_hash, "windows": len(feats),
@@ -221,7 +225,7 @@ class Distiller:
                             "(with several nodes, the cache directory must be on a filesystem every node reads)")
         self.flat = np.load(d / "logits.npy", mmap_mode="r")
         self.offsets = np.load(d / "offsets.npy")
-        if len(self.offsets) != len(feats) + 1 or not np.array_equal(np.diff(self.offsets), feats.lengths()):
+        if not cache_fits(self.offsets, feats):
             raise DataError(f"{d}: teacher cache does not match the training windows; delete it to rebuild")
         self.cache_dir = d
         log(f"teacher logits: cache {'hit' if self.cache_hit else 'built'} ({d})")

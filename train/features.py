@@ -31,6 +31,11 @@ class Features:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int32, count=len(self.input_ids))
 
+    def generated(self, examples: list[Example]) -> np.ndarray:
+        """Per window: does it come from a generated negative (``Example.kind``) of ``examples``, the
+        list these features were built from?"""
+        return np.fromiter((bool(examples[i].kind) for i in self.example_index), dtype=bool, count=len(self))
+
 
 def build_features(examples: list[Example], tok: WordPieceTokenizer, spec: WindowSpec, *, batch: int = 1000) -> Features:
     """One feature per window; the label is the first gold answer, or [CLS] where the window misses it.

@@ -352,8 +352,7 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
     if cfg.teacher:
         from .distill import Distiller
 
-        generated = np.fromiter((bool(examples[i].kind) for i in feats.example_index), dtype=bool, count=len(feats))
-        objective = Distiller(cfg, feats, tok, ref, device=device, dist=dist, generated=generated, log=log)
+        objective = Distiller(cfg, feats, tok, ref, device=device, dist=dist, generated=feats.generated(examples), log=log)
 
     # --batch-size is the global batch: ranks split each batch, so the schedule does not depend on the world.
     steps_per_epoch = math.ceil(len(feats) / (cfg.batch_size * cfg.grad_accum))
