@@ -110,6 +110,23 @@ def abstention(items: list[dict], weight: float, top: int | None, rule: str, cut
     return ok, n, nulls
 
 
+def single_text(items: list[dict], threshold: float) -> tuple[int, int, int, int]:
+    """The single-text rule on one passage per question: (answerable questions whose best passage
+    (highest F1, at least 0.5) is kept, such questions, off-topic questions refused over their most
+    similar passage, off-topic questions). A text is refused iff -margin > threshold, as for `context`."""
+    ok = n = nulls = m = 0
+    for it in items:
+        if it.get("answerable", True):
+            best = max(it["rows"], key=lambda r: r["f1"])
+            if best["f1"] >= 0.5:
+                n += 1
+                ok += -best["margin"] <= threshold
+        else:
+            m += 1
+            nulls += -max(it["rows"], key=lambda r: r["sim"])["margin"] > threshold
+    return ok, n, nulls, m
+
+
 def best_cut(items: list[dict], weight: float, top: int | None = 5) -> tuple[float, tuple[int, int, int]]:
     """The rank cut (on a 0.5 grid) with the most answerable kept + unanswerable abstained; ties: lower."""
     best: tuple[float, tuple[int, int, int]] | None = None
@@ -180,6 +197,11 @@ def main() -> None:
             for cut in range(0, 42, 2):
                 t, r = (abstention(x, args.weight, 5, rule, cut) for x in (tune, report))
                 print(f"  {rule} < {cut}: {t[0]}/{t[1]} | {t[2]}/{len(tune) - t[1]};  {r[0]}/{r[1]} | {r[2]}/{len(report) - r[1]}")
+        print("single text (`context`): the passage with the answer kept | an off-topic question's most similar "
+              "passage refused, by threshold (tuning set; report set)")
+        for threshold in (-10, -5, -2, 0, 2, 5, 10):
+            t, r = single_text(tune, threshold), single_text(report, threshold)
+            print(f"  threshold {threshold:g}: {t[0]}/{t[1]} | {t[2]}/{t[3]};  {r[0]}/{r[1]} | {r[2]}/{r[3]}")
     if args.save_threshold is not None:
         save_threshold(args.save_threshold, args.model, args.weight, report, tune)
 

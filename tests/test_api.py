@@ -228,7 +228,7 @@ def test_models_command_and_eval_of_a_builtin_model_by_name(committed_adapter, e
     row = json.loads(r.stdout)[0]
     summary = json.loads((committed_adapter / "training_summary.json").read_text())
     assert row["name"] == "bert-qa" and row["default"] and Path(row["adapter"]).resolve() == committed_adapter.resolve()
-    assert row["squad_v1_dev"]["f1"] == round(summary["dev"]["f1"], 2) and row["negatives"] == "none"
+    assert row["squad_v1_dev"]["f1"] == round(summary["dev"]["f1"], 2) and row["negatives"] == "topical"
     qcfg = json.loads((committed_adapter / "qabridge.json").read_text())
     assert row["null_threshold"] is None and row["documents_null_threshold"] == qcfg["documents_null_threshold"]
     text = run_cli("models").stdout

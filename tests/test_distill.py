@@ -57,21 +57,26 @@ def _heldout_kl(student: Path, teacher: Path, temperature: float) -> float:
     return float(kl.mean())
 
 
-def test_soft_targets_pull_the_student_to_the_teacher(committed_adapter, tmp_path, one_thread):
+def test_soft_targets_pull_the_student_to_the_teacher(committed_adapter, tiny_bert, tmp_path, one_thread):
     """alpha=1 (teacher only): after a few steps the student's start/end distributions on held-out
-    windows are closer to the teacher's than a fresh student's, and closer than gold-only training
-    (alpha=0) brings them in as many steps."""
+    windows are closer to the teacher's than a fresh student's, with the shipped reader as the teacher
+    and with a random one; and for the random teacher, which disagrees with the gold labels, closer
+    than gold-only training (alpha=0) brings them in as many steps."""
     from qabridge.core.hashing import adapter_hash
 
     steps = dict(max_steps=12, lr=2e-3)
     fresh = _distill(tmp_path / "fresh", committed_adapter, max_steps=1, lr=1e-12, distill_alpha=1.0)
     soft = _distill(tmp_path / "soft", committed_adapter, distill_alpha=1.0, **steps)
-    gold = _distill(tmp_path / "gold", committed_adapter, distill_alpha=0.0, **steps)
-    kl = {name: _heldout_kl(tmp_path / name, committed_adapter, 2.0) for name in ("fresh", "soft", "gold")}
-    # Measured: fresh 1.22, soft 1.06, gold 1.64 (12 steps on 24 questions cannot copy a reader,
-    # but only the teacher's targets move toward it: gold labels make the student sharper elsewhere).
+    _distill(tmp_path / "soft-random", tiny_bert, distill_alpha=1.0, **steps)
+    gold = _distill(tmp_path / "gold", tiny_bert, distill_alpha=0.0, **steps)
+    kl = {name: _heldout_kl(tmp_path / name, committed_adapter, 2.0) for name in ("fresh", "soft")}
+    kl_random = {name: _heldout_kl(tmp_path / name, tiny_bert, 2.0) for name in ("fresh", "soft-random", "gold")}
+    # Measured: the shipped reader fresh 2.57, soft 1.19; the random teacher fresh 1.19, soft 0.99,
+    # gold 1.41. Gold labels move the student toward the shipped reader as well (1.24: it learnt
+    # them); only the teacher's targets move it toward a teacher that disagrees with them.
     assert kl["soft"] < 0.93 * kl["fresh"], kl
-    assert kl["soft"] < 0.8 * kl["gold"], kl
+    assert kl_random["soft-random"] < 0.93 * kl_random["fresh"], kl_random
+    assert kl_random["soft-random"] < 0.8 * kl_random["gold"], kl_random
     d = soft["distill"]
     assert d["teacher_hash"] == adapter_hash(committed_adapter) and d["temperature"] == 2.0 and d["alpha"] == 1.0
     assert d["teacher_logits"] == "on the fly"

@@ -249,7 +249,7 @@ def test_documents_ranked_by_ollama_embeddings(ollama_bridge, squad_dev_full):
 def test_documents_over_an_ollama_model_given_no_embedding_model(ollama, created, squad_dev_full, tmp_path):
     """Issue 13's set (30 paragraphs of one article, 20 of their questions) read by the Ollama model,
     ranked by the default local embedder since no embedding model is given. The same q8_0 reader
-    in-process measured 17/20 (tests/test_abstention.py)."""
+    in-process measured 18/20 (tests/test_abstention.py)."""
     from .helpers import documents_answered, first_paragraphs
 
     s = start_server(None, tmp_path, argv=["--ollama-model", created["qa"], "--ollama-host", ollama])
