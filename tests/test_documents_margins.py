@@ -63,3 +63,26 @@ def test_documents_cut_is_tuned_on_the_tuning_set_and_stored(tmp_path):
     assert t == d["documents_null_threshold"] == 20.0 * 1.0 - 13.5 and d["base_model"] == "x"
     assert d["documents_passage_weight"] == 20.0
     assert "m.int8.onnx" in d["documents_null_threshold_tuning"] and "kept 1/1, abstained 1/1" in d["documents_null_threshold_tuning"]
+
+
+def test_single_text_rule_reads_the_answer_passage_and_the_closest_off_topic_one():
+    """documents_tune.py's single-text block: an answerable question is judged on its passage with the
+    answer (the highest F1, at least 0.5; others are not counted), an off-topic one on its most similar
+    passage; a text is refused iff -margin > threshold, as the bridge refuses a `context`."""
+    dt = load_script("documents_tune")
+
+    def row(margin, f1, sim):
+        return {"margin": margin, "f1": f1, "sim": sim, "prob": 0.5}
+
+    items = [
+        {"article": "T", "answerable": True, "rows": [row(-9.0, 0.0, 0.9), row(3.0, 1.0, 0.2)]},  # judged on 3.0
+        {"article": "T", "answerable": True, "rows": [row(-1.0, 0.6, 0.5)]},
+        {"article": "T", "answerable": True, "rows": [row(8.0, 0.4, 0.5)]},  # no passage holds the answer
+        {"article": "T", "answerable": False, "rows": [row(-5.0, 0.0, 0.8), row(9.0, 0.0, 0.1)]},  # judged on -5.0
+        {"article": "T", "answerable": False, "rows": [row(2.0, 0.0, 0.7)]},
+    ]
+    assert dt.single_text(items, 0.0) == (1, 2, 1, 2)
+    assert dt.single_text(items, 1.0) == (2, 2, 1, 2)
+    assert dt.single_text(items, -3.0) == (1, 2, 2, 2)
+    assert dt.single_text(items, -4.0) == (0, 2, 2, 2)
+    assert dt.single_text(items, 5.0) == (2, 2, 0, 2)
