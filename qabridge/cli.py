@@ -204,6 +204,7 @@ def _describe_builtins() -> list[dict]:
     import json
 
     from qabridge.core.builtin import BUILTIN_MODELS, DEFAULT_BUILTIN
+    from qabridge.export.gguf_writer import abstention_fields
     from qabridge.train.bases import installed_dir, lookup
 
     rows = []
@@ -213,14 +214,15 @@ def _describe_builtins() -> list[dict]:
         qcfg = json.loads((d / "qabridge.json").read_text()) if (d / "qabridge.json").exists() else {}
         base = lookup(m.base)
         dev = summary.get("dev") or {}
+        ab = abstention_fields(qcfg)  # what the export writes into the model file
         rows.append({
             "name": m.name, "default": m.name == DEFAULT_BUILTIN, "description": m.description,
             "adapter": str(d), "base": base.name if base else m.base,
             "base_installed": bool(base and installed_dir(base)),
             "squad_v1_dev": {"exact_match": round(dev["exact_match"], 2), "f1": round(dev["f1"], 2)} if dev else None,
-            "negatives": (qcfg.get("train_identity") or {}).get("negatives") or "none",
-            "null_threshold": qcfg.get("null_threshold"),
-            "documents_null_threshold": qcfg.get("documents_null_threshold"),
+            "negatives": ab["negatives"],
+            "null_threshold": ab["null_threshold"],
+            "documents_null_threshold": ab["documents_null_threshold"],
         })
     return rows
 

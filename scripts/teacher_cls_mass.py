@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from qabridge.core.tokenizer import WordPieceTokenizer
-    from qabridge.core.windows import WindowSpec
     from qabridge.train.distill import cache_fits
     from qabridge.train.features import build_features
     from qabridge.train.model import resolve_base, tokenizer_dir
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                       seed=a.seed, max_seq_len=a.max_seq_len, doc_stride=a.doc_stride, base=a.base)
     examples, _, _ = training_examples(cfg, np.random.default_rng(cfg.seed), cfg.negative_config(), log=lambda m: None)
     tok = WordPieceTokenizer.from_hf_dir(tokenizer_dir(resolve_base(cfg.base)))
-    feats = build_features(examples, tok, WindowSpec(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_tokens))
+    feats = build_features(examples, tok, cfg.window_spec())
     flat = np.load(a.cache / "logits.npy", mmap_mode="r")
     offsets = np.load(a.cache / "offsets.npy")
     if not cache_fits(offsets, feats):

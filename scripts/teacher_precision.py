@@ -49,7 +49,6 @@ def main() -> None:
 
     from qabridge.core.machine import cpu_info
     from qabridge.core.tokenizer import WordPieceTokenizer
-    from qabridge.core.windows import WindowSpec
     from qabridge.train.distill import compute_teacher_logits
     from qabridge.train.features import build_features
     from qabridge.train.model import adapter_tokenizer_dir, load_for_inference
@@ -58,7 +57,7 @@ def main() -> None:
     cfg = TrainConfig(data=a.data, subset_size=a.questions)
     ex, _, _ = training_examples(cfg, np.random.default_rng(cfg.seed), None, log=lambda m: None)
     tok = WordPieceTokenizer.from_hf_dir(adapter_tokenizer_dir(a.teacher))
-    feats = build_features(ex, tok, WindowSpec(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_tokens))
+    feats = build_features(ex, tok, cfg.window_spec())
     teacher, _, _ = load_for_inference(a.teacher)
     print(f"{cpu_info().describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"teacher {a.teacher}, {len(feats)} windows of {a.questions} questions")

@@ -138,6 +138,10 @@ class TrainConfig:
                 ident["negatives_target"] = self.negatives_target
         return ident
 
+    def window_spec(self) -> WindowSpec:
+        """The training windows' shape (what the features, and a teacher cache's key, are built with)."""
+        return WindowSpec(self.max_seq_len, self.doc_stride, self.max_question_tokens)
+
     def negative_config(self) -> NegativeConfig | None:
         """The generator's config for this run, or None without negatives (raises UsageError when bad)."""
         from .negatives import NegativeConfig
@@ -308,7 +312,7 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
     examples, unanswerable_in_data, neg_report = training_examples(cfg, rng, neg_cfg, log=log)
 
     tok = WordPieceTokenizer.from_hf_dir(tokenizer_dir(ref))
-    spec = WindowSpec(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_tokens)
+    spec = cfg.window_spec()
     feats = build_features(examples, tok, spec)
     if len(feats) == 0:
         raise UsageError(f"{cfg.data}: no usable training windows")
