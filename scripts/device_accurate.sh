@@ -14,10 +14,15 @@
 #   2. carry .dev/base             command: DISTILL_INIT=scratch ABSTAIN_BUDGET=0 DISTILL_BUDGET=290 \
 #                                           bash scripts/device_accurate.sh distill   (328 s)
 #      -> the MiniLM recipe distilled from call 1's model (F1 83.54 -> 84.52; not shipped: quality.md)
-# Issue 18's open part (F1 85.5 for the MiniLM student), prepared 2026-11-27 and not yet run:
-#   1. carry .dev/bge .dev/squad   command: bash scripts/device_accurate.sh teacher   (caches the logits)
-#   2. carry .dev/base             command: SWEEP_BUDGET=400 bash scripts/device_accurate.sh sweep
-#      -> three students side by side: 6 epochs; --full; --negatives topical (their summaries hold dev EM/F1)
+# Issue 18's fast default at F1 85.5: three calls on 2026-11-28 (H200; 784 s of device time with the start):
+#   1. carry .dev/bge .dev/squad   command: TEACHER_NEGATIVES=none bash scripts/device_accurate.sh teacher   (95 s)
+#   2. carry .dev/base             command: SWEEP_RUNS=long SWEEP_BUDGET=470 bash scripts/device_accurate.sh sweep   (465 s)
+#      -> the recipe distilled for 7,137 steps (6 epochs fitted to the budget): dev F1 85.87 (torch)
+#   3. no carry                    command: bash scripts/device_accurate.sh stage2   (167 s; that day typed
+#      inline with the same arguments, before this step existed)
+#      -> models/lora (stage 2, topical negatives): dev F1 85.57 (torch, H200)
+#   The sweep's other runs (SWEEP_RUNS=full, topical) split the GPU: two runs side by side each ran at
+#   about half the speed of one alone (2026-11-27), so one run got the whole call.
 # The teacher is committed (models/lora-accurate), so a session can skip training it:
 #   1. carry .dev/bge .dev/squad                command: bash scripts/device_accurate.sh abstain  (~8 min)
 #   2. carry .dev/base .dev/squad2              command: ABSTAIN_BUDGET=0 DISTILL_BUDGET=240 bash scripts/device_accurate.sh distill
@@ -35,7 +40,7 @@
 #     EXTRA="--max-steps 2 --subset-size 64 --batch-size 8 --eval-limit 20 --curve-limit 20" \
 #     bash scripts/device_accurate.sh train   (then the same with distill)
 set -uo pipefail
-STEP=${1:?train, selfdistill, abstain, distill, teacher or sweep}
+STEP=${1:?train, selfdistill, abstain, distill, teacher, sweep or stage2}
 . "$(dirname "$0")/device_env.sh"
 . "$(dirname "$0")/default_recipe.sh"
 DEVICE=${DEVICE:-cuda}
@@ -136,7 +141,7 @@ print("teacher F1: self-distilled", f[0], "committed", f[1]); sys.exit(f[0] <= f
     # topical negatives). The caches are keyed by teacher and windows, not student, so bge itself
     # stands in as the student for the one step that builds each. Carry .dev/bge .dev/squad.
     teacher || exit 1
-    for neg in none topical; do
+    for neg in ${TEACHER_NEGATIVES:-none topical}; do  # TEACHER_NEGATIVES=none: the recipe's windows only
       train "cache-$neg" 60 distill --teacher "$KEEP/bge" --student "$BGE" "${DEFAULT_RECIPE[@]}" --max-steps 1 \
         --negatives "$neg" --cache-teacher "$KEEP/teacher-logits" --eval-limit 1
     done
@@ -148,18 +153,32 @@ print("teacher F1: self-distilled", f[0], "committed", f[1]); sys.exit(f[0] <= f
     # Carry .dev/base; .dev/squad (the cached windows' data) and .dev/bge-full stay from call 1.
     [[ -f $KEEP/bge/adapter_config.json ]] || { echo "run the teacher step first on this warm machine"; exit 1; }
     B=${SWEEP_BUDGET:-400}
-    SETUP_S=150 train sweep-long "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
-      --epochs 6 --cache-teacher "$KEEP/teacher-logits" &
-    SETUP_S=150 train sweep-full "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
-      --full --lr 1e-4 --cache-teacher "$KEEP/teacher-logits" &
-    SETUP_S=150 train sweep-topical "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
-      --negatives topical --negative-ratio 0.33 --cache-teacher "$KEEP/teacher-logits" &
+    # SWEEP_RUNS picks which run (default all three); they share one GPU, whose throughput they split
+    # (measured 2026-11-27: two runs side by side each ran at about half the speed of one alone).
+    for run in ${SWEEP_RUNS:-long full topical}; do
+      case $run in
+        long) SETUP_S=150 train sweep-long "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
+                --epochs "${SWEEP_EPOCHS:-6}" --cache-teacher "$KEEP/teacher-logits" & ;;
+        full) SETUP_S=150 train sweep-full "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
+                --full --lr 1e-4 --cache-teacher "$KEEP/teacher-logits" & ;;
+        topical) SETUP_S=150 train sweep-topical "$B" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 "${DEFAULT_RECIPE[@]}" \
+                --negatives topical --negative-ratio 0.33 --cache-teacher "$KEEP/teacher-logits" & ;;
+        *) echo "unknown sweep run $run" ;;
+      esac
+    done
     wait
     for run in sweep-long sweep-full sweep-topical; do  # sweep-full is a whole model (~90 MB fp32): its summary only
       [[ -d $KEEP/$run ]] || continue
       if [[ $run == sweep-full ]]; then tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint --exclude='*.safetensors' "$run"
       else tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint "$run"; fi
     done ;;
+  stage2)
+    # Call 3 on the same warm machine: the default's stage 2 (scripts/default_recipe.sh) from sweep-long,
+    # the topical negatives' teacher logits computed here (26,977 windows, ~23 s). What made models/lora.
+    [[ -f $KEEP/sweep-long/adapter_config.json ]] || { echo "run the sweep step (SWEEP_RUNS=long) first"; exit 1; }
+    train stage2 "${STAGE2_BUDGET:-110}" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 \
+      --init-adapter "$KEEP/sweep-long" "${DEFAULT_WARM_NEGATIVES[@]}" --cache-teacher "$KEEP/teacher-logits"
+    tar czf "$OUTDIR/stage2.tgz" -C "$KEEP" --exclude=checkpoint stage2 ;;
   *) echo "unknown step $STEP"; exit 2 ;;
 esac
 echo "total $(( $(date +%s) - T0 )) s"; ls -la "$OUTDIR"
