@@ -7,7 +7,7 @@
 #      so the run checkpoints every 200 steps and resumes when started again with the same
 #      arguments (or give --time-budget).
 #   2. a warm start from stage 1 with topical negatives (DEFAULT_WARM_NEGATIVES): 844 steps, 74 s on
-#      the H200 (1,123 s for 738 steps of the earlier default's on the 2-core AMD EPYC).
+#      the H200 (the earlier default's stage 2 took 1,123 s for 738 steps on the 2-core AMD EPYC).
 # Data: SQuAD v1.1 from $QABRIDGE_SQUAD_DIR or ../shared/data/squad. OUT overrides the output,
 # RUNS where stage 1 and the teacher's logits go; extra arguments go to both stages.
 set -euo pipefail
