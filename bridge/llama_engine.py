@@ -109,7 +109,7 @@ class LlamaCppEngine:
     one sequence alone gets all of them, two at once half each, and so on. On 2 cores one
     context with 2 threads encodes a window in ~28 ms where 2 one-thread contexts take ~53 ms
     each but finish two windows in that time; sharing gets the first for a single client and
-    the second under concurrency (benchmarks/performance-steps.md).
+    the second under concurrency (docs/performance.md).
     """
 
     name = "llama.cpp"

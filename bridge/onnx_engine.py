@@ -29,7 +29,7 @@ from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxKey
 
 #: Tokens per ONNX Runtime call: windows go in padded batches of at most this many rows (windows x
 #: the batch's longest), and only windows within :data:`MAX_PADDING` of each other's length. On the
-#: 2-core AMD EPYC (int8 graph, 2 threads; `scripts/onnx_steps.py batching`, every rule taking turns
+#: 2-core AMD EPYC (int8 graph, 2 threads; `benchmarks/experiments/onnx_steps.py batching`, every rule taking turns
 #: on every call, median of 3 rounds): a question with a 384- and a ~180-token window 27.2 ms as two
 #: calls against 34.1 padded together (the former rule, up to 8 windows a call); eval's
 #: length-sorted windows 7.09 ms each against 7.36 (7.62 at 512 tokens a call without the padding
@@ -250,7 +250,7 @@ class OnnxEngine:
     wide session's 8.6, hence both. The word-embedding table (47 MB fp32) is loaded once and given
     to both (``shared_tables``): after loading, two sessions 158 MB against one 134 (193 unshared);
     serving, peak RSS 282 vs 233 MB with one client and 321 vs 240 with eight
-    (benchmarks/performance-steps.md). A request's windows run as padded batches of at most
+    (docs/performance.md). A request's windows run as padded batches of at most
     ``batch_tokens`` rows, ``max_padding`` of them padding at most (:data:`BATCH_TOKENS`).
     """
 

@@ -41,7 +41,7 @@ def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") ->
         from .onnx_engine import onnx_pipeline
 
         # A wide session for a request alone, a narrow one shared by concurrent requests
-        # (benchmarks/performance-steps.md: +18-26% q/s at 8 clients, peak RSS 321 vs 240 MB).
+        # (docs/performance.md: +18-26% q/s at 8 clients, peak RSS 321 vs 240 MB).
         pipe = onnx_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.onnx_sessions)
     else:
         pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)

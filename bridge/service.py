@@ -36,7 +36,7 @@ TOP_PASSAGES = 5
 #: passage's cosine similarity to the question (retriever and reader interpolated, as in BERTserini).
 #: Tuned on SQuAD v1.1 dev articles 2-11 (30 paragraphs, 20 questions each: 133/200 answered at 0,
 #: 138-140 from 6 to 24, 140 at 20), with the default embedder (the base, mean-pooled); the first
-#: article is the issue's report set (scripts/documents_eval.py, benchmarks/quality.md).
+#: article is the issue's report set (benchmarks/experiments/documents_eval.py, docs/quality.md).
 PASSAGE_WEIGHT = 20.0
 #: With documents and handle_impossible_answer, the null answer ranks as a span with margin
 #: -null_threshold in a passage of this similarity: it wins when no passage is both on topic and

@@ -15,7 +15,7 @@ Quantisation (``quantize``), after the transformer fusions, weights int8 per out
   activations run 5-7x larger than the other tokens' (28 vs 4 before the FFN), so one scale leaves
   the other tokens a few int8 steps: 95.7% argmax span agreement with torch on 300 dev questions,
   flips with margins up to 0.13. Per token: 98.7%, every flip a near-tie (margin <= 0.03), at
-  ~1.2x the per-tensor time (benchmarks/performance-steps.md).
+  ~1.2x the per-tensor time (docs/performance.md).
 - ``"int8-tensor"``: ``onnxruntime.quantization.quantize_dynamic`` (per-tensor activations) on
   MatMul and the fused Attention, the recipe the issue measured at -0.3 F1.
 - ``"none"``: fp32.
@@ -23,7 +23,7 @@ Quantisation (``quantize``), after the transformer fusions, weights int8 per out
 Every fused graph then has its ``SkipLayerNormalization`` nodes split back into ``Add`` (residual,
 bias) + ``LayerNormalization``: on the CPUs measured here ORT's SkipLayerNormalization kernel took
 ~120 us for a [150, 384] input on 2 threads where Add + Add + LayerNormalization took ~30, 1.25 of
-7.4 ms per question in the int8 graph (benchmarks/performance-steps.md, step 7).
+7.4 ms per question in the int8 graph (docs/performance.md, step 7).
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def _quantize_per_token(src: Path, dst: Path, *, per_tensor: Container[int] = ()
 
     ``per_tensor``: indices of quantised inputs, in graph order (per layer: Q/K/V input, attention
     output, FFN input, FFN output), quantised per tensor instead (DynamicQuantizeLinear, which ORT
-    fuses with the MatMul): the per-input experiments of benchmarks/performance-steps.md (step 7).
+    fuses with the MatMul): the per-input experiments of docs/performance.md (step 7).
     """
     import onnx
     from onnx import helper, numpy_helper

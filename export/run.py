@@ -72,7 +72,7 @@ def auto_outtype(cpuinfo: str | None = None) -> str:
 
     With AVX512-BF16, llama.cpp's bf16 matmuls ran 1.25x the throughput of q8_0 under 8 clients and
     picked the torch model's span more often (99.6% vs 98.5%); without them bf16 is emulated and
-    q8_0 (half the size of bf16) is the better default (benchmarks/performance-steps.md).
+    q8_0 (half the size of bf16) is the better default (docs/performance.md).
     """
     from qabridge.core.machine import cpu_info, parse_cpuinfo
 

@@ -289,7 +289,7 @@ class BridgeSystem:
     """``qabridge serve`` in a child process, asked over HTTP from this one: one keep-alive
     ``http.client`` connection per client thread, the same threads for every burst. The client
     shares the machine's cores with the bridge (its CPU counts against the bridge); httpx took
-    ~0.85 ms of CPU per request here against http.client's ~0.3 (benchmarks/performance-steps.md),
+    ~0.85 ms of CPU per request here against http.client's ~0.3 (docs/performance.md),
     so the lighter client is the harness. ``model`` None: `qabridge serve` with no --model, the
     default model and settings a user gets."""
 
@@ -391,7 +391,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite performance.md/.png from results.json without running")
     ap.add_argument("--engines-alone", action="store_true",
                     help="time the encoders alone (llama.cpp --outtypes, ONNX Runtime fp32/O2/O2+int8), no HTTP; "
-                         "appends to benchmarks/steps/engines-alone.json")
+                         "appends to benchmarks/results/performance/engines-alone.json")
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds: every system answers every question once per round, taking turns every --burst; "
                          "a row is its median round (the machine's speed drifts by up to 2x over minutes)")
@@ -409,7 +409,7 @@ def main() -> None:
         args.n = args.limit
     if args.engines_alone:
         res = engines_alone(args.n, args.rounds, args.threads, args.outtypes.split(","))
-        f = OUT / "steps" / "engines-alone.json"
+        f = OUT / "results" / "performance" / "engines-alone.json"
         runs = json.loads(f.read_text()) if f.exists() else []
         runs.append(res)
         f.write_text(json.dumps(runs, indent=2) + "\n")
@@ -486,24 +486,24 @@ def main() -> None:
 
 
 def training_cost_section() -> list[str]:
-    """The training-cost tables from scripts/train_cost.py's committed results (CPU, GPU)."""
+    """The training-cost tables from benchmarks/experiments/train_cost.py's committed results (CPU, GPU)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_cost", ROOT / "scripts" / "train_cost.py")
+    spec = importlib.util.spec_from_file_location("train_cost", ROOT / "benchmarks" / "experiments" / "train_cost.py")
     tc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tc)
     out = ["", "## Training cost (384-token windows, the default recipe: LoRA r=32 on query/key/value/dense)", ""]
     for name in ("train-cost-cpu.json", "train-cost-gpu.json"):
-        f = OUT / name
+        f = OUT / "results" / "training" / name
         if not f.exists():
             continue
         res = json.loads(f.read_text())
         out += [f"`{name}`: {res['steps']} steps of {res['batch_size']} windows per method on {res['device']}, "
-                f"one method at a time (`scripts/train_cost.py`; on the GPU via `scripts/device_cost.sh`).", "",
+                f"one method at a time (`benchmarks/experiments/train_cost.py`; on the GPU via `scripts/recipes/device_cost.sh`).", "",
                 tc.table(res), ""]
     out.append("Peak RSS includes reading all of SQuAD train before the subset is drawn. Windows are padded to the "
                "longest in their batch (length-grouped), not to 384. The GPU's 300-step speeds are dominated by "
-               "start-up; its 3-epoch runs went at 1,239-1,490 windows/s (benchmarks/quality.md).")
+               "start-up; its 3-epoch runs went at 1,239-1,490 windows/s (docs/quality.md).")
     return out
 
 

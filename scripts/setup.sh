@@ -3,7 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# One line per step on stderr, with how long it usually takes the first time (2-core CPU).
+say() { echo "setup: $*" >&2; }
 if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
@@ -12,10 +15,13 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import qabridge, llama_cpp, torch" 2>/dev/null; then
   exit 0
 fi
+T0=$(date +%s)
+say "installing into .venv: torch (CPU), llama-cpp-python, qabridge and its extras (first time ~6 min, then seconds)"
 python -m pip install -q --upgrade pip wheel setuptools
 # A CPU-only torch wheel where the machine can reach one (PyTorch's own index);
 # otherwise whatever PyPI gives.
 if ! python -c "import torch" 2>/dev/null; then
+  say "torch: the CPU wheel (~200 MB download, ~1 min)"
   if command -v nvidia-smi >/dev/null 2>&1 \
      || ! timeout 60 python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null; then
     python -m pip install -q torch
@@ -34,10 +40,14 @@ llama_args=${QABRIDGE_LLAMA_CMAKE_ARGS:-$llama_args}
 tag=$(printf '%s %s' "$LLAMA_CPP_PY" "$llama_args" | sha256sum | cut -c1-12)
 wheels="${QABRIDGE_CACHE:-$HOME/.cache/qabridge}/wheels/llama-cpp-python-$tag"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $LLAMA_CPP_PY for this CPU ($llama_args); one-time, several minutes" >&2
+  say "llama-cpp-python $LLAMA_CPP_PY: compiling llama.cpp for this CPU's instruction sets (one-time, ~4 min; cached in $wheels)"
   CMAKE_ARGS="$llama_args" python -m pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
     -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PY"
 fi
 python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
-python -m pip install -q -e ".[train,report,test,ray]"
+say "qabridge and its extras (train, report, test, ray; ~1-2 min)"
+# setuptools always says that an editable install prefers same-named folders of the working
+# directory (true of every editable install, nothing to act on): filtered by its message alone.
+PYTHONWARNINGS="ignore:Editable installation:UserWarning" python -m pip install -q -e ".[train,report,test,ray]"
 echo "$want" > "$stamp"
+say "done in $(( $(date +%s) - T0 )) s"

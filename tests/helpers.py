@@ -76,14 +76,19 @@ def write_json(path: Path, obj) -> Path:
     return path
 
 
+#: Where the scripts are: what users and CI run, the built-in models' recipes, the research probes.
+SCRIPT_DIRS = ("scripts", "scripts/recipes", "benchmarks/experiments")
+
+
 def load_script(name: str):
-    """scripts/<name>.py as a module. The scripts put the checkout (or scripts/) first on sys.path;
+    """``name``.py as a module, from scripts/, scripts/recipes/ or benchmarks/experiments/. The scripts put the checkout (or scripts/) first on sys.path;
     that is undone here, so the installed package stays the one the tests import."""
     import importlib.util
 
     path = sys.path[:]
     try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        where = next(d for d in SCRIPT_DIRS if (ROOT / d / f"{name}.py").exists())
+        spec = importlib.util.spec_from_file_location(name, ROOT / where / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     finally:

@@ -75,7 +75,7 @@ def test_model_info_says_what_the_model_knows(server):
     # stored: SQuAD 2.0's tuned one abstains on half of v1.1's answerable questions (quality.md).
     assert a["trained_with_negatives"] is True and a["negatives"] == "topical"
     assert a["null_threshold"] is None and a["default_threshold"] == 0.0
-    # Its documents cut, tuned by scripts/documents_tune.py and stored in qabridge.json, went through
+    # Its documents cut, tuned by scripts/recipes/documents_tune.py and stored in qabridge.json, went through
     # the export into the GGUF, with how it was tuned.
     assert a["documents_null_threshold"] == pytest.approx(_stored_documents_cut()) and a["documents_passage_weight"] == 20.0
     assert "documents_tune.py" in a["documents_tuning"] and "passage weight 20" in a["documents_tuning"]

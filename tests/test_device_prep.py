@@ -1,4 +1,4 @@
-"""scripts/prepare_device.py's packing of a base for the lent GPU's 64 MiB carry: what travels must
+"""scripts/recipes/prepare_device.py's packing of a base for the lent GPU's 64 MiB carry: what travels must
 come back byte for byte (the device checks the sha256 and stops on a mismatch)."""
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def test_generated_negatives_learn_their_gold_label(tiny_bert, tmp_path, one_thr
     p = {name: _cls_probability_on_negatives(tmp_path / name) for name in ("gold", "soft")}
     # Measured: gold 0.81, teacher 0.21.
     assert p["gold"] > 0.5 and p["gold"] > 2.5 * p["soft"], p
-    # scripts/teacher_cls_mass.py rebuilds the same windows from the run's options and reads the cache.
+    # benchmarks/experiments/teacher_cls_mass.py rebuilds the same windows from the run's options and reads the cache.
     mass = load_script("teacher_cls_mass")
     (entry,) = (tmp_path / "cache").iterdir()
     opts = [str(entry), "--data", SMALL["data"], "--subset-size", "24", "--seed", "7", "--max-seq-len", "64",

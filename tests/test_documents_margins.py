@@ -1,4 +1,4 @@
-"""scripts/documents_margins.py: the numbers quality.md gives for how readers rank passages."""
+"""benchmarks/experiments/documents_margins.py: the numbers quality.md gives for how readers rank passages."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ A training step on long windows allocates activations of tens of MB (a 32 x 384-
 bge-small: attention scores alone 226 MB a layer). glibc serves every block over 32 MB with a fresh
 mmap and gives it back at free, so each step faults the same memory in again page by page;
 tcmalloc keeps it. On the 2-core AMD EPYC (Zen 5): 10 steps of 64 SQuAD windows of bge-small,
-5.56 / 5.00 -> 7.71 / 7.96 windows/s in two rounds (scripts/train_allocator.py), the same loss to the
-last digit; 384-token steps alone ~1.8x; 180-token steps unchanged (benchmarks/quality.md, "Training
+5.56 / 5.00 -> 7.71 / 7.96 windows/s in two rounds (benchmarks/experiments/train_allocator.py), the same loss to the
+last digit; 384-token steps alone ~1.8x; 180-token steps unchanged (docs/quality.md, "Training
 on the CPU: the allocator").
 
 ``qabridge train`` and ``distill`` re-execute themselves once with ``LD_PRELOAD`` set when they will

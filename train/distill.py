@@ -166,7 +166,7 @@ class Distiller:
 
         # The teacher runs in the student's forward precision: on a CPU with AVX512-BF16 bf16 autocast
         # computed bge-small's logits 2.5x faster (17 -> 43 windows/s), with a mean KL of 2e-5 at T=2
-        # from the fp32 ones (604 SQuAD windows, 2-core AMD EPYC; benchmarks/quality.md).
+        # from the fp32 ones (604 SQuAD windows, 2-core AMD EPYC; docs/quality.md).
         self.precision = pick_precision(cfg.precision, device)
         self.teacher_path = str(cfg.teacher)
         self.teacher_hash = adapter_hash(cfg.teacher)

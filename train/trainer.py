@@ -205,7 +205,7 @@ def pick_device(device: str) -> str:
 def pick_precision(precision: str, device: str) -> str:
     """"bf16" or "fp32" for ``--precision`` on ``device``. On the 2-core AMD EPYC (AVX512-BF16), LoRA
     r=32 training steps of 16 windows x 180 tokens: MiniLM-L6 12.4 -> 22.0 windows/s, bge-small
-    6.2 -> 10.9 with bf16 autocast (scripts/train_precision.py, benchmarks/quality.md); the GPU recipe has always used it."""
+    6.2 -> 10.9 with bf16 autocast (benchmarks/experiments/train_precision.py, docs/quality.md); the GPU recipe has always used it."""
     if precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, not {precision!r}")
     if precision != "auto":

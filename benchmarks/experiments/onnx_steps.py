@@ -1,10 +1,10 @@
-"""The ONNX Runtime measurements behind benchmarks/performance-steps.md (step 7), rerunnable.
+"""The ONNX Runtime measurements behind docs/performance.md (step 7), rerunnable.
 
-    .venv/bin/python scripts/onnx_steps.py skipln              # one SkipLayerNormalization vs Add + LayerNormalization
-    .venv/bin/python scripts/onnx_steps.py variants            # per-input int8 recipes: agreement and speed
-    .venv/bin/python scripts/onnx_steps.py openvino            # OpenVINO beside ORT (pip install openvino nncf)
-    .venv/bin/python scripts/onnx_steps.py ceiling             # the CPU's GEMM ceiling and each engine's share of it
-    .venv/bin/python scripts/onnx_steps.py batching            # windows per ORT call: grouping rules compared
+    .venv/bin/python benchmarks/experiments/onnx_steps.py skipln              # one SkipLayerNormalization vs Add + LayerNormalization
+    .venv/bin/python benchmarks/experiments/onnx_steps.py variants            # per-input int8 recipes: agreement and speed
+    .venv/bin/python benchmarks/experiments/onnx_steps.py openvino            # OpenVINO beside ORT (pip install openvino nncf)
+    .venv/bin/python benchmarks/experiments/onnx_steps.py ceiling             # the CPU's GEMM ceiling and each engine's share of it
+    .venv/bin/python benchmarks/experiments/onnx_steps.py batching            # windows per ORT call: grouping rules compared
 
 ``variants`` exports the committed adapter once (fp32 reference, O2 graph with MultiHeadAttention),
 then quantises it with chosen inputs per tensor instead of per token (``--variant name=indices``,
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))  # bench.py
 sys.path.insert(0, str(ROOT))
 
 LAYERS = 6
@@ -242,10 +242,10 @@ def ceiling(n: int) -> None:
     from qabridge.bridge.onnx_engine import onnx_pipeline
     from qabridge.train.squad import load_squad, squad_file
 
-    runs = json.loads((ROOT / "benchmarks" / "steps" / "engines-alone.json").read_text())
+    runs = json.loads((ROOT / "benchmarks" / "results" / "performance" / "engines-alone.json").read_text())
     run = next((r for r in reversed(runs) if r["n"] == n), None)
     if run is None:
-        raise SystemExit(f"no engines-alone run over {n} questions in benchmarks/steps/engines-alone.json")
+        raise SystemExit(f"no engines-alone run over {n} questions in benchmarks/results/performance/engines-alone.json")
     from qabridge.bridge.engine_select import default_candidates
 
     pipe = onnx_pipeline(default_candidates(onnx_types=("int8",), engines=("onnx",))[0].path, n_threads=1)

@@ -1,11 +1,11 @@
 """CPU training under glibc's malloc and under tcmalloc, taking turns (train/allocator.py).
 
-    .venv/bin/python scripts/train_allocator.py [--base bge-small-en-v1.5] [--rounds 2] [--steps 10]
+    .venv/bin/python benchmarks/experiments/train_allocator.py [--base bge-small-en-v1.5] [--rounds 2] [--steps 10]
 
 Each run is `qabridge train` on a seeded subset of SQuAD v1.1 train (length-grouped batches of real
 windows up to 384 tokens, the default recipe's LoRA r=32 in micro-batches of 32 x 2), with
 QABRIDGE_ALLOCATOR=system or tcmalloc; the order alternates per round. Writes
-benchmarks/train-allocator.json (windows/s, wall time, final loss, peak RSS per run, and the CPU).
+benchmarks/results/training/train-allocator.json (windows/s, wall time, final loss, peak RSS per run, and the CPU).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--subset", type=int, default=3000)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "train-allocator.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training" / "train-allocator.json"))
     a = ap.parse_args()
     from qabridge.core.machine import cpu_info
     from qabridge.train.allocator import find_tcmalloc
@@ -54,7 +54,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             runs.append(row)
     result = {"cpu": cpu_info().describe(), "base": a.base, "subset": a.subset, "steps": a.steps,
-              "command": "scripts/train_allocator.py " + " ".join(sys.argv[1:]), "runs": runs}
+              "command": "benchmarks/experiments/train_allocator.py " + " ".join(sys.argv[1:]), "runs": runs}
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {a.out}")
 

@@ -1,6 +1,6 @@
 """How often a reader abstains on each kind of generated negative, at its threshold (issue 13).
 
-    .venv/bin/python scripts/negatives_recall.py MODEL.gguf [--threshold T] [--n 300] [--json OUT]
+    .venv/bin/python benchmarks/experiments/negatives_recall.py MODEL.gguf [--threshold T] [--n 300] [--json OUT]
 
 Generates up to ``--n`` unanswerable questions per adversarial method (train/negatives.py) from
 SQuAD v1.1 *dev* questions (seeded), runs the reader over them (llama.cpp, or ONNX Runtime for an
@@ -18,7 +18,7 @@ import random
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

@@ -1,12 +1,12 @@
 """How a reader's margins over [CLS] compare across passages: the rows `documents_tune.py --rows` wrote.
 
-    .venv/bin/python scripts/documents_margins.py NAME=ROWS.json [NAME=ROWS.json ...]
+    .venv/bin/python benchmarks/experiments/documents_margins.py NAME=ROWS.json [NAME=ROWS.json ...]
 
 For the tuning set (every article but the first, the report set): the pooled AUC of the margin
 (passages holding the answer against the rest), how often the passage with the best margin holds the
 answer (every passage read, w = 0), and, for the off-topic questions (`--unanswerable` rows), how
 confident the reader is on text that does not answer them. Explains why a reader that scores higher
-on one paragraph can still rank passages worse (issue 18's distilled MiniLM, benchmarks/quality.md).
+on one paragraph can still rank passages worse (issue 18's distilled MiniLM, docs/quality.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "recipes"))  # documents_tune.py
 from documents_tune import chosen, split_report  # noqa: E402  (the rule and the split the rows were tuned with)
 
 

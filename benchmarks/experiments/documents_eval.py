@@ -1,6 +1,6 @@
 """`documents` mode on SQuAD: the first 30 distinct dev paragraphs as documents, their first 20 questions.
 
-    .venv/bin/python scripts/documents_eval.py MODEL.gguf|MODEL.onnx [--top-documents default,3,all] [serve options...]
+    .venv/bin/python benchmarks/experiments/documents_eval.py MODEL.gguf|MODEL.onnx [--top-documents default,3,all] [serve options...]
 
 Prints, per setting, how many questions were answered (F1 > 0.5), how often the answer came from
 the paragraph that holds it, the seconds and the embedder that ranked the passages.
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

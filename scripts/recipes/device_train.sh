@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (no registry there). Three runs share the GPU at once, each the
-# default recipe (scripts/default_recipe.sh) with one change, so their learning curves compare
+# default recipe (scripts/recipes/default_recipe.sh) with one change, so their learning curves compare
 # step for step: the recipe itself (a rerun of what produced models/lora), full fine-tuning
 # (lr 1e-4), and QLoRA (4-bit nf4 base). Logs and summaries land in $OUT/runs as they are written,
-# so a run cut short still reports its curve. Prepared here by `python scripts/prepare_device.py`.
+# so a run cut short still reports its curve. Prepared here by `python scripts/recipes/prepare_device.py`.
 set -uo pipefail
 . "$(dirname "$0")/device_env.sh"
 . "$(dirname "$0")/default_recipe.sh"

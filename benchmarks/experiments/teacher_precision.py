@@ -1,12 +1,12 @@
 """The teacher's logits in fp32 and under bf16 autocast: speed and how far apart (issue 18, CPU distillation).
 
-    .venv/bin/python scripts/teacher_precision.py [--teacher models/lora-accurate] [--questions 600]
+    .venv/bin/python benchmarks/experiments/teacher_precision.py [--teacher models/lora-accurate] [--questions 600]
 
 Runs `compute_teacher_logits` (what `qabridge distill --cache-teacher` does before training) on the
 windows of the first N SQuAD v1.1 train questions of the seeded subset, twice in each precision, and
 compares the two: the largest logit difference, the mean and largest KL(fp32 || bf16) of the start
 and end distributions at T = 2, and how often their argmax agrees. Result on the 2-core AMD EPYC in
-benchmarks/train-runs/accurate/teacher-precision.txt.
+benchmarks/results/training/accurate/teacher-precision.txt.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def precision_gap(ref: np.ndarray, other: np.ndarray, offsets: np.ndarray, temperature: float = 2.0):

@@ -1,5 +1,5 @@
 # The training arguments behind the shipped default adapter (models/lora), sourced by
-# scripts/train_default.sh, scripts/device_train.sh and scripts/device_accurate.sh.
+# scripts/recipes/train_default.sh, scripts/recipes/device_train.sh and scripts/recipes/device_accurate.sh.
 # Data: SQuAD v1.1 train; the dev set scores the learning curve and the final adapter.
 # DEFAULT_RECIPE: the LoRA recipe (fresh LoRA r=32, 3 epochs at lr 1e-3). Until 2026-11-28 it was the
 # whole default; now the default is distilled from bert-qa-accurate (qabridge distill, T=2, alpha 0.5)

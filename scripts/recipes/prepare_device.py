@@ -23,21 +23,21 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--squad2", action="store_true",
-                    help="also the SQuAD 2.0 dev set (evaluation only) for scripts/device_abstain.sh")
+                    help="also the SQuAD 2.0 dev set (evaluation only) for scripts/recipes/device_abstain.sh")
     ap.add_argument("--no-bitsandbytes", dest="bnb", action="store_false", help="skip QLoRA's bitsandbytes")
     ap.add_argument("--bge", action="store_true",
-                    help="also bge-small-en-v1.5 (matrices bf16, packed: .dev/bge, ~43 MiB), for scripts/device_accurate.sh")
+                    help="also bge-small-en-v1.5 (matrices bf16, packed: .dev/bge, ~43 MiB), for scripts/recipes/device_accurate.sh")
     ap.add_argument("--unpack-bge", metavar="DIR", type=Path, default=None,
                     help="on the device: rebuild .dev/bge's safetensors into DIR (an HF directory) and exit")
     args = ap.parse_args()
     if args.unpack_bge is not None:
-        unpack_bge(Path(__file__).resolve().parent.parent / ".dev" / "bge", args.unpack_bge)
+        unpack_bge(Path(__file__).resolve().parents[2] / ".dev" / "bge", args.unpack_bge)
         return
     # Here, not at the top: --unpack-bge runs on the device, where the tree is not installed.
     from qabridge.paths import offline_base_dir
@@ -46,7 +46,7 @@ def main() -> None:
     src = offline_base_dir()
     if src is None:
         sys.exit("the offline base is not installed (scripts/setup.sh)")
-    dev = Path(__file__).resolve().parent.parent / ".dev"
+    dev = Path(__file__).resolve().parents[2] / ".dev"
     base = dev / "base"
     base.mkdir(parents=True, exist_ok=True)
     state = load_file(str(src / "model.safetensors"))
@@ -81,7 +81,7 @@ def main() -> None:
 
 #: What one device call may carry: the working tree (tracked and untracked files) and the carried paths.
 CARRY_LIMIT = 64 << 20
-#: The carries the device scripts document (scripts/device_accurate.sh, device_abstain.sh, device_train.sh).
+#: The carries the device scripts document (scripts/recipes/device_accurate.sh, device_abstain.sh, device_train.sh).
 CARRIES = {"device_accurate.sh train|abstain": ("bge", "squad"), "device_accurate.sh distill": ("base", "squad2"),
            "device_train.sh, device_abstain.sh": ("base", "squad", "squad2")}
 
@@ -138,7 +138,7 @@ def pack_bge(dev: Path) -> None:
     matrices as bf16 (what the training's bf16 autocast multiplies with anyway: the rounding is the
     same; fp16 would be 63 MiB), 1-D tensors as fp32, and the file's bytes split into two planes
     (high bytes, mostly sign and exponent, then low bytes) and xz'd: ~43 MiB.
-    `python3 scripts/prepare_device.py --unpack-bge DIR` rebuilds the file on the device and checks
+    `python3 scripts/recipes/prepare_device.py --unpack-bge DIR` rebuilds the file on the device and checks
     its sha256 (manifest.json)."""
     import hashlib
     import json

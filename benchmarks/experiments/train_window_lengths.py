@@ -1,13 +1,13 @@
 """Speed of LoRA training steps by window length (why long windows cost more than their tokens).
 
-    .venv/bin/python scripts/train_window_lengths.py [--base bge-small-en-v1.5] [--batch 16]
+    .venv/bin/python benchmarks/experiments/train_window_lengths.py [--base bge-small-en-v1.5] [--batch 16]
         [--lengths 176,180,...,384] [--attn sdpa|eager] [--mask pad|ones]
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 .venv/bin/python scripts/train_window_lengths.py ...
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 .venv/bin/python benchmarks/experiments/train_window_lengths.py ...
 
 LoRA r=32 on query/key/value/dense + span head, bf16 autocast, AdamW, 2 threads; random token ids;
 with ``--mask pad`` half the windows end in 20 padding positions, as in length-grouped batches.
 Two steps per length after one warm-up step; prints windows/s and tokens/s per length. The
-numbers in benchmarks/quality.md ("the allocator") come from this script under glibc's malloc and
+numbers in docs/quality.md ("the allocator") come from this script under glibc's malloc and
 under tcmalloc.
 """
 
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Tune `documents`' passage weight: how a span's rank mixes the reader's margin and the retriever.
 
-    .venv/bin/python scripts/documents_tune.py MODEL.onnx|MODEL.gguf [--articles 11] [--max-words 120]
+    .venv/bin/python scripts/recipes/documents_tune.py MODEL.onnx|MODEL.gguf [--articles 11] [--max-words 120]
 
 For each of the first ``--articles`` SQuAD v1.1 dev articles: its first 30 paragraphs as documents,
 its first 20 questions; every passage (split as the bridge splits them) is read, and each passage's
@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -152,7 +152,7 @@ def save_threshold(adapter: Path, model: Path, weight: float, report: list[dict]
     d["documents_null_threshold"] = threshold
     d["documents_passage_weight"] = weight  # the bridge uses the cut only when it ranks at this weight
     d["documents_null_threshold_tuning"] = (
-        f"tuned by scripts/documents_tune.py on {len(tune)} questions of issue 13's sets through {model.name} "
+        f"tuned by scripts/recipes/documents_tune.py on {len(tune)} questions of issue 13's sets through {model.name} "
         f"(top 5 passages, passage weight {weight:g}: rank < {cut:g}): kept {ok}/{n}, off-topic abstained "
         f"{nulls}/{len(tune) - n}; report set {report[0]['article']}: kept {r_ok}/{r_n}, abstained {r_nulls}/{len(report) - r_n}"
     )

@@ -1,6 +1,6 @@
 """Encoder speed per window, named bases side by side, through llama.cpp (the bridge's engine).
 
-    .venv/bin/python scripts/bench_bases.py [--adapter all-minilm-l6-v2=models/lora --adapter bge-small-en-v1.5=DIR]
+    .venv/bin/python benchmarks/experiments/bench_bases.py [--adapter all-minilm-l6-v2=models/lora --adapter bge-small-en-v1.5=DIR]
                                             [--outtypes q8_0,bf16] [--n 40] [--rounds 5] [--threads 2]
 
 Each adapter is exported once per outtype (cached in .cache/bench-bases/), the same full 384-token
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 CACHE = ROOT / ".cache" / "bench-bases"
 

@@ -1,13 +1,13 @@
 """Throughput of plain `qabridge serve` vs Ray Serve with 1 and 2 replicas, on this machine.
 
-    sudo .venv/bin/python scripts/bench_ray.py [--seconds 20] [--clients 4] [--model FILE.gguf]
+    sudo .venv/bin/python benchmarks/experiments/bench_ray.py [--seconds 20] [--clients 4] [--model FILE.gguf]
 
 Runs itself inside a network + PID namespace of its own (unshare; root), so Ray binds loopback only
 and everything it starts dies with the namespace. For each setup it starts the real CLI
 (`qabridge serve ...`, `qabridge serve --ray ...`), waits until /api/health is ready, warms up,
 then runs N clients posting SQuAD dev questions for the given time, and records q/s, latency,
 and the memory of every process the setup started (RSS, and PSS so shared pages count once).
-Writes benchmarks/ray.json and benchmarks/ray.md.
+Writes benchmarks/results/scaling/ray.json and benchmarks/results/scaling/ray.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 PORT = 8090
 
@@ -186,7 +186,7 @@ def bench(args) -> dict:
     return {"rounds": args.rounds, "cpu": _cpu_name(), "cores": os.cpu_count(), "model": str(model), "model_mb": round(model.stat().st_size / 2**20, 1),
             "clients": args.clients, "seconds": args.seconds, "python": platform.python_version(),
             "ray": __import__("ray").__version__, "results": results,
-            "command": "sudo .venv/bin/python scripts/bench_ray.py " + " ".join(sys.argv[1:]).replace("--in-netns", "").strip()}
+            "command": "sudo .venv/bin/python benchmarks/experiments/bench_ray.py " + " ".join(sys.argv[1:]).replace("--in-netns", "").strip()}
 
 
 def median_rounds(results: list[dict]) -> list[dict]:
@@ -237,7 +237,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "ray"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling" / "ray"))
     ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.in_netns:

@@ -1,8 +1,8 @@
 """Training cost of LoRA, QLoRA (4-bit base) and full fine-tuning, one method at a time.
 
-    python scripts/train_cost.py [--device cpu] [--steps 12] [--batch-size 16] [--out benchmarks/train-cost-cpu.json]
+    python benchmarks/experiments/train_cost.py [--device cpu] [--steps 12] [--batch-size 16] [--out benchmarks/results/training/train-cost-cpu.json]
 
-Each method runs `qabridge train` with the default recipe (scripts/default_recipe.sh: 384-token
+Each method runs `qabridge train` with the default recipe (scripts/recipes/default_recipe.sh: 384-token
 windows, LoRA r=32 on query/key/value/dense) for the same number of optimizer steps on the same
 seeded subset of SQuAD train, in its own process, so its peak memory is its own. Full fine-tuning
 uses lr 1e-4 (the recipe's 1e-3 is a LoRA rate); the learning rate does not change the cost.
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = {
     "LoRA": [],
     "QLoRA (nf4 base)": ["--quantize", "4bit"],
@@ -32,7 +32,7 @@ KEEP = ("steps", "examples_seen", "wall_time_s", "examples_per_s", "mean_padded_
 
 def recipe() -> list[str]:
     out = subprocess.run(
-        ["bash", "-c", '. scripts/default_recipe.sh && printf "%s\\n" "${DEFAULT_RECIPE[@]}"'],
+        ["bash", "-c", '. scripts/recipes/default_recipe.sh && printf "%s\\n" "${DEFAULT_RECIPE[@]}"'],
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout.split("\n")[:-1]
     if "--eval-every" in out:  # a learning curve is not part of the training cost
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--subset", type=int, default=2000, help="questions drawn (seeded) from the training set")
     ap.add_argument("--data", default=None, help="SQuAD train file (default: QABRIDGE_SQUAD_DIR or ../shared/data/squad)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "train-cost-cpu.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training" / "train-cost-cpu.json")
     args = ap.parse_args()
     data = args.data or default_data()
     rows, args_recipe = [], recipe()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine (issue 13): the default recipe (scripts/default_recipe.sh) from
+# Runs on the lent GPU machine (issue 13): the default recipe (scripts/recipes/default_recipe.sh) from
 # scratch with generated unanswerable examples, two mixes side by side on the one GPU (EPOCHS, default
 # 2 as in the issue's measurement: 3 epochs of both would not fit one 10-minute call), then per run
 # the torch SQuAD 2.0 dev metric with the null threshold tuned on articles 1-17 (stored in the
@@ -8,10 +8,10 @@
 # numbers the issue asks for are measured back on the CPU machine (llama.cpp is not installed here):
 #   qabridge export --adapter A --outtype bf16 --output A.bf16.gguf
 #   qabridge eval --model A.bf16.gguf --data dev-v2.0.json.gz --tune-articles 17 --json
-# Prepared by `python scripts/prepare_device.py --squad2 --no-bitsandbytes` (.dev/, 51 MiB: carry it);
-# on the device: `bash scripts/device_abstain.sh` (timeout ~560 s). Dry run on this CPU (tiny, ~1 min):
+# Prepared by `python scripts/recipes/prepare_device.py --squad2 --no-bitsandbytes` (.dev/, 51 MiB: carry it);
+# on the device: `bash scripts/recipes/device_abstain.sh` (timeout ~560 s). Dry run on this CPU (tiny, ~1 min):
 #   PATH=$PWD/.venv/bin:$PATH DEVICE=cpu EXTRA="--max-steps 2 --subset-size 64 --batch-size 8" \
-#     EVAL_LIMIT=30 OUT=/tmp/dry bash scripts/device_abstain.sh
+#     EVAL_LIMIT=30 OUT=/tmp/dry bash scripts/recipes/device_abstain.sh
 set -uo pipefail
 . "$(dirname "$0")/device_env.sh"
 . "$(dirname "$0")/default_recipe.sh"

@@ -1,11 +1,11 @@
 """Load test of the bridge on loopback: bounded in time and requests, a mix of valid, long and invalid.
 
-    .venv/bin/python scripts/loadtest.py [--seconds 60] [--clients 16] [--max-requests 20000]
+    .venv/bin/python benchmarks/experiments/loadtest.py [--seconds 60] [--clients 16] [--max-requests 20000]
 
 Starts its own bridge on a free loopback port (the default q8_0 model), answers every distinct
 valid request once sequentially to know the right answer, then runs the clients for the given
 time. Reports 5xx, dropped connections, wrong answers and RSS growth after warm-up; writes
-benchmarks/reliability.json and benchmarks/reliability.md.
+benchmarks/results/reliability/reliability.json and benchmarks/results/reliability/reliability.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -128,12 +128,12 @@ def main() -> None:
         "rss_growth_pct": round(100 * (rss_end - rss_warm) / rss_warm, 2), "health_after": health["status"], "exit_code": code,
         "model": str(model),
     }
-    out = ROOT / "benchmarks"
-    out.mkdir(exist_ok=True)
+    out = ROOT / "benchmarks" / "results" / "reliability"
+    out.mkdir(parents=True, exist_ok=True)
     (out / "reliability.json").write_text(json.dumps(res, indent=2) + "\n")
     ok = res["5xx"] == 0 and dropped == 0 and not wrong and res["rss_growth_pct"] < 10 and code == 0
     lines = ["# Reliability: load test", "",
-             f"`{' '.join(['.venv/bin/python', 'scripts/loadtest.py'] + sys.argv[1:])}` on this machine (2 cores), loopback only.", "",
+             f"`{' '.join(['.venv/bin/python', 'benchmarks/experiments/loadtest.py'] + sys.argv[1:])}` on this machine (2 cores), loopback only.", "",
              f"- {res['requests']} requests in {res['seconds']} s from {args.clients} clients ({res['requests_per_s']} req/s): "
              "70% valid SQuAD dev questions, 10% long contexts (12 paragraphs), 20% invalid (bad JSON, missing/empty/wrong-type fields, 2.1 MB body).",
              f"- 5xx: **{res['5xx']}**, dropped connections: **{dropped}**, wrong answers: **{len(wrong)}** (each valid request compared with the answer the same bridge gave sequentially before the load).",

@@ -1,8 +1,8 @@
 """A frozen reader plus a separately trained "answerable?" probe (issue 13, an experiment: not adopted).
 
-    .venv/bin/python scripts/abstain_probe.py features MODEL.onnx train  train.npz [--n 15000] [--pool dev]
-    .venv/bin/python scripts/abstain_probe.py features MODEL.onnx v2dev  v2dev.npz
-    .venv/bin/python scripts/abstain_probe.py fit train.npz v2dev.npz [--features sc,cls,span,q,prod,qspan]
+    .venv/bin/python benchmarks/experiments/abstain_probe.py features MODEL.onnx train  train.npz [--n 15000] [--pool dev]
+    .venv/bin/python benchmarks/experiments/abstain_probe.py features MODEL.onnx v2dev  v2dev.npz
+    .venv/bin/python benchmarks/experiments/abstain_probe.py fit train.npz v2dev.npz [--features sc,cls,span,q,prod,qspan]
 
 ``features`` runs the reader (a qabridge ONNX file, e.g. the default model's cached
 ``~/.cache/qabridge/models/default-*.int8.r3.onnx``) over SQuAD v1.1 train questions (``--n`` of
@@ -13,7 +13,7 @@ question tokens (``q``), and scalars (``sc``: the null score as `qabridge eval` 
 and [CLS] log-probabilities and raw logits, start/end entropies, the top-two start margin, span
 length, windows, question and context tokens). ``fit`` trains a logistic regression on the train
 features (standardised, L2), tunes its threshold on SQuAD 2.0 dev articles 1-17 and reports
-articles 18-35 beside the reader's own null score, as benchmarks/quality.md does.
+articles 18-35 beside the reader's own null score, as docs/quality.md does.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 SCALARS = ("null_diff", "span_lp", "null_lp", "raw_null_diff", "raw_span", "raw_null", "start_entropy",

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The recipe that produced models/lora (the shipped default adapter), in two stages, both taught by
 # models/lora-accurate (bert-qa-accurate; its start/end logits cached on disk):
-#   1. the LoRA recipe of scripts/default_recipe.sh, distilled for 7,137 steps (DEFAULT_DISTILL, 5.16
-#      epochs, fresh LoRA). On the lent NVIDIA H200 this ran in 405 s (scripts/device_accurate.sh
+#   1. the LoRA recipe of scripts/recipes/default_recipe.sh, distilled for 7,137 steps (DEFAULT_DISTILL, 5.16
+#      epochs, fresh LoRA). On the lent NVIDIA H200 this ran in 405 s (scripts/recipes/device_accurate.sh
 #      sweep with SWEEP_RUNS=long); on a 2-core CPU it would take about 6.5 hours (~20 windows/s),
 #      so the run checkpoints every 200 steps and resumes when started again with the same
 #      arguments (or give --time-budget).
@@ -11,10 +11,10 @@
 # Data: SQuAD v1.1 from $QABRIDGE_SQUAD_DIR or ../shared/data/squad. OUT overrides the output,
 # RUNS where stage 1 and the teacher's logits go; extra arguments go to both stages.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 bash scripts/setup.sh
 . .venv/bin/activate
-. scripts/default_recipe.sh
+. scripts/recipes/default_recipe.sh
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 SQUAD=${QABRIDGE_SQUAD_DIR:-../shared/data/squad}
 RUNS=${RUNS:-runs/default}

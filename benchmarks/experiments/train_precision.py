@@ -1,6 +1,6 @@
 """LoRA training steps on the CPU in fp32 and in bf16 autocast, taking turns (qabridge train --precision).
 
-    .venv/bin/python scripts/train_precision.py [--base bge-small-en-v1.5] [--rounds 2]
+    .venv/bin/python benchmarks/experiments/train_precision.py [--base bge-small-en-v1.5] [--rounds 2]
 
 LoRA r=32 on query/key/value/dense and the span head, as the default recipe; steps of 16 random
 windows of 180 tokens (about a length-grouped SQuAD batch) with AdamW, 2 threads; 4 steps per
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> None:

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Issues 18 and 13 on the CPU, over several sittings, for a task without a GPU. The accurate model
-# itself was trained on the lent GPU (scripts/device_accurate.sh) and is committed as
+# itself was trained on the lent GPU (scripts/recipes/device_accurate.sh) and is committed as
 # models/lora-accurate: abstain and distill start from it unless $RUNS/bge-accurate holds a newer run.
 # $RUNS lies outside the repository: a new machine starts without it (a run paused there is lost).
-#   bash scripts/cpu_accurate.sh [train] [SECONDS]   the accurate model: bge-small-en-v1.5 + LoRA, the
+#   bash scripts/recipes/cpu_accurate.sh [train] [SECONDS]   the accurate model: bge-small-en-v1.5 + LoRA, the
 #                                                    default recipe, 3 epochs (4,152 steps of 64)
-#   bash scripts/cpu_accurate.sh abstain [SECONDS]   then a warm start of it with generated negatives
+#   bash scripts/recipes/cpu_accurate.sh abstain [SECONDS]   then a warm start of it with generated negatives
 #                                                    (issue 13), as runs/lora-neg was for MiniLM: 40k
 #                                                    questions + 20k negatives, 1 epoch, lr 3e-4
-#   bash scripts/cpu_accurate.sh eval                once trained: GGUF f16 + q8_0 and ONNX int8 files
+#   bash scripts/recipes/cpu_accurate.sh eval                once trained: GGUF f16 + q8_0 and ONNX int8 files
 #                                                    in $RUNS, SQuAD v1.1 dev through each (JSON in $RUNS);
 #                                                    a run trained with negatives first gets its null
 #                                                    threshold tuned on SQuAD 2.0 dev articles 1-17 and
 #                                                    stored, and is scored on 18-35
-#   bash scripts/cpu_accurate.sh distill [SECONDS]   the fast default distilled from it: the shipped
+#   bash scripts/recipes/cpu_accurate.sh distill [SECONDS]   the fast default distilled from it: the shipped
 #                                                    MiniLM-L6 adapter warm-started for DISTILL_EPOCHS
 #                                                    (default 1) at lr 3e-4, the teacher's logits cached;
 #                                                    the teacher is the abstaining one when it exists
@@ -24,11 +24,11 @@
 # the teacher's logits for every training window first (not counted in SECONDS).
 #   RUNS=/work/runs DATA=../shared/data/squad/train-v1.1.json.gz (defaults)
 # Dry run of the eval step: mkdir -p /tmp/dry && cp -r models/lora /tmp/dry/bge-accurate &&
-#   RUNS=/tmp/dry EVAL_LIMIT=30 bash scripts/cpu_accurate.sh eval
+#   RUNS=/tmp/dry EVAL_LIMIT=30 bash scripts/recipes/cpu_accurate.sh eval
 # The recipe's batch of 64 goes as 2 micro-batches of 32 (the same steps and schedule, less memory).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. scripts/default_recipe.sh
+cd "$(dirname "$0")/../.."
+. scripts/recipes/default_recipe.sh
 STEP=train
 if [[ "${1:-}" =~ ^(train|abstain|eval|distill)$ ]]; then STEP=$1; shift; fi
 SECONDS_NOW="${1:-2700}"

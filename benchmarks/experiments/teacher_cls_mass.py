@@ -1,6 +1,6 @@
 """How much probability a teacher puts on [CLS], by kind of training window: read from a `--cache-teacher` entry.
 
-    .venv/bin/python scripts/teacher_cls_mass.py CACHE_ENTRY --data train-v1.1.json.gz \
+    .venv/bin/python benchmarks/experiments/teacher_cls_mass.py CACHE_ENTRY --data train-v1.1.json.gz \
         --subset-size 20000 --negatives topical --negative-ratio 0.33
 
 CACHE_ENTRY is one `teacher-<key>` directory that `qabridge distill --cache-teacher` wrote; the
@@ -9,7 +9,7 @@ kind - generated negatives, answerable windows holding their answer, answerable 
 (long contexts) - the mean of the start and end softmax at [CLS], at T = 1 and at the distillation
 temperature. Why `--negatives-target gold` is distill's default: a teacher trained without negatives
 (issue 18's `bert-qa-accurate`) puts ~2% on [CLS] for a generated unanswerable window, so its soft
-targets there teach the student to answer (benchmarks/quality.md).
+targets there teach the student to answer (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

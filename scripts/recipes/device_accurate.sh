@@ -1,35 +1,35 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (issues 18 and 13): the accurate model (bge-small-en-v1.5 + LoRA, the
-# default recipe of scripts/default_recipe.sh), then, on the same warm machine, the fast default
+# default recipe of scripts/recipes/default_recipe.sh), then, on the same warm machine, the fast default
 # distilled from it and the accurate model's abstaining warm start side by side. The student's fp16
 # base (.dev/base, 43 MiB) does not fit one 64 MiB carry beside bge's (43 MiB: matrices bf16, packed
 # by prepare_device.py) and the data, so they travel in two calls; the warm machine keeps ignored
 # paths between calls (and gives itself back after ~30 s idle: chain them). First run, 2026-11-27 (H200):
 # call 1 took 431 s, call 2 284 s; with the machine's start, 773 s of the session's 900.
-#   1. carry .dev/bge .dev/squad                command: bash scripts/device_accurate.sh train    (~7 min)
-#   2. carry .dev/base .dev/squad2              command: bash scripts/device_accurate.sh distill  (~5 min)
+#   1. carry .dev/bge .dev/squad                command: bash scripts/recipes/device_accurate.sh train    (~7 min)
+#   2. carry .dev/base .dev/squad2              command: bash scripts/recipes/device_accurate.sh distill  (~5 min)
 # Issue 18's distillation, two calls on 2026-11-27 (H200; 731 s of device time with the start):
-#   1. carry .dev/bge .dev/squad   command: SD_BUDGET=320 bash scripts/device_accurate.sh selfdistill   (360 s)
+#   1. carry .dev/bge .dev/squad   command: SD_BUDGET=320 bash scripts/recipes/device_accurate.sh selfdistill   (360 s)
 #      -> models/lora-accurate: bge-small distilled from the earlier bge adapter (F1 86.58 -> 87.01)
 #   2. carry .dev/base             command: DISTILL_INIT=scratch ABSTAIN_BUDGET=0 DISTILL_BUDGET=290 \
-#                                           bash scripts/device_accurate.sh distill   (328 s)
+#                                           bash scripts/recipes/device_accurate.sh distill   (328 s)
 #      -> the MiniLM recipe distilled from call 1's model (F1 83.54 -> 84.52; not shipped: quality.md)
 # Issue 18's fast default at F1 85.5: three calls on 2026-11-28 (H200; 784 s of device time with the start):
-#   1. carry .dev/bge .dev/squad   command: TEACHER_NEGATIVES=none bash scripts/device_accurate.sh teacher   (95 s)
-#   2. carry .dev/base             command: SWEEP_RUNS=long SWEEP_BUDGET=470 bash scripts/device_accurate.sh sweep   (465 s)
+#   1. carry .dev/bge .dev/squad   command: TEACHER_NEGATIVES=none bash scripts/recipes/device_accurate.sh teacher   (95 s)
+#   2. carry .dev/base             command: SWEEP_RUNS=long SWEEP_BUDGET=470 bash scripts/recipes/device_accurate.sh sweep   (465 s)
 #      -> the recipe distilled for 7,137 steps (6 epochs fitted to the budget): dev F1 85.87 (torch)
-#   3. no carry                    command: bash scripts/device_accurate.sh stage2   (167 s; that day typed
+#   3. no carry                    command: bash scripts/recipes/device_accurate.sh stage2   (167 s; that day typed
 #      inline with the same arguments, before this step existed)
 #      -> models/lora (stage 2, topical negatives): dev F1 85.57 (torch, H200)
 #   The sweep's other runs (SWEEP_RUNS=full, topical) split the GPU: two runs side by side each ran at
 #   about half the speed of one alone (2026-11-27), so one run got the whole call.
 # The teacher is committed (models/lora-accurate), so a session can skip training it:
-#   1. carry .dev/bge .dev/squad                command: bash scripts/device_accurate.sh abstain  (~8 min)
-#   2. carry .dev/base .dev/squad2              command: ABSTAIN_BUDGET=0 DISTILL_BUDGET=240 bash scripts/device_accurate.sh distill
+#   1. carry .dev/bge .dev/squad                command: bash scripts/recipes/device_accurate.sh abstain  (~8 min)
+#   2. carry .dev/base .dev/squad2              command: ABSTAIN_BUDGET=0 DISTILL_BUDGET=240 bash scripts/recipes/device_accurate.sh distill
 # The carry is tight: with models/lora-accurate the tree is ~11.8 MiB, and tree + .dev/bge + .dev/squad
 # ~62.6 of the 64 MiB (prepare_device.py prints each call's size), so SQuAD 2.0 travels in call 2
 # and abstain's runs are scored on it back on the CPU machine (through the GGUF, as the issue asks).
-# Prepared by `python scripts/prepare_device.py --bge --squad2 --no-bitsandbytes`. Each run stops at
+# Prepared by `python scripts/recipes/prepare_device.py --bge --squad2 --no-bitsandbytes`. Each run stops at
 # its time budget (TRAIN_BUDGET 400 s; SD_BUDGET 330 s; DISTILL_BUDGET / ABSTAIN_BUDGET 120 s; WARM_BUDGET 240 s, SCRATCH_BUDGET 300 s):
 # training_summary.json holds SQuAD v1.1 dev EM/F1 (torch) and the learning curve. The GGUF numbers
 # (F1 >= 87 through the bridge's engine) are measured back on the CPU machine, after the adapters'
@@ -38,7 +38,7 @@
 # Dry run on this CPU (tiny):
 #   PATH=$PWD/.venv/bin:$PATH DEVICE=cpu OUT=/tmp/dry EPOCHS=1 \
 #     EXTRA="--max-steps 2 --subset-size 64 --batch-size 8 --eval-limit 20 --curve-limit 20" \
-#     bash scripts/device_accurate.sh train   (then the same with distill)
+#     bash scripts/recipes/device_accurate.sh train   (then the same with distill)
 set -uo pipefail
 STEP=${1:?train, selfdistill, abstain, distill, teacher, sweep or stage2}
 . "$(dirname "$0")/device_env.sh"
@@ -52,7 +52,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || ec
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 T0=$(date +%s)
 bge_base() {  # .dev/bge (carried packed) rebuilt into $BGE once per machine, sha256-checked
-  [[ -f $BGE/model.safetensors ]] || python3 scripts/prepare_device.py --unpack-bge "$BGE"
+  [[ -f $BGE/model.safetensors ]] || python3 scripts/recipes/prepare_device.py --unpack-bge "$BGE"
 }
 teacher() {  # the teacher in $KEEP/bge: trained by the train step, else the committed models/lora-accurate
   [[ -f $KEEP/bge/adapter_config.json ]] && return 0
@@ -173,7 +173,7 @@ print("teacher F1: self-distilled", f[0], "committed", f[1]); sys.exit(f[0] <= f
       else tar czf "$OUTDIR/$run.tgz" -C "$KEEP" --exclude=checkpoint "$run"; fi
     done ;;
   stage2)
-    # Call 3 on the same warm machine: the default's stage 2 (scripts/default_recipe.sh) from sweep-long,
+    # Call 3 on the same warm machine: the default's stage 2 (scripts/recipes/default_recipe.sh) from sweep-long,
     # the topical negatives' teacher logits computed here (26,977 windows, ~23 s). What made models/lora.
     [[ -f $KEEP/sweep-long/adapter_config.json ]] || { echo "run the sweep step (SWEEP_RUNS=long) first"; exit 1; }
     train stage2 "${STAGE2_BUDGET:-110}" distill --teacher "$KEEP/bge" --student all-minilm-l6-v2 \
