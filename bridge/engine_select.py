@@ -211,6 +211,9 @@ def choose_engine(
             pass  # a damaged cache entry is measured again and rewritten
 
     t_start = time.perf_counter()
+    if log:
+        log(f"stage 2/3: measuring {len(candidates)} engines on this CPU ({n_questions} questions, "
+            f"{rounds} rounds; once per CPU, then cached)")
     questions = sample_questions(n_questions)
     labels = [c.label for c in candidates]
     # Two files of one engine and type (say, two exports) are told apart by their file names.
@@ -308,6 +311,9 @@ def choose_default(engine: str = "auto", outtype: str = "auto", *, adapter: str 
     ONNX ones."""
     engines = ("onnx",) if engine == "onnx" else ("llama.cpp", "onnx")
     outtypes = ("q8_0", "bf16") if outtype == "auto" else (outtype,)
+    if log:
+        log("stage 1/3: building the candidate models (first start only: GGUF "
+            + "/".join(outtypes) + (", ONNX int8" if "onnx" in engines else "") + "; ~2-4 min on 2 cores, then cached)")
     cands = default_candidates(adapter, gguf_outtypes=outtypes, engines=engines, log=log)
     if engine == "onnx" and not cands:
         raise UsageError("--engine onnx: no ONNX model could be built (exporting needs torch)")

@@ -135,7 +135,12 @@ class Guard:
             _log_request(rid, method, path, status[0], t0)
 
 
+# Readiness polls (scripts/demo.sh, container health checks, load balancers) would flood the log.
+QUIET_PATHS = frozenset({"/api/health"})
+
+
 def _log_request(rid: str, method: str, path: str, status: int, t0: float) -> None:
-    if log.isEnabledFor(logging.INFO):
-        log.info(json.dumps({"id": rid, "method": method, "path": path, "status": status,
-                             "ms": round(1e3 * (time.perf_counter() - t0), 2)}))
+    level = logging.DEBUG if method == "GET" and path in QUIET_PATHS else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, json.dumps({"id": rid, "method": method, "path": path, "status": status,
+                                    "ms": round(1e3 * (time.perf_counter() - t0), 2)}))

@@ -123,6 +123,8 @@ class ModelRegistry:
                     raise OllamaUnavailable(f"none of the Ollama models could be loaded from {self.ollama.host}")
             self._setup_retriever()
             self.state = "ok"
+            served = ", ".join(f"{n} ({Path(getattr(m.file, 'path', n)).name})" for n, m in self.models.items())
+            log.info("%sready: serving %s", "stage 3/3: " if self.cfg.builtin_model else "", served)
         except QABridgeError as exc:
             self.state, self.error = "error", exc.message
             log.error("model load failed: %s", exc.message)

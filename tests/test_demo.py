@@ -18,6 +18,12 @@ def test_demo_script_serves_the_default_model(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     out = r.stdout
+    # A quiet first run: no build-backend warnings from set-up, no access line for the readiness
+    # polls, and one line per stage of the first start, in order.
+    terminal = r.stdout + r.stderr
+    assert "BuildBackendWarning" not in terminal and "/api/health" not in terminal, terminal[-3000:]
+    stages = [terminal.find(f"stage {i}/3: ") for i in (1, 2, 3)]
+    assert -1 not in stages and stages == sorted(stages), terminal[-3000:]
     assert f"qabridge is ready on http://127.0.0.1:{port}" in out
     assert f"curl -s http://127.0.0.1:{port}/api/qa" in out
     answer = json.loads(out.split("It answered:", 1)[1].strip().splitlines()[0])
