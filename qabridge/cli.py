@@ -57,6 +57,7 @@ def main() -> None:
 @click.option("--data", default="squad", show_default=True, help="Training data: 'squad' (the hub dataset) or a SQuAD-format .json/.json.gz/.json.xz file.")
 @click.option("--eval-data", default=None, help="Dev data for EM/F1 after training ('squad' or a SQuAD file); stored in training_summary.json.")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate only the first N dev questions.")
+@click.option("--strict", is_flag=True, help="Refuse a data file with an answer_start that misses its text (default: re-anchor it to the nearest occurrence, leave out answers absent from their context, and say how many).")
 @click.option("--output", default="models/lora", show_default=True, type=click.Path(file_okay=False), help="Adapter directory to write (resumes from its checkpoint if the same run was interrupted).")
 @click.option("--subset-size", type=int, default=None, help="Train on a random subset of N questions (seeded).")
 @click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the training windows.")
@@ -504,10 +505,11 @@ def _builtin_file(builtin, engine: str) -> Path:
 @click.option("--null-threshold", type=float, default=None, help="SQuAD 2.0 data: abstain where log p(no answer) - log p(best span) exceeds this (default: never abstain; best_f1 still reported).")
 @click.option("--tune-articles", type=click.IntRange(min=1), default=None, help="SQuAD 2.0 data: tune the threshold on the first N articles and report on the rest (issue 13 uses 17).")
 @click.option("--save-threshold", type=click.Path(file_okay=False, exists=True), default=None, help="With --tune-articles: store the tuned threshold and how it was tuned in this adapter's qabridge.json (the next export puts it in the GGUF/ONNX metadata).")
+@click.option("--strict", is_flag=True, help="Refuse a data file with an answer_start that misses its text (default: re-anchor it to the nearest occurrence, leave out answers absent from their context, and say how many).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, null_scores, report, null_threshold, tune_articles,
-             save_threshold, quiet) -> None:
+             save_threshold, strict, quiet) -> None:
     """Official SQuAD EM/F1 of an adapter (torch) or an exported GGUF (llama.cpp) or ONNX file (ONNX Runtime).
 
     The engines share windows, n-best span search (longest answer from the model's
@@ -531,7 +533,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
         if builtin is not None:
             model = _builtin_file(builtin, engine)
         pipe = file_pipeline(model, "onnx" if engine == "onnx" else "llama.cpp")
-        examples = load_squad(data, split="validation")
+        examples = load_squad(data, split="validation", strict=strict)
         label = str(model)
     else:
         if model:
@@ -539,10 +541,13 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
         from qabridge.train.evaluate import torch_pipeline
         from qabridge.train.trainer import pick_device
 
-        examples = load_squad(data, split="validation")
+        examples = load_squad(data, split="validation", strict=strict)
         pipe = torch_pipeline(adapter or DEFAULT_ADAPTER, device=pick_device(device))
         label = str(adapter or DEFAULT_ADAPTER)
     progress = not quiet and not as_json
+    for note in examples.notes(str(data)):
+        click.echo(note, err=True)
+    repairs = {"reanchored": examples.reanchored, "skipped": list(examples.skipped), "answers_dropped": list(examples.dropped)}
     if save_threshold and not tune_articles:
         raise UsageError("--save-threshold stores a tuned threshold: give --tune-articles N")
     if has_unanswerable(examples):
@@ -568,7 +573,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
     if null_scores:
         # A question with no span at all scores +inf, which strict JSON cannot hold: the largest float stands in.
         Path(null_scores).write_text(json.dumps({k: min(v, sys.float_info.max) for k, v in nulls.items()}))
-    res.update({"engine": engine, "model": label, "data": str(data)})
+    res.update({"engine": engine, "model": label, "data": str(data), "data_repairs": repairs})
     if save_threshold:
         from qabridge.train.evaluate import store_threshold
 

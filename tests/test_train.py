@@ -86,7 +86,8 @@ def _squad(context, text, start):
     [  # exit codes by error class: 3 data, 4 model, 2 usage, 6 device
         ("missing", "no such file", 3),
         ("malformed", "not readable as SQuAD JSON", 3),
-        ("bad_start", "does not point at its answer text", 3),
+        ("bad_start", "does not point at its answer text", 3),  # with --strict
+        ("no_usable", "holds no usable question", 3),
         ("unknown_base", "unknown base model", 4),
         ("not_bert", "not BERT-family", 4),
         ("bad_device", "not a torch device", 2),
@@ -102,6 +103,9 @@ def test_bad_training_inputs(tmp_path, case, needle, code):
         (tmp_path / "m.json").write_text("{oops")
     elif case == "bad_start":
         data = str(write_json(tmp_path / "b.json", _squad("Alice met Bob.", "Bob", 1)))
+        extra = ["--strict"]
+    elif case == "no_usable":
+        data = str(write_json(tmp_path / "n.json", _squad("Alice met Bob.", "Carol", 10)))
     elif case == "unknown_base":
         base = "no-such-org/no-such-model-qabridge"
     elif case == "not_bert":

@@ -9,6 +9,7 @@ import gzip
 import json
 import lzma
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,16 +48,60 @@ class Example:
         return bool(self.answers) and not self.is_impossible
 
 
-def load_squad(source: str | os.PathLike, *, split: str = "train", validate: bool = True) -> list[Example]:
+class Examples(list):
+    """The examples of one file, with what loading repaired or left out (see :func:`load_squad`).
+
+    A plain ``list`` of :class:`Example` otherwise, so every caller that takes a list takes it.
+    """
+
+    def __init__(self, items=(), *, reanchored: int = 0, dropped: tuple[str, ...] = (),
+                 skipped: tuple[str, ...] = ()) -> None:
+        super().__init__(items)
+        #: Answers whose ``answer_start`` missed their text and were moved to its nearest exact occurrence.
+        self.reanchored = reanchored
+        #: Ids of questions that lost an answer absent from their context but kept another.
+        self.dropped = dropped
+        #: Ids of questions left out: none of their answers occurs in their context.
+        self.skipped = skipped
+
+    def notes(self, where: str = "") -> list[str]:
+        """One sentence per repair, for the terminal (nothing when the file was clean)."""
+        head = f"{where}: " if where else ""
+        out = []
+        if self.reanchored:
+            out.append(f"{head}{self.reanchored} answer(s) re-anchored (answer_start missed its text by "
+                       "whitespace or pointed at another copy; moved to the nearest exact occurrence)")
+        if self.dropped:
+            out.append(f"{head}{len(self.dropped)} question(s) kept without an answer text absent from "
+                       f"their context: {_ids(self.dropped)}")
+        if self.skipped:
+            out.append(f"{head}{len(self.skipped)} question(s) skipped, no answer text occurs in their "
+                       f"context: {_ids(self.skipped)} (--strict refuses such a file instead)")
+        return out
+
+
+def _ids(ids: tuple[str, ...], n: int = 10) -> str:
+    shown = ", ".join(ids[:n])
+    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def load_squad(source: str | os.PathLike, *, split: str = "train", validate: bool = True,
+               strict: bool = False) -> Examples:
     """Load SQuAD v1.1 or v2.0 examples from a ``.json``/``.json.gz``/``.json.xz`` file or the hub name ``squad``.
 
-    With ``validate`` every ``answer_start`` must point at its answer text; the first that
-    does not is reported with the file and question id. SQuAD 2.0 questions marked
-    ``is_impossible`` are read as unanswerable examples (no answers; ``plausible_answers`` is
-    ignored); one that is marked so and still lists answers is an error naming its id.
+    Files written by hand are forgiven what the official SQuAD evaluation script forgives (it never
+    reads ``answer_start``): an ``answer_start`` that misses its text (off by whitespace, or at
+    another copy) is moved to the nearest occurrence of the text in the context, where whitespace
+    runs may differ and surrounding whitespace is trimmed; an answer whose text does not occur in its
+    context is left out, and so is a question left with none (never turned into an unanswerable
+    one). What was repaired is on the result (:class:`Examples`). With ``strict`` the first such
+    answer is an error naming the file and question id instead; ``validate=False`` takes every
+    offset as written. Ids may be strings or integers. SQuAD 2.0 questions marked
+    ``is_impossible`` are read as unanswerable examples (``plausible_answers`` is ignored); one
+    that is marked so and still lists answers is an error naming its id.
     """
     if str(source) == HUB_NAME:
-        return _load_hub(split)
+        return Examples(_load_hub(split))
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such file (expected a SQuAD-format .json or .json.gz, or '{HUB_NAME}')")
@@ -68,13 +113,44 @@ def load_squad(source: str | os.PathLike, *, split: str = "train", validate: boo
             doc = json.load(fh)
     except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not readable as SQuAD JSON ({exc.__class__.__name__}: {exc})") from None
-    return list(_parse(doc, str(path), validate))
+    fixes = _Fixes()
+    items = list(_parse(doc, str(path), validate, strict, fixes))
+    if not items:
+        if fixes.skipped:
+            raise DataError(f"{path}: holds no usable question: the answer texts of all {len(fixes.skipped)} "
+                            f"occur nowhere in their contexts ({_ids(tuple(fixes.skipped))})")
+        raise DataError(f"{path}: holds no questions")
+    return Examples(items, reanchored=fixes.reanchored, dropped=tuple(fixes.dropped), skipped=tuple(fixes.skipped))
 
 
-def _parse(doc: object, where: str, validate: bool) -> Iterator[Example]:
+@dataclass
+class _Fixes:
+    reanchored: int = 0
+    dropped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def reanchor(context: str, text: str, start: int) -> Answer | None:
+    """The occurrence of ``text`` in ``context`` nearest ``start`` (exact first, then with whitespace
+    runs matched loosely and the text trimmed), or None when it occurs nowhere."""
+    if context[start : start + len(text)] == text:
+        return Answer(text, start)
+    hits = [m.start() for m in re.finditer(re.escape(text), context)] if text else []
+    if hits:
+        return Answer(text, min(hits, key=lambda h: (abs(h - start), h)))
+    words = text.split()
+    if not words:
+        return None
+    loose = [m for m in re.finditer(r"\s+".join(map(re.escape, words)), context)]
+    if not loose:
+        return None
+    m = min(loose, key=lambda m: (abs(m.start() - start), m.start()))
+    return Answer(m.group(0), m.start())
+
+
+def _parse(doc: object, where: str, validate: bool, strict: bool, fixes: _Fixes) -> Iterator[Example]:
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(f"{where}: not SQuAD format (expected an object with a 'data' list)")
-    seen = 0
     for a_i, article in enumerate(doc["data"]):
         try:
             title = str(article.get("title", ""))
@@ -103,23 +179,35 @@ def _parse(doc: object, where: str, validate: bool) -> Iterator[Example]:
                         raise DataError(
                             f"{where}: question {qid!r} is marked is_impossible: false but lists no answers"
                         )
-                    answers = []
+                    answers, lost = [], 0
                     for ans in qa.get("answers", []):
                         text, start = ans["text"], int(ans["answer_start"])
-                        if validate and context[start : start + len(text)] != text:
+                        if not isinstance(text, str):
+                            raise TypeError(f"question {qid}: answer text is not a string")
+                        if not validate or context[start : start + len(text)] == text:
+                            answers.append(Answer(text, start))
+                            continue
+                        if strict:
                             raise DataError(
                                 f"{where}: question {qid!r}: answer_start {start} does not point at "
                                 f"its answer text {text!r} (context has {context[start:start + len(text)]!r})"
                             )
-                        answers.append(Answer(text, start))
-                    seen += 1
+                        fixed = reanchor(context, text, start)
+                        if fixed is None:
+                            lost += 1
+                        else:
+                            fixes.reanchored += 1
+                            answers.append(fixed)
+                    if lost:
+                        if not answers:
+                            fixes.skipped.append(qid)
+                            continue
+                        fixes.dropped.append(qid)
                     yield Example(qid, title, context, question, tuple(answers), is_impossible=bool(impossible))
         except DataError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(f"{where}: article {a_i}: not SQuAD format ({exc.__class__.__name__}: {exc})") from None
-    if seen == 0:
-        raise DataError(f"{where}: holds no questions")
 
 
 def _load_hub(split: str) -> list[Example]:

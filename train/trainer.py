@@ -73,6 +73,8 @@ class TrainConfig:
     eval_limit: int | None = None
     eval_every: int | None = None
     time_budget: float | None = None
+    # Refuse a data file whose answer_start misses its text instead of re-anchoring it (train/squad.py).
+    strict: bool = False
     # Pause after this many seconds: a checkpoint, no adapter; the same command resumes with the
     # schedule unchanged (a run longer than one sitting), unlike time_budget, which fits the schedule.
     stop_after: float | None = None
@@ -280,7 +282,10 @@ def training_examples(cfg: TrainConfig, rng: np.random.Generator, neg_cfg=None, 
     """The run's training examples: the data file, its seeded subset (drawn from ``rng``, which the
     batch order then goes on drawing from), then the generated negatives. Returns (examples, the
     data's own unanswerable count, the negatives' report or None)."""
-    examples = load_squad(cfg.data, split="train")
+    examples = load_squad(cfg.data, split="train", strict=cfg.strict)
+    for note in examples.notes(str(cfg.data)):
+        log(note)
+    repairs = {"reanchored": examples.reanchored, "skipped": len(examples.skipped), "answers_dropped": len(examples.dropped)}
     corpus = examples
     if cfg.subset_size:
         idx = np.sort(rng.permutation(len(examples))[: cfg.subset_size])
@@ -293,7 +298,7 @@ def training_examples(cfg: TrainConfig, rng: np.random.Generator, neg_cfg=None, 
         # Paragraphs and replacements come from the whole file, sources only from the subset.
         examples, neg_report = with_negatives(examples, neg_cfg, corpus=corpus)
         log(f"negatives: added {neg_report.counts} ({neg_report.seconds:.1f} s)")
-    return examples, unanswerable_in_data, neg_report
+    return examples, unanswerable_in_data, neg_report, repairs
 
 
 def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress: bool, log, torch, tqdm) -> dict:
@@ -305,11 +310,13 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
     hf_cfg = load_config(ref)
     if cfg.max_seq_len > hf_cfg.max_position_embeddings:
         raise UsageError(f"--max-seq-len {cfg.max_seq_len} exceeds the base's {hf_cfg.max_position_embeddings} positions")
-    eval_examples = load_squad(cfg.eval_data, split="validation") if cfg.eval_data else None
+    eval_examples = load_squad(cfg.eval_data, split="validation", strict=cfg.strict) if cfg.eval_data else None
+    for note in eval_examples.notes(str(cfg.eval_data)) if eval_examples is not None else ():
+        log(note)
     # The same seed on every rank: the same subset, LoRA initialisation and batch order everywhere.
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    examples, unanswerable_in_data, neg_report = training_examples(cfg, rng, neg_cfg, log=log)
+    examples, unanswerable_in_data, neg_report, data_repairs = training_examples(cfg, rng, neg_cfg, log=log)
 
     tok = WordPieceTokenizer.from_hf_dir(tokenizer_dir(ref))
     spec = cfg.window_spec()
@@ -572,6 +579,7 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
         "train_examples": len(examples),
         "train_features": len(feats),
         "unanswerable_in_data": unanswerable_in_data,
+        "data_repairs": data_repairs,
         "negatives": {"kinds": cfg.negatives, "ratio": cfg.negative_ratio,
                       "adversarial_methods": list(neg_cfg.methods), **neg_report.as_dict()}
         if neg_report is not None else None,

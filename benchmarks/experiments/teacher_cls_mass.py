@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = TrainConfig(data=a.data, subset_size=a.subset_size, negatives=a.negatives, negative_ratio=a.negative_ratio,
                       seed=a.seed, max_seq_len=a.max_seq_len, doc_stride=a.doc_stride, base=a.base)
-    examples, _, _ = training_examples(cfg, np.random.default_rng(cfg.seed), cfg.negative_config(), log=lambda m: None)
+    examples, _, _, _ = training_examples(cfg, np.random.default_rng(cfg.seed), cfg.negative_config(), log=lambda m: None)
     tok = WordPieceTokenizer.from_hf_dir(tokenizer_dir(resolve_base(cfg.base)))
     feats = build_features(examples, tok, cfg.window_spec())
     flat = np.load(a.cache / "logits.npy", mmap_mode="r")

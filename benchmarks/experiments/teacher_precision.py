@@ -55,7 +55,7 @@ def main() -> None:
     from qabridge.train.trainer import TrainConfig, training_examples
 
     cfg = TrainConfig(data=a.data, subset_size=a.questions)
-    ex, _, _ = training_examples(cfg, np.random.default_rng(cfg.seed), None, log=lambda m: None)
+    ex, _, _, _ = training_examples(cfg, np.random.default_rng(cfg.seed), None, log=lambda m: None)
     tok = WordPieceTokenizer.from_hf_dir(adapter_tokenizer_dir(a.teacher))
     feats = build_features(ex, tok, cfg.window_spec())
     teacher, _, _ = load_for_inference(a.teacher)
