@@ -64,8 +64,10 @@ class TorchEncoder:
         return out
 
 
-def predict_examples(pipe: QAPipeline, examples: list[Example], *, chunk: int = 64, progress: bool = False) -> dict[str, dict]:
-    """id -> {text, start, end, score, null, na} for each example (errors become empty predictions).
+def predict_examples(pipe: QAPipeline, examples: list[Example], *, chunk: int = 64, progress: bool = False,
+                     top_k: int = 1) -> dict[str, dict]:
+    """id -> {text, start, end, score, null, na} for each example (errors become empty predictions);
+    with ``top_k`` > 1 also ``top``, the texts of the best ``top_k`` spans.
 
     ``null`` is the no-answer probability (decode.null_score) and ``na = log(null) - log(score)``:
     abstaining iff ``na > threshold`` with threshold 0 is the transformers pipeline's rule for
@@ -93,13 +95,15 @@ def predict_examples(pipe: QAPipeline, examples: list[Example], *, chunk: int = 
                 continue
             ctx, off, n = p
             lg, ws = logits[off : off + n], flat[off : off + n]
-            spans = best_spans(lg, ws, ctx, max_answer_len=pipe.max_answer_len, top_k=1)
+            spans = best_spans(lg, ws, ctx, max_answer_len=pipe.max_answer_len, top_k=top_k)
             nul = null_score(lg, ws)
             if spans:
                 s = spans[0]
                 na = null_log_ratio(nul, s.score)
                 preds[e.id] = {"text": e.context[s.start : s.end], "start": s.start, "end": s.end, "score": s.score,
                                "null": nul, "na": na}
+                if top_k > 1:
+                    preds[e.id]["top"] = [e.context[t.start : t.end] for t in spans]
             else:
                 preds[e.id] = {"text": "", "start": 0, "end": 0, "score": 0.0, "null": nul, "na": math.inf}
         bar.update(len(part))

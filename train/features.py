@@ -67,6 +67,20 @@ def build_features(examples: list[Example], tok: WordPieceTokenizer, spec: Windo
     return Features(ids, np.asarray(starts, np.int64), np.asarray(ends, np.int64), np.asarray(ex_idx, np.int64), skipped)
 
 
+def cap_null_windows(feats: Features, k: int, rng: np.random.Generator) -> Features:
+    """At most ``k`` of each question's [CLS]-labelled windows (drawn by ``rng``) beside all its
+    answer windows, file order kept: a long document's windows cost training time in proportion,
+    and a few of them carry the "answer is elsewhere" signal."""
+    is_null = (feats.start_positions == 0) & (feats.end_positions == 0)
+    keep = ~is_null
+    for q in np.unique(feats.example_index[is_null]):
+        idx = np.flatnonzero(is_null & (feats.example_index == q))
+        keep[rng.permutation(idx)[:k]] = True
+    sel = np.flatnonzero(keep)
+    return Features([feats.input_ids[i] for i in sel], feats.start_positions[sel], feats.end_positions[sel],
+                    feats.example_index[sel], feats.skipped_questions)
+
+
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, *, mega: int = 50) -> list[np.ndarray]:
     """Shuffled batches of similar length (less padding), in a random order."""
     order = rng.permutation(len(lengths))

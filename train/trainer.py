@@ -24,7 +24,7 @@ from qabridge.errors import DeviceUnsupported, OutputExists, UsageError
 from qabridge.paths import is_offline_base
 
 from . import allocator
-from .features import build_features, length_grouped_batches, pad_batch
+from .features import build_features, cap_null_windows, length_grouped_batches, pad_batch
 from .model import (
     DEFAULT_TARGET_MODULES,
     QA_CONFIG,
@@ -73,6 +73,11 @@ class TrainConfig:
     eval_limit: int | None = None
     eval_every: int | None = None
     time_budget: float | None = None
+    # Long documents: keep at most this many of a question's windows that miss its answer (seeded
+    # draw; None keeps all). A 6,000-token document is ~30 windows, one of which holds the answer:
+    # its other windows teach the [CLS] "not here" score that ranks spans across windows, but all
+    # of them cost 30x the training time of a paragraph.
+    null_windows_per_question: int | None = None
     # Refuse a data file whose answer_start misses its text instead of re-anchoring it (train/squad.py).
     strict: bool = False
     # Pause after this many seconds: a checkpoint, no adapter; the same command resumes with the
@@ -130,6 +135,8 @@ class TrainConfig:
             ident["init_adapter"] = adapter_hash(self.init_adapter)
         if self.dropout is not None:
             ident["dropout"] = self.dropout
+        if self.null_windows_per_question is not None:
+            ident["null_windows_per_question"] = self.null_windows_per_question
         if self.teacher:
             from qabridge.core.hashing import adapter_hash
 
@@ -321,6 +328,10 @@ def _train(cfg: TrainConfig, out: Path, device: str, dist, neg_cfg, *, progress:
     tok = WordPieceTokenizer.from_hf_dir(tokenizer_dir(ref))
     spec = cfg.window_spec()
     feats = build_features(examples, tok, spec)
+    if cfg.null_windows_per_question is not None:
+        before = len(feats)
+        feats = cap_null_windows(feats, cfg.null_windows_per_question, np.random.default_rng(cfg.seed + 1))
+        log(f"windows: kept {len(feats)} of {before} (at most {cfg.null_windows_per_question} without the answer per question)")
     if len(feats) == 0:
         raise UsageError(f"{cfg.data}: no usable training windows")
     lengths = feats.lengths()
