@@ -153,12 +153,13 @@ def adapt(source, quiet, device, **kw) -> None:
     from qabridge.train.allocator import reexec_with_tcmalloc
 
     reexec_with_tcmalloc(device, log=lambda m: click.echo(m, err=True))
+    from qabridge.scoring import scorer
     from qabridge.train.adapt import AdaptConfig
     from qabridge.train.adapt import adapt as run_adapt
     from qabridge.train.trainer import pick_device
 
     cfg = AdaptConfig(source=source, device=pick_device(device), **kw)
-    s = run_adapt(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    s = run_adapt(cfg, scorer=scorer(cfg.score_engine, cfg.device), progress=not quiet, log=lambda m: click.echo(m, err=True))
     cv = s["cross_validated"]
     if cv:
         a, b = cv["start"], cv["adapted"]

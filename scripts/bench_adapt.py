@@ -9,7 +9,9 @@ trained on SQuAD dev, and none trained on documents this long: every question ha
 and one holds its answer. Runs ``qabridge adapt --folds K`` under ``/usr/bin/time`` semantics
 (wall time and peak RSS of the whole run), then scores the final adapter and the starting model on
 the SQuAD v1.1 dev articles *not* in the domain set (the general skill it kept), and writes
-benchmarks/results/adapt/<stamp>.json and benchmarks/adapt.md.
+benchmarks/results/adapt/<stamp>.json and its plot benchmarks/adapt.png (benchmarks/adapt.md
+reads them). ``--data FILE`` takes your own SQuAD-format file instead (a seeded ``--questions``
+sample of it); ``--plot RESULT.json`` redraws the plot of a committed result.
 """
 
 from __future__ import annotations
@@ -69,7 +71,38 @@ def cpu_family() -> str:
     return "?"
 
 
+def plot(result: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = json.loads(result.read_text())
+    folds = res["adapt"]["folds"]
+    cv = res["adapt"]["cross_validated"]
+    labels = [f"fold {r['fold'] + 1}" for r in folds] + ["pooled"]
+    start = [r["start"]["f1"] for r in folds] + [cv["start"]["f1"]]
+    adapted = [r["adapted"]["f1"] for r in folds] + [cv["adapted"]["f1"]]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.bar(x - 0.2, start, 0.4, label=f"{res['adapt']['config']['source']} (start)", color="#9aa5b1")
+    ax.bar(x + 0.2, adapted, 0.4, label="adapted", color="#2f6fdf")
+    for i, (a, b) in enumerate(zip(start, adapted)):
+        ax.text(i + 0.2, b + 0.5, f"+{b - a:.1f}", ha="center", fontsize=8)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("held-out F1")
+    ax.set_ylim(0, max(adapted) * 1.2)
+    ax.set_title(f"qabridge adapt: {res['domain']['questions']} questions, {res['domain']['documents']} documents, "
+                 f"{len(folds)} folds by document\n{res['cpu']['model']} ({res['cpu']['cores']} cores), {res['when']}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--plot":
+        plot(Path(sys.argv[2]), OUT / "adapt.png")
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=None, help="a SQuAD-format file of your own domain instead of whole SQuAD dev articles")
     ap.add_argument("--questions", type=int, default=1000, help="with --data: a seeded sample of this many questions")
@@ -108,7 +141,8 @@ def main() -> None:
     summary = json.loads((out / "adapt_summary.json").read_text())
 
     # General skill: SQuAD dev paragraphs of the articles the domain set does not hold.
-    from qabridge.train.adapt import score, scoring_pipeline
+    from qabridge.scoring import scoring_pipeline
+    from qabridge.train.adapt import score
 
     rest = [e for e in dev if e.title not in set(chosen)][: a.general_limit]
     general = {name: score(scoring_pipeline(Path(p), "onnx", work / "general" / name), rest)
@@ -127,6 +161,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M", time.gmtime())
     (OUT / "results" / "adapt").mkdir(parents=True, exist_ok=True)
     (OUT / "results" / "adapt" / f"{stamp}.json").write_text(json.dumps(res, indent=1))
+    plot(OUT / "results" / "adapt" / f"{stamp}.json", OUT / "adapt.png")
     print(json.dumps({k: res[k] for k in ("adapt_wall_s", "adapt_peak_rss_mb", "general_squad_dev_other_articles")}, indent=1))
     print(json.dumps(summary["cross_validated"], indent=1))
 

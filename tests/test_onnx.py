@@ -324,7 +324,10 @@ def test_auto_choice_measures_checks_and_caches(tmp_path, monkeypatch, onnx_expo
     assert by[str(onnx_exported("f32"))].agreement == 1.0
     assert by[choice.path].passed and choice.path != str(wrong)
     assert choice.ms_per_window[choice.label] == min(m.ms_per_window for m in choice.candidates if m.passed)
-    assert all(m.ms_per_window > 0 for m in choice.candidates) and len(logs) == 4
+    assert all(m.ms_per_window > 0 for m in choice.candidates)
+    # One line saying the stage, then one per candidate measured.
+    assert logs[0].startswith("stage 2/3: measuring 4 engines") and len(logs) == 5
+    assert sum(m.startswith("auto engine: ") for m in logs[1:]) == 4
     files = list((tmp_path / "cache" / "engine-choice").glob("*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["path"] == choice.path
     again = choose_engine(cands, n_questions=16, rounds=1, n_threads=2)

@@ -64,20 +64,12 @@ class AdaptConfig:
         return d
 
 
-def scoring_pipeline(adapter: Path, engine: str, work: Path, device: str = "cpu"):
-    """The pipeline that scores ``adapter``: its ONNX int8 export (made once in ``work``) or torch."""
-    if engine == "torch":
-        from .evaluate import torch_pipeline
+def torch_scorer(device: str = "cpu") -> Callable[[Path, Path], object]:
+    """Scores an adapter as trained (fp32 torch). The CLI passes ONNX int8 instead (what ``serve``
+    runs); that path lives above the train stage, which must not import export or bridge."""
+    from .evaluate import torch_pipeline
 
-        return torch_pipeline(adapter, device=device)
-    from qabridge.bridge.engine_select import file_pipeline
-    from qabridge.export.onnx_export import export_onnx
-
-    f = work / "model.int8.onnx"
-    if not f.exists():
-        work.mkdir(parents=True, exist_ok=True)
-        export_onnx(adapter, f, quantize="int8", force=True)
-    return file_pipeline(f, "onnx")
+    return lambda adapter, work: torch_pipeline(adapter, device=device)
 
 
 def source_adapter(source: str) -> Path:
@@ -145,16 +137,26 @@ def score(pipe, examples: list[Example], *, progress: bool = False) -> dict:
             "seconds": round(time.time() - t0, 1)}
 
 
+def _close(pipe) -> None:
+    close = getattr(getattr(pipe, "encoder", None), "close", None)
+    if close is not None:
+        close()
+
+
 def _mean(rows: list[dict], key: str) -> dict:
     """The folds' scores pooled by question count (each held-out question counts once)."""
     n = sum(r[key]["count"] for r in rows)
     return {m: round(sum(r[key][m] * r[key]["count"] for r in rows) / n, 2) for m in ("exact_match", "f1", "top3_recall")} | {"count": n}
 
 
-def adapt(cfg: AdaptConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+def adapt(cfg: AdaptConfig, *, scorer: Callable[[Path, Path], object] | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> dict:
+    """Run the adapt recipe. ``scorer(adapter_dir, work_dir)`` returns the pipeline that scores a
+    fold (default: torch, fp32)."""
     from .squad import squad_file
     from .trainer import TrainConfig, train
 
+    scorer = scorer or torch_scorer(cfg.device)
     t0 = time.time()
     out = Path(cfg.output)
     start = source_adapter(cfg.source)
@@ -210,9 +212,11 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, log: Callable[[str], None]
             f"holding out {len(test)} ({len({document_key(e) for e in test})} documents)")
         adapter = run_training(f"fold-{k}", [e for i, e in enumerate(examples) if i not in held_set])
         t_train = time.time() - t_fold
-        start_pipe = start_pipe or scoring_pipeline(start, cfg.score_engine, work / "start", cfg.device)
+        start_pipe = start_pipe or scorer(start, work / "start")
         before = score(start_pipe, test, progress=progress)
-        after = score(scoring_pipeline(adapter, cfg.score_engine, work / f"fold-{k}", cfg.device), test, progress=progress)
+        fold_pipe = scorer(adapter, work / f"fold-{k}")
+        after = score(fold_pipe, test, progress=progress)
+        _close(fold_pipe)  # each fold's scorer is used once; its session's memory is not
         row = {"fold": k, "documents": sorted({document_key(e)[:80] for e in test}), "train_questions": len(examples) - len(held),
                "start": before, "adapted": after, "train_seconds": round(t_train, 1), "seconds": round(time.time() - t_fold, 1)}
         done.write_text(json.dumps(row, indent=1))
@@ -220,6 +224,8 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, log: Callable[[str], None]
         log(f"fold {k + 1}/{len(folds)}: F1 {before['f1']:.2f} -> {after['f1']:.2f}, EM {before['exact_match']:.2f} -> "
             f"{after['exact_match']:.2f}, top-3 {before['top3_recall']:.2f} -> {after['top3_recall']:.2f} ({row['seconds']:.0f} s)")
 
+    if start_pipe is not None:
+        _close(start_pipe)
     log(f"final adapter: training on all {len(examples)} questions")
     t_final = time.time()
     final = run_training("final", list(examples))
