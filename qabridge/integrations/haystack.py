@@ -245,6 +245,7 @@ class QABridgeReader:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QABridgeReader":
+        data = {**data, "init_parameters": dict(data["init_parameters"])}  # the caller's dict stays as it was
         deserialize_secrets_inplace(data["init_parameters"], keys=["api_key"])
         return default_from_dict(cls, data)
 
