@@ -30,6 +30,10 @@ class ServeConfig:
     more_models: list[Path] = field(default_factory=list)
     #: More built-in models (qabridge.core.builtin names) served beside the default, each under its name.
     more_builtins: list[str] = field(default_factory=list)
+    #: LoRA adapters served over one shared copy of their base (bridge.adapters.AdapterSpec).
+    adapters: list = field(default_factory=list)
+    #: The base every adapter must share (checked at start; "" when there are no adapters).
+    adapter_base: str = ""
     #: auto (measure candidates for built-in models; by format for a file), llama.cpp or onnx.
     engine: str = "llama.cpp"
     #: The built-in model served as the default (a qabridge.core.builtin name), its engine and file

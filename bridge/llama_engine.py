@@ -71,6 +71,21 @@ class _Context:
             self.batch.seq_id[i][0] = 0
             self.batch.logits[i] = 1
         self._pos = np.arange(n_ctx, dtype=np.int32)
+        self.adapter = None  # the runtime LoRA applied now (a llama_adapter_lora_p), None: the base alone
+
+    def use_adapter(self, adapter) -> None:
+        """Apply ``adapter`` (or none) to the next encodes; a no-op when it is already applied."""
+        if adapter is self.adapter:
+            return
+        lc = self.lc
+        if adapter is None:
+            rc = lc.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            rc = lc.llama_set_adapters_lora(self.ctx, (lc.llama_adapter_lora_p_ctypes * 1)(adapter), 1,
+                                            (ctypes.c_float * 1)(1.0))
+        if rc != 0:
+            raise EngineError(f"llama.cpp could not apply the LoRA adapter (rc={rc})")
+        self.adapter = adapter
 
     def set_threads(self, n: int) -> None:
         if n != self.n_threads:
@@ -151,6 +166,7 @@ class LlamaCppEngine:
         self._demand = 0  # requests queued for or inside the engine (see demand())
         self._busy_lock = threading.Lock()
         self.flash_attn = flash_attn
+        self._adapters: list = []
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -190,8 +206,20 @@ class LlamaCppEngine:
         """Sequences this engine can encode at once."""
         return len(self._all)
 
-    def hidden_states(self, ids: np.ndarray) -> np.ndarray:
-        """[n_tokens, hidden] float32 for one sequence."""
+    def load_adapter(self, path) -> object:
+        """A LoRA GGUF (``qabridge export --lora-only``) loaded over this engine's model; pass it as
+        ``adapter=`` to encode with it. Its weights are held once, whatever the number of contexts."""
+        if self._closed:
+            raise EngineError("engine is closed")
+        a = self.lc.llama_adapter_lora_init(self.model, str(path).encode())
+        if not a:
+            raise ModelError(f"{path}: llama.cpp could not load it as a LoRA adapter of {self.file.path.name} "
+                             "(QABRIDGE_LLAMA_LOG=1 shows why)")
+        self._adapters.append(a)
+        return a
+
+    def hidden_states(self, ids: np.ndarray, adapter=None) -> np.ndarray:
+        """[n_tokens, hidden] float32 for one sequence (with the LoRA ``adapter`` applied, if given)."""
         n = int(len(ids))
         if n == 0:
             raise EmptyInput("empty token sequence")
@@ -201,6 +229,7 @@ class LlamaCppEngine:
         if self._closed:
             raise EngineError("engine is closed")
         with self._context() as c:
+            c.use_adapter(adapter)
             return c.hidden(ids, self.n_embd)
 
     def logits(self, windows: list[Window], deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -236,6 +265,8 @@ class LlamaCppEngine:
             self._closed = True
             for c in self._all:
                 c.free()
+            for a in self._adapters:
+                self.lc.llama_adapter_lora_free(a)
             self.lc.llama_model_free(self.model)
 
     def __del__(self):  # pragma: no cover - best effort

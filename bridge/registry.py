@@ -86,13 +86,15 @@ class ModelRegistry:
         #: EngineChoice per built-in model under --engine auto/onnx.
         self.engine_choices: dict = {}
         self._embed_engine: LlamaCppEngine | None = None
+        #: The one base engine every --adapter runs over.
+        self.adapter_base: LlamaCppEngine | None = None
         self._lazy_embedder = None
         self._lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def load(self) -> None:
         try:
-            if self.cfg.model_path is None and not self.cfg.ollama_models and not self.cfg.builtin_model:
+            if self.cfg.model_path is None and not self.cfg.ollama_models and not self.cfg.builtin_model and not self.cfg.adapters:
                 raise UsageError("no model given")
             if self.cfg.builtin_model:
                 name = self.cfg.model_name or self.cfg.builtin_model
@@ -111,6 +113,8 @@ class ModelRegistry:
                 if name in self.models:
                     raise UsageError(f"two models would be served as {name!r}")
                 self._load_builtin(name, name)
+            if self.cfg.adapters:
+                self._load_adapters()
             if self.cfg.ollama_host:
                 from .ollama import OllamaClient, OllamaWatch
 
@@ -131,6 +135,21 @@ class ModelRegistry:
         except Exception as exc:  # keep serving health with the reason
             self.state, self.error = "error", f"{exc.__class__.__name__}: {exc}"
             log.exception("model load failed")
+
+    def _load_adapters(self) -> None:
+        from .adapters import load_adapters
+
+        for spec in self.cfg.adapters:
+            if spec.name in self.models:
+                raise UsageError(f"--adapter {spec.name}: a model is already served under that name")
+        self.adapter_base, loaded = load_adapters(
+            self.cfg.adapters, self.cfg.adapter_base, outtype=self.cfg.default_outtype, n_threads=self.cfg.n_threads,
+            flash_attn=self.cfg.flash_attn, n_contexts=self.cfg.n_contexts, log_fn=log.info)
+        for name, enc, pipe, sha in loaded:
+            self.models[name] = LoadedModel(name, enc.file, enc, pipe, sha, source="adapter")
+        if self.default is None and loaded:
+            self.default = loaded[0][0]
+        log.info("%d adapter(s) over one base %s", len(loaded), self.adapter_base.file.path.name)
 
     def _load_builtin(self, served_as: str, builtin: str) -> None:
         choice, path = choose_builtin(self.cfg, builtin)
@@ -191,6 +210,8 @@ class ModelRegistry:
             self.watch.stop()
         for m in self.models.values():
             m.engine.close()
+        if self.adapter_base is not None:
+            self.adapter_base.close()
         if self._embed_engine is not None:
             self._embed_engine.close()
         if self._lazy_embedder is not None:

@@ -110,7 +110,8 @@ def model_info(m: LoadedModel, engine_choice: dict | None = None) -> ModelInfo:
     return ModelInfo(
         name=m.name, file=str(m.file.path), size=m.file.path.stat().st_size, sha256=m.sha256,
         quantization=m.file.outtype, base_model=m.file.base_model, layers=m.file.num_layers, max_seq_len=m.file.window_spec.max_seq_len, doc_stride=m.file.window_spec.doc_stride,
-        engine=m.engine.name, source=m.source, abstention=m.file.abstention, engine_choice=engine_choice, metadata={k: _jsonable(v) for k, v in meta.items()},
+        engine=m.engine.name, source=m.source, adapter_of=str(m.engine.base_path) if m.source == "adapter" else None,
+        abstention=m.file.abstention, engine_choice=engine_choice, metadata={k: _jsonable(v) for k, v in meta.items()},
     )
 
 

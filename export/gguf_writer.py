@@ -156,11 +156,18 @@ def write_gguf(
     pooling: str = "mean",
     name: str = "bert-qa",
     force: bool = False,
+    lora_alpha: float | None = None,
+    vocab: bool = True,
 ) -> dict:
     """Write the GGUF atomically; return path, size and sha256.
 
     ``tensors`` holds the encoder's HF-named weights (``embeddings.*``, ``encoder.layer.N.*``)
     as float32 numpy arrays. Refuses to overwrite a file qabridge did not write unless ``force``.
+
+    With ``lora_alpha`` the file is a llama.cpp LoRA adapter instead: ``tensors`` holds
+    ``<module>.weight.lora_a`` / ``.lora_b`` pairs (peft's A [r, in] and B [out, r]), kept in f32, and
+    llama.cpp scales B @ A by ``lora_alpha / r``. Its qabridge keys (span head, window settings,
+    vocabulary unless ``vocab`` is False) are those of the model it makes with its base.
     """
     import gguf
 
@@ -180,6 +187,10 @@ def write_gguf(
     try:
         w = gguf.GGUFWriter(tmp, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BERT])
         w.add_name(name)
+        if lora_alpha is not None:
+            w.add_type(gguf.GGUFType.ADAPTER)
+            w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(lora_alpha))
         w.add_context_length(spec.max_position_embeddings)
         w.add_embedding_length(spec.hidden_size)
         w.add_feed_forward_length(spec.intermediate_size)
@@ -190,24 +201,26 @@ def write_gguf(
         w.add_pooling_type({"mean": gguf.PoolingType.MEAN, "cls": gguf.PoolingType.CLS, "none": gguf.PoolingType.NONE}[pooling])
         w.add_file_type(ftype)
 
-        tokens, types = phantom_vocab(spec.vocab)
-        w.add_tokenizer_model("bert")
-        w.add_tokenizer_pre("default")
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_type_count(spec.type_vocab_size)
-        index = {t: i for i, t in enumerate(spec.vocab)}
-        # llama.cpp's BERT vocabulary keeps [CLS] as BOS and [SEP] as EOS/SEP.
-        w.add_bos_token_id(index["[CLS]"])
-        w.add_eos_token_id(index["[SEP]"])
-        w.add_sep_token_id(index["[SEP]"])
-        w.add_unk_token_id(index["[UNK]"])
-        if "[PAD]" in index:
-            w.add_pad_token_id(index["[PAD]"])
-        if "[MASK]" in index:
-            w.add_mask_token_id(index["[MASK]"])
-        w.add_add_bos_token(True)
-        w.add_add_sep_token(True)
+        # A LoRA file can leave the vocabulary to its base: parsed, 30k tokens cost ~55 MB of Python objects.
+        if vocab:
+            tokens, types = phantom_vocab(spec.vocab)
+            w.add_tokenizer_model("bert")
+            w.add_tokenizer_pre("default")
+            w.add_token_list(tokens)
+            w.add_token_types(types)
+            w.add_token_type_count(spec.type_vocab_size)
+            index = {t: i for i, t in enumerate(spec.vocab)}
+            # llama.cpp's BERT vocabulary keeps [CLS] as BOS and [SEP] as EOS/SEP.
+            w.add_bos_token_id(index["[CLS]"])
+            w.add_eos_token_id(index["[SEP]"])
+            w.add_sep_token_id(index["[SEP]"])
+            w.add_unk_token_id(index["[UNK]"])
+            if "[PAD]" in index:
+                w.add_pad_token_id(index["[PAD]"])
+            if "[MASK]" in index:
+                w.add_mask_token_id(index["[MASK]"])
+            w.add_add_bos_token(True)
+            w.add_add_sep_token(True)
 
         w.add_string(Key.VERSION, __version__)
         w.add_string(Key.TASK, meta.task)
@@ -239,11 +252,18 @@ def write_gguf(
             w.add_string(k, str(v))
 
         for hf_name, arr in tensors.items():
+            lora_part = ""
+            if lora_alpha is not None:
+                hf_name, _, lora_part = hf_name.rpartition(".")
+                if lora_part not in ("lora_a", "lora_b"):
+                    raise ModelError(f"LoRA tensor {hf_name!r} is neither lora_a nor lora_b")
             gname = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if gname is None:
                 raise ModelError(f"tensor {hf_name!r} has no name in llama.cpp's bert layout")
             data = np.ascontiguousarray(arr, dtype=np.float32)
-            if outtype == OutType.F32 or _keep_f32(gname, data):
+            if lora_part:
+                w.add_tensor(f"{gname}.{lora_part}", data)
+            elif outtype == OutType.F32 or _keep_f32(gname, data):
                 w.add_tensor(gname, data)
             elif outtype == OutType.F16:
                 w.add_tensor(gname, data.astype(np.float16))

@@ -93,8 +93,24 @@ def lora_merge_supported(adapter_dir: str | os.PathLike, *, base: str | None = N
     )
 
 
-def merge_lora_numpy(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
-    """W + (alpha / r) * B @ A for every LoRA pair, on the base's safetensors, in float32."""
+@dataclass
+class LoraPairs:
+    """A plain LoRA adapter read without torch: its pairs by base module, and what it needs."""
+
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]]  # "encoder.layer.0.attention.self.query" -> (A [r, in], B [out, r])
+    scale: float  # alpha / r (alpha / sqrt(r) for rsLoRA)
+    rank: int
+    base_tensors: dict[str, np.ndarray]
+    spec: EncoderSpec
+    span_weight: np.ndarray
+    span_bias: np.ndarray
+    base_name: str
+    base_dir: Path
+    qa_config: dict
+
+
+def read_lora(adapter_dir: str | os.PathLike, *, base: str | None = None) -> LoraPairs:
+    """The LoRA pairs of a plain LoRA adapter, checked against its base's safetensors."""
     from safetensors.numpy import load_file
 
     from qabridge.core.tokenizer import WordPieceTokenizer
@@ -109,6 +125,7 @@ def merge_lora_numpy(adapter_dir: str | os.PathLike, *, base: str | None = None)
     r = int(acfg["r"])
     scale = float(acfg["lora_alpha"]) / (r**0.5 if acfg.get("use_rslora") else r)
     head_w = head_b = None
+    pairs = {}
     for key, a in lora.items():
         name = key.removeprefix(_LORA_PREFIX)
         name = name[5:] if name.startswith("bert.") else name
@@ -130,16 +147,26 @@ def merge_lora_numpy(adapter_dir: str | os.PathLike, *, base: str | None = None)
         target = module + ".weight"
         if b is None or target not in tensors:
             raise ModelError(f"{d}: LoRA pair for {module} does not match the base {ref.name!r}")
+        a, b = a.astype(np.float32), b.astype(np.float32)
         w = tensors[target]
-        delta = (b.astype(np.float32) @ a.astype(np.float32)) * scale
-        if delta.shape != w.shape:
-            raise ModelError(f"{d}: LoRA for {module} is {delta.shape}, the base weight is {w.shape}")
-        tensors[target] = w + delta
+        if (b.shape[0], a.shape[1]) != w.shape or a.shape[0] != b.shape[1]:
+            raise ModelError(f"{d}: LoRA for {module} is {(b.shape[0], a.shape[1])}, the base weight is {w.shape}")
+        pairs[module] = (a, b)
     if head_w is None or head_b is None:
         raise ModelError(f"{adapter_dir}: adapter has no qa_outputs span head")
     tok_dir = d if (d / "vocab.txt").exists() else bdir
     tok = WordPieceTokenizer.from_hf_dir(tok_dir)
-    return MergedModel(tensors, EncoderSpec.from_config(cfg, tok.vocab, tok.lowercase), head_w, head_b, ref.name, qcfg)
+    return LoraPairs(pairs, scale, r, tensors, EncoderSpec.from_config(cfg, tok.vocab, tok.lowercase), head_w, head_b,
+                     ref.name, bdir, qcfg)
+
+
+def merge_lora_numpy(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:
+    """W + (alpha / r) * B @ A for every LoRA pair, on the base's safetensors, in float32."""
+    lp = read_lora(adapter_dir, base=base)
+    tensors = lp.base_tensors
+    for module, (a, b) in lp.pairs.items():
+        tensors[module + ".weight"] = tensors[module + ".weight"] + (b @ a) * lp.scale
+    return MergedModel(tensors, lp.spec, lp.span_weight, lp.span_bias, lp.base_name, lp.qa_config)
 
 
 def merge_adapter_torch(adapter_dir: str | os.PathLike, *, base: str | None = None) -> MergedModel:

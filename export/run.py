@@ -116,3 +116,63 @@ def default_model(outtype: str = "auto", *, adapter: Path | None = None, log=Non
         log(f"building the default model from {adapter} -> {path}")
     export(adapter, output=path, outtype=outtype, modelfile=None)
     return path
+
+
+#: In a LoRA GGUF and the plain base GGUF it is served over: the base's model.safetensors hash.
+BASE_SHA256 = "qabridge.base_sha256"
+
+
+def export_lora(adapter: str | Path, *, output: str | Path | None = None, name: str | None = None,
+                force: bool = False, base: str | None = None) -> dict:
+    """An adapter alone as a llama.cpp LoRA GGUF (f32 pairs, ~the adapter's size), to be applied at
+    run time over its base (``plain_base``) instead of merged into a copy of it."""
+    from qabridge.core.hashing import adapter_hash, sha256_file
+
+    from .merge import lora_merge_supported, read_lora
+
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise ModelError(f"{adapter}: no such adapter directory")
+    if not lora_merge_supported(adapter, base=base):
+        raise ModelError(f"{adapter}: not a plain LoRA adapter over a local base; runtime LoRA needs one (export it merged)")
+    lp = read_lora(adapter, base=base)
+    from qabridge.core.tokenizer import WordPieceTokenizer
+
+    if WordPieceTokenizer.from_hf_dir(lp.base_dir).vocab != lp.spec.vocab:
+        raise ModelError(f"{adapter}: its vocabulary differs from its base's; a LoRA GGUF takes the base's (export it merged)")
+    name = name or adapter.name
+    out = prepare_output(Path(output) if output else Path("models") / f"{name}.lora.gguf", force=force)
+    q = lp.qa_config
+    meta = QAMeta(settings=QASettings.from_mapping(q), **abstention_fields(q), base_model=lp.base_name,
+                  adapter_sha256=adapter_hash(adapter),
+                  extra={BASE_SHA256: sha256_file(lp.base_dir / "model.safetensors")})
+    tensors = {}
+    for module, (a, b) in lp.pairs.items():
+        tensors[f"{module}.weight.lora_a"] = a
+        tensors[f"{module}.weight.lora_b"] = b
+    # llama.cpp scales by alpha / r with r read from B: give it the alpha that makes peft's scale.
+    return write_gguf(out, tensors, lp.spec, lp.span_weight, lp.span_bias, meta, outtype=OutType.F32,
+                      pooling="none", name=name, force=force, lora_alpha=lp.scale * lp.rank,
+                      vocab=False)
+
+
+def plain_base(base: str | None = None, outtype: str = "f32", *, log=None) -> Path:
+    """A base encoder as GGUF (no span head), built once and cached: what runtime LoRA adapters
+    are applied over."""
+    from qabridge.core.hashing import sha256_file
+    from qabridge.train.model import resolve_base
+
+    from .merge import load_plain_encoder
+
+    ref = resolve_base(base)
+    h = sha256_file(Path(ref.path) / "model.safetensors")
+    outtype = auto_outtype() if outtype == "auto" else OutType(outtype).value
+    path = cache_dir() / "models" / f"base-{h[:16]}.{outtype}.gguf"
+    if not path.exists():
+        if log:
+            log(f"building the base {ref.name} for runtime adapters -> {path}")
+        merged = load_plain_encoder(ref.path)
+        meta = QAMeta(base_model=ref.name, task=TASK_EMBEDDING, extra={BASE_SHA256: h})
+        write_gguf(path, merged.tensors, merged.spec, None, None, meta, outtype=OutType(outtype), pooling="none",
+                   name=ref.name.rsplit("/", 1)[-1])
+    return path

@@ -94,12 +94,17 @@ class QuestionAnsweringPipeline:
 
     def __init__(self, model: str | os.PathLike | None = None, *, ollama_host: str | None = None,
                  threads: int | None = None, contexts: int = 1, flash_attn: bool = True, outtype: str = "auto",
-                 engine: str = "auto"):
+                 engine: str = "auto", adapter: str | os.PathLike | None = None):
         if engine not in ENGINES:
             raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         #: How a built-in model's engine was chosen (as ``qabridge serve`` does), else None.
         self.engine_choice = None
+        self._base = None
         builtin = _builtin(model)
+        if adapter is not None:
+            self._load_adapter(model, builtin, adapter, threads=threads, contexts=contexts, flash_attn=flash_attn,
+                               outtype=outtype, engine=engine)
+            return
         if builtin is not None and engine == "onnx" and outtype != "auto":
             raise UsageError(f"engine='onnx' has no outtype {outtype!r} (an outtype names a GGUF)")
         if builtin is not None and engine != "llama.cpp" and outtype == "auto":
@@ -127,6 +132,26 @@ class QuestionAnsweringPipeline:
         self._slots = threading.BoundedSemaphore(max(1, contexts))
         self._qa = QAPipeline(self.model_file.tokenizer, self._engine, self.model_file.window_spec,
                               max_answer_len=self.model_file.max_answer_len)
+
+    def _load_adapter(self, model, builtin, adapter, *, threads, contexts, flash_attn, outtype, engine) -> None:
+        """``adapter=``: a LoRA adapter applied at run time over one copy of ``model``'s base, in
+        llama.cpp (as ``qabridge serve --adapter``)."""
+        from qabridge.bridge.adapters import AdapterSpec, check_bases, load_adapters
+
+        if engine == "onnx":
+            raise UsageError("adapter= runs in llama.cpp (runtime LoRA); engine='onnx' cannot apply it")
+        spec = AdapterSpec.parse(os.fspath(adapter))
+        served = None
+        if builtin is not None:
+            served = AdapterSpec(builtin.name, builtin.adapter()).base_name()
+        elif model is not None and Path(model).suffix == ".gguf":
+            served = ModelFile(model).base_model
+        base = check_bases([spec], served)
+        self._base, loaded = load_adapters([spec], base, outtype=outtype, n_threads=threads, flash_attn=flash_attn,
+                                           n_contexts=contexts)
+        self.name, enc, self._qa, _ = loaded[0]
+        self.source, self._engine, self.model_file, self._max_tokens = "adapter", enc, enc.file, enc.n_ctx
+        self._slots = threading.BoundedSemaphore(max(1, contexts))
 
     # -- the transformers call shape ----------------------------------------------------------
     def __call__(self, *args, **kwargs) -> Answer | list[Answer] | list[Answer | list[Answer]]:
@@ -214,6 +239,8 @@ class QuestionAnsweringPipeline:
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
         self._engine.close()
+        if self._base is not None:
+            self._base.close()
 
     def __enter__(self) -> QuestionAnsweringPipeline:
         return self
@@ -235,7 +262,9 @@ def pipeline(task: str | None = None, model: str | os.PathLike | None = None, **
     ``flash_attn``, ``engine`` (auto, llama.cpp, onnx) and ``outtype`` (auto, f32, f16, bf16, q8_0)
     of a built-in model: with both "auto", the engine ``qabridge serve`` measures fastest
     on this CPU (cached per CPU and model: ONNX Runtime int8 where it wins and torch can export it);
-    an outtype or engine="llama.cpp" gives that GGUF.
+    an outtype or engine="llama.cpp" gives that GGUF. ``adapter`` (a LoRA adapter directory or a
+    LoRA GGUF from ``qabridge export --lora-only``) answers with that adapter applied at run time over
+    ``model``'s base (default: bert-qa's), as ``qabridge serve --adapter`` does.
     """
     if task is not None and task != TASK:
         if model is not None:

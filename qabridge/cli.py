@@ -217,8 +217,9 @@ distill.params.extend(p for p in train.params if p.name not in {"base", "output"
 @click.option("--force", is_flag=True, help="Overwrite an output file that qabridge did not write.")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "onnx"]), default="gguf", show_default=True, help="gguf (llama.cpp, Ollama) or onnx (ONNX Runtime engine; needs torch to export).")
 @click.option("--quantize", type=click.Choice(["int8", "int8-tensor", "none"]), default="int8", show_default=True, help="onnx: int8 (per-token activation scales, per-channel weights), int8-tensor (ORT's quantize_dynamic) or none (fp32).")
+@click.option("--lora-only", is_flag=True, help="Write the adapter alone as a llama.cpp LoRA GGUF (default models/<adapter>.lora.gguf, ~the adapter's size) for `serve --adapter`, instead of a merged model.")
 @_fail_cleanly
-def export(adapter, output, outtype, modelfile, name, base, embedding, force, fmt, quantize) -> None:
+def export(adapter, output, outtype, modelfile, name, base, embedding, force, fmt, quantize, lora_only) -> None:
     """Merge an adapter into its base and write GGUF (llama.cpp bert layout) plus an Ollama Modelfile,
     or (--format onnx) a fused ONNX encoder for the ONNX Runtime engine.
 
@@ -227,6 +228,15 @@ def export(adapter, output, outtype, modelfile, name, base, embedding, force, fm
     """
     from qabridge.export.run import export as run_export
 
+    if lora_only:
+        from qabridge.errors import UsageError
+        from qabridge.export.run import export_lora
+
+        if adapter is None or embedding or fmt != "gguf":
+            raise UsageError("--lora-only exports an adapter as GGUF: give --adapter (no --embedding, no --format onnx)")
+        info = export_lora(adapter, output=output, force=force, base=base)
+        click.echo(f"wrote {info['path']}  {info['size']} bytes  sha256 {info['sha256']}  (qabridge serve --adapter NAME={info['path']})")
+        return
     if fmt == "onnx":
         from qabridge.errors import UsageError
         from qabridge.export.onnx_export import export_onnx
@@ -415,6 +425,7 @@ def _builtin_names() -> list[str]:
 @main.command()
 @click.option("--model", type=click.Path(dir_okay=False), multiple=True, help="GGUF or ONNX file written by `qabridge export`, or a built-in model's name (`qabridge models`; its committed adapter, exported once and cached; default: bert-qa). Repeatable: the first is the default model, the others are served beside it under their names (requests pick one with `model`).")
 @click.option("--name", default=None, help="Name the first --model is served under (default: the file name, or the built-in model's name).")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="Serve a LoRA adapter (a directory from train/adapt, or a LoRA GGUF from `export --lora-only`) under NAME, applied at run time over one shared copy of its base in llama.cpp. Repeatable; every adapter must share the base of the first --model.")
 @click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx"]), default="auto", show_default=True, help="Encoder engine. auto: for the built-in model, measure the candidates (llama.cpp GGUF types, ONNX Runtime int8 when torch can export it) on this CPU once, keep those that agree, serve the fastest (cached per CPU and model); for a --model file, the engine its format needs.")
 @click.option("--default-outtype", type=click.Choice(["auto", *(o.value for o in OutType)]), default="auto", show_default=True, help="GGUF outtype of built-in models under --engine llama.cpp, or the only GGUF candidate under auto (auto: q8_0 and bf16 are measured; under llama.cpp bf16 on CPUs with AVX512-BF16, else q8_0).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
@@ -441,7 +452,7 @@ def _builtin_names() -> list[str]:
 @click.option("--autoscale", default=None, metavar="MIN:MAX", help="--ray: autoscale between MIN and MAX replicas on ongoing requests.")
 @click.option("--cpus-per-replica", type=float, default=None, help="--ray: CPUs Ray reserves per replica; its engine threads follow (default 1).")
 @_fail_cleanly
-def serve(model, name, engine, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, onnx_sessions, max_context_chars,
+def serve(model, name, adapters, engine, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, onnx_sessions, max_context_chars,
           max_body_bytes, max_batch, max_inflight, timeout, cors_origin, ollama_model, ollama_host, embedding_model,
           embedding_gguf, passage_weight, use_ray, address, replicas, autoscale, cpus_per_replica) -> None:
     """Run the QA bridge daemon (POST /api/qa, /api/qa/batch; GET /api/health, /api/model/info).
@@ -482,7 +493,19 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
         ollama_host = os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
     if builtin and not name:
         name = builtin
-    cfg = ServeConfig(model_path=path, model_name=name or None, more_models=more, more_builtins=more_builtins, engine=engine, builtin_model=builtin,
+    from qabridge.bridge.adapters import AdapterSpec, check_bases
+
+    specs = [AdapterSpec.parse(a) for a in adapters]
+    if specs and ray_opts is not None:
+        raise UsageError("--ray serves one --model, without --adapter")
+    served_base = None
+    if specs:
+        from qabridge.core.builtin import BUILTIN_MODELS
+
+        served_base = (AdapterSpec(builtin, BUILTIN_MODELS[builtin].adapter()).base_name() if builtin
+                       else ModelFile(path).base_model if path is not None and path.suffix == ".gguf" else None)
+    adapter_base = check_bases(specs, served_base)
+    cfg = ServeConfig(model_path=path, adapters=specs, adapter_base=adapter_base, model_name=name or None, more_models=more, more_builtins=more_builtins, engine=engine, builtin_model=builtin,
                       default_outtype=default_outtype, ollama_host=ollama_host, ollama_models=list(ollama_model),
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, passage_weight=passage_weight, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,
@@ -493,7 +516,8 @@ def serve(model, name, engine, default_outtype, host, port, allow_remote, thread
         serve_on_ray(cfg, ray_opts, host=host, port=port, address=address, log_fn=lambda m: click.echo(m, err=True))
         return
     what = ", ".join(([str(path)] if path else [f"the built-in model {builtin}"] if builtin else []) + [str(p) for p in more]
-                     + [f"the built-in model {b}" for b in more_builtins] + [f"ollama:{m}" for m in ollama_model])
+                     + [f"the built-in model {b}" for b in more_builtins] + [f"ollama:{m}" for m in ollama_model]
+                     + [f"adapter {s.name} ({s.path})" for s in specs])
     click.echo(f"qabridge {__version__}: serving {what} on http://{host}:{port}", err=True)
     run_serve(cfg, host=host, port=port)
 

@@ -163,7 +163,10 @@ class ModelFile(QAModelMeta):
                 raise ModelError(f"{self.path}: qabridge task is {self.get(Key.TASK)!r}, not {TASK_QA!r}")
         n_layers = int(self.get("bert.block_count"))
         expected = TENSORS_OUTSIDE_LAYERS + TENSORS_PER_LAYER * n_layers
-        if len(r.tensors) != expected:
+        if self.is_lora:
+            if not r.tensors or any(not t.name.endswith((".lora_a", ".lora_b")) for t in r.tensors):
+                raise ModelError(f"{self.path}: a LoRA GGUF must hold lora_a/lora_b tensors only")
+        elif len(r.tensors) != expected:
             raise ModelError(f"{self.path}: {len(r.tensors)} tensors, expected {expected} for {n_layers} layers")
         size = self.path.stat().st_size
         for t in r.tensors:
@@ -171,6 +174,11 @@ class ModelFile(QAModelMeta):
                 raise ModelError(f"{self.path}: truncated (tensor {t.name} runs past the end of the file)")
 
     # -- metadata -----------------------------------------------------------------------------
+    @property
+    def is_lora(self) -> bool:
+        """A LoRA adapter (``qabridge export --lora-only``): served over its base, not alone."""
+        return self.get("general.type") == "adapter" and self.get("adapter.type") == "lora"
+
     def get(self, key: str, default=None):
         f = self._reader.fields.get(key)
         if f is None:
