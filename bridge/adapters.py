@@ -7,7 +7,6 @@ span head (in numpy, like every model's). A request's ``model`` picks the adapte
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from qabridge.core.hashing import adapter_hash, sha256_file
 from qabridge.core.model_file import ModelFile, SpanHead
 from qabridge.core.pipeline import QAPipeline
 from qabridge.core.windows import Window
-from qabridge.errors import ModelError, Timeout, UsageError
+from qabridge.errors import ModelError, UsageError
 
 from .llama_engine import LlamaCppEngine
 
@@ -53,9 +52,9 @@ class AdapterSpec:
     def base_name(self) -> str:
         """The base this adapter was trained over, as its files name it."""
         if self.path.is_dir():
-            acfg = json.loads((self.path / "adapter_config.json").read_text())
-            q = self.path / "qabridge.json"
-            qcfg = json.loads(q.read_text()) if q.exists() else {}
+            from qabridge.train.model import read_adapter
+
+            acfg, qcfg = read_adapter(self.path)
             return str(qcfg.get("base_model") or acfg.get("base_model_name_or_path") or "")
         f = ModelFile(self.path)
         if not f.is_lora:
@@ -108,9 +107,7 @@ class AdapterEncoder:
         if file.hidden_size != base.n_embd or file.num_layers != base.file.num_layers:
             raise ModelError(f"{file.path}: shaped for another base ({file.num_layers} layers x {file.hidden_size}) "
                              f"than {base.file.path.name}")
-        from qabridge.export.run import BASE_SHA256
-
-        want, have = file.get(BASE_SHA256), base.file.get(BASE_SHA256)
+        want, have = file.get(Key.BASE_SHA256), base.file.get(Key.BASE_SHA256)
         if want and have and want != have:
             raise ModelError(f"{file.path}: made for a base with weights {want[:12]}..., not {base.file.path.name} ({have[:12]}...)")
         self.handle = base.load_adapter(file.path)
@@ -125,14 +122,7 @@ class AdapterEncoder:
         return self.base.hidden_states(ids, adapter=self.handle)
 
     def logits(self, windows: list[Window], deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        import time
-
-        out = []
-        for w in windows:
-            if deadline is not None and time.monotonic() > deadline:
-                raise Timeout("request ran past its deadline")
-            out.append(self.head.logits(self.hidden_states(w.input_ids)))
-        return out
+        return self.base.logits(windows, deadline, adapter=self.handle, head=self.head)
 
     @contextmanager
     def demand(self):

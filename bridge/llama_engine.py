@@ -232,16 +232,19 @@ class LlamaCppEngine:
             c.use_adapter(adapter)
             return c.hidden(ids, self.n_embd)
 
-    def logits(self, windows: list[Window], deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Span logits per window; past ``deadline`` (time.monotonic) the remaining windows are not encoded."""
-        if self.head is None:
+    def logits(self, windows: list[Window], deadline: float | None = None, *, adapter=None,
+               head: SpanHead | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Span logits per window (through ``adapter`` and its ``head``, if given); past ``deadline``
+        (time.monotonic) the remaining windows are not encoded."""
+        head = head or self.head
+        if head is None:
             raise ModelError(f"{self.file.path}: has no span head")
         out = []
         for w in windows:
             if deadline is not None and time.monotonic() > deadline:
                 # The client has had its 504: free the engine for the requests behind this one.
                 raise Timeout("request ran past its deadline")
-            out.append(self.head.logits(self.hidden_states(w.input_ids)))
+            out.append(head.logits(self.hidden_states(w.input_ids, adapter=adapter)))
         return out
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:

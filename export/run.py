@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qabridge.core.gguf_keys import TASK_EMBEDDING, OutType
+from qabridge.core.gguf_keys import TASK_EMBEDDING, Key, OutType
 from qabridge.core.settings import QASettings
 from qabridge.errors import ModelError
 from qabridge.paths import cache_dir, default_adapter
@@ -118,10 +118,6 @@ def default_model(outtype: str = "auto", *, adapter: Path | None = None, log=Non
     return path
 
 
-#: In a LoRA GGUF and the plain base GGUF it is served over: the base's model.safetensors hash.
-BASE_SHA256 = "qabridge.base_sha256"
-
-
 def export_lora(adapter: str | Path, *, output: str | Path | None = None, name: str | None = None,
                 force: bool = False, base: str | None = None) -> dict:
     """An adapter alone as a llama.cpp LoRA GGUF (f32 pairs, ~the adapter's size), to be applied at
@@ -138,14 +134,14 @@ def export_lora(adapter: str | Path, *, output: str | Path | None = None, name: 
     lp = read_lora(adapter, base=base)
     from qabridge.core.tokenizer import WordPieceTokenizer
 
-    if WordPieceTokenizer.from_hf_dir(lp.base_dir).vocab != lp.spec.vocab:
+    if (adapter / "vocab.txt").exists() and WordPieceTokenizer.from_hf_dir(lp.base_dir).vocab != lp.spec.vocab:
         raise ModelError(f"{adapter}: its vocabulary differs from its base's; a LoRA GGUF takes the base's (export it merged)")
     name = name or adapter.name
     out = prepare_output(Path(output) if output else Path("models") / f"{name}.lora.gguf", force=force)
     q = lp.qa_config
     meta = QAMeta(settings=QASettings.from_mapping(q), **abstention_fields(q), base_model=lp.base_name,
                   adapter_sha256=adapter_hash(adapter),
-                  extra={BASE_SHA256: sha256_file(lp.base_dir / "model.safetensors")})
+                  extra={Key.BASE_SHA256: sha256_file(lp.base_dir / "model.safetensors")})
     tensors = {}
     for module, (a, b) in lp.pairs.items():
         tensors[f"{module}.weight.lora_a"] = a
@@ -172,7 +168,7 @@ def plain_base(base: str | None = None, outtype: str = "f32", *, log=None) -> Pa
         if log:
             log(f"building the base {ref.name} for runtime adapters -> {path}")
         merged = load_plain_encoder(ref.path)
-        meta = QAMeta(base_model=ref.name, task=TASK_EMBEDDING, extra={BASE_SHA256: h})
+        meta = QAMeta(base_model=ref.name, task=TASK_EMBEDDING, extra={Key.BASE_SHA256: h})
         write_gguf(path, merged.tensors, merged.spec, None, None, meta, outtype=OutType(outtype), pooling="none",
                    name=ref.name.rsplit("/", 1)[-1])
     return path

@@ -25,6 +25,8 @@ class Key:
     BASE_MODEL = "qabridge.base_model"  # str
     ADAPTER_SHA256 = "qabridge.adapter_sha256"  # str: hash of the adapter files ("" for a plain base)
     OUTTYPE = "qabridge.outtype"  # str: OutType value
+    # str: sha256 of the base's model.safetensors, in a LoRA GGUF and in the plain base it runs over.
+    BASE_SHA256 = "qabridge.base_sha256"
     # Abstention (optional; absent for models trained without unanswerable examples).
     NEGATIVES = "qabridge.negatives"  # str: the generated negatives trained with ("none", "topical,adversarial", ...)
     NULL_THRESHOLD = "qabridge.null_threshold"  # f32: abstain iff log p(no answer) - log p(best span) > this
