@@ -23,23 +23,28 @@ from qabridge.core.hashing import sha256_file
 from qabridge.errors import ModelError, QABridgeError, UsageError
 from qabridge.paths import cache_dir
 
-ENGINES = ("llama.cpp", "onnx")
+ENGINES = ("llama.cpp", "onnx", "openvino")
+#: The engine a model file's extension names (anything else: a GGUF for llama.cpp).
+ENGINE_BY_SUFFIX = {".onnx": "onnx", ".xml": "openvino"}
+_LABELS = {"onnx": "onnxruntime"}
 #: Fixed questions for the check: the first paragraphs of SQuAD v1.1 dev (tests/fixtures/README.md),
 #: shipped with the package so that `auto` works from a wheel too.
 DEV_SAMPLE = Path(__file__).resolve().parent / "data" / "squad_sample.json"
+#: Questions the built-in models' candidates are checked on: every question of the dev sample.
+CHECK_QUESTIONS = 200
 #: Precision order for the reference: the most exact candidate available is the yardstick.
 _REFERENCE_ORDER = ("f32", "f16", "bf16", "q8_0", "int8")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    engine: str  # "llama.cpp" | "onnx"
+    engine: str  # "llama.cpp" | "onnx" | "openvino"
     path: Path
     outtype: str = ""  # f32, f16, bf16, q8_0 (GGUF); f32, int8 (ONNX): read from the file when empty
 
     @property
     def label(self) -> str:
-        return f"{'onnxruntime' if self.engine == 'onnx' else self.engine} {self.outtype}".strip()
+        return f"{_LABELS.get(self.engine, self.engine)} {self.outtype}".strip()
 
     def open(self, n_threads: int | None = None):
         """A QAPipeline over this candidate (one llama.cpp context: one request at a time)."""
@@ -47,6 +52,10 @@ class Candidate:
             from .onnx_engine import onnx_pipeline
 
             return onnx_pipeline(self.path, n_threads=n_threads)
+        if self.engine == "openvino":
+            from .openvino_engine import openvino_pipeline
+
+            return openvino_pipeline(self.path, n_threads=n_threads)
         if self.engine == "llama.cpp":
             from .llama_engine import gguf_pipeline
 
@@ -56,14 +65,26 @@ class Candidate:
 
 def file_pipeline(path: str | os.PathLike, engine: str | None = None, n_threads: int | None = None):
     """A QAPipeline over a model file (`qabridge eval --model`, Ray batch actors): ``engine`` or, when
-    None, the file's extension (.onnx: ONNX Runtime, else llama.cpp) decides; nothing is read twice."""
-    engine = engine or ("onnx" if Path(path).suffix == ".onnx" else "llama.cpp")
+    None, the file's extension (.onnx: ONNX Runtime, .xml: OpenVINO, else llama.cpp) decides."""
+    engine = engine or engine_for(path)
     return Candidate(engine, Path(path)).open(n_threads)
+
+
+def engine_for(path: str | os.PathLike) -> str:
+    """The engine a model file runs in, by its extension (:data:`ENGINE_BY_SUFFIX`)."""
+    return ENGINE_BY_SUFFIX.get(Path(path).suffix, "llama.cpp")
 
 
 def candidate_for(path: str | os.PathLike) -> Candidate:
     """A Candidate for a model file, engine by extension and outtype from its metadata."""
     p = Path(path)
+    if p.suffix == ".xml":
+        from .openvino_engine import OpenVinoModel
+
+        m = OpenVinoModel(p, n_threads=1)
+        out = m.outtype
+        m.close()
+        return Candidate("openvino", p, out)
     if p.suffix == ".onnx":
         from .onnx_engine import OnnxModel
 
@@ -138,7 +159,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"qabridge": __version__}
-    for pkg in ("onnxruntime", "llama_cpp_python"):
+    for pkg in ("onnxruntime", "llama_cpp_python", "openvino"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -146,12 +167,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def cache_key(candidates: list[Candidate], threads: int, hashes: dict[Path, str] | None = None) -> str:
+def cache_key(candidates: list[Candidate], threads: int, hashes: dict[Path, str] | None = None,
+              check: dict | None = None) -> str:
+    """Per CPU, threads, library versions, candidate files and ``check`` (how they were checked)."""
     name, flags = cpu_identity()
     hashes = hashes or {}
     files = sorted((c.engine, hashes.get(Path(c.path)) or sha256_file(c.path)) for c in candidates)
-    blob = json.dumps({"cpu": name, "flags": flags, "threads": threads, "versions": _versions(), "files": files},
-                      sort_keys=True)
+    blob = json.dumps({"cpu": name, "flags": flags, "threads": threads, "versions": _versions(), "files": files,
+                       **({"check": check} if check else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -180,6 +203,7 @@ def choose_engine(
     *,
     reference: Candidate | None = None,
     n_questions: int = 24,
+    check_questions: int | None = None,
     rounds: int = 2,
     min_agreement: float = 0.95,
     n_threads: int | None = None,
@@ -191,7 +215,9 @@ def choose_engine(
 
     ``reference`` defaults to the most exact candidate (f32, then f16...). Timings are ms per
     window over ``n_questions`` questions, each question's windows in one ``logits`` call as the
-    bridge makes them, best of ``rounds`` interleaved rounds. With ``use_cache`` a choice stored
+    bridge makes them, best of ``rounds`` interleaved rounds. Agreement is counted over
+    ``check_questions`` (default: ``n_questions``): on 24 questions one near-tie decides a pass
+    (0.958) from a fail (0.917), so the built-in models check every question of the sample. With ``use_cache`` a choice stored
     for the same CPU, threads, versions and files is returned without measuring.
     """
     if not candidates:
@@ -199,7 +225,8 @@ def choose_engine(
     candidates = [c if c.outtype else candidate_for(c.path) for c in candidates]
     threads = max(1, n_threads or os.cpu_count() or 1)
     ref_c = reference or _reference(candidates)
-    key = cache_key(candidates, threads, hashes)
+    check = {"reference": [ref_c.engine, ref_c.outtype, Path(ref_c.path).name], "questions": check_questions} if check_questions else None
+    key = cache_key(candidates, threads, hashes, check)
     cache_file = cache_dir() / "engine-choice" / f"{key}.json"
     if use_cache and cache_file.exists():
         try:
@@ -213,8 +240,8 @@ def choose_engine(
     t_start = time.perf_counter()
     if log:
         log(f"stage 2/3: measuring {len(candidates)} engines on this CPU ({n_questions} questions, "
-            f"{rounds} rounds; once per CPU, then cached)")
-    questions = sample_questions(n_questions)
+            f"{rounds} rounds{f', answers checked on {check_questions}' if check_questions else ''}; once per CPU, then cached)")
+    questions = sample_questions(max(n_questions, check_questions or 0))
     labels = [c.label for c in candidates]
     # Two files of one engine and type (say, two exports) are told apart by their file names.
     measured: dict[Candidate, Measurement] = {
@@ -235,10 +262,11 @@ def choose_engine(
         base = ref_pipe or pipes.get(ref_c)
         if base is None:
             raise ModelError(f"{ref_c.path}: the reference engine could not be opened ({measured[ref_c].error})")
-        prepared = [base.prepare(q, ctx) for q, ctx in questions]
+        checked = [base.prepare(q, ctx) for q, ctx in questions]
+        prepared = checked[:n_questions]
         n_windows = sum(len(w) for _, w in prepared)
 
-        def spans(pipe):
+        def spans(pipe, prepared=prepared):
             out = []
             for ctx, wins in prepared:
                 lg = pipe.encoder.logits(wins)
@@ -246,7 +274,7 @@ def choose_engine(
                 out.append((top[0].start, top[0].end) if top else None)
             return out
 
-        ref_spans = spans(base)
+        ref_spans = spans(base, checked)
         for c, pipe in pipes.items():
             if pipe.tokenizer.vocab != base.tokenizer.vocab or pipe.spec != base.spec:
                 measured[c].error = "vocabulary or window settings differ from the reference's"
@@ -266,7 +294,8 @@ def choose_engine(
                     continue
                 m.rounds_ms.append(1e3 * (time.perf_counter() - t0) / max(1, n_windows))
                 if r == 0:
-                    m.agreement = sum(a == b for a, b in zip(got, ref_spans)) / max(1, len(ref_spans))
+                    got += spans(pipe, checked[len(prepared):])
+                    m.agreement = round(sum(a == b for a, b in zip(got, ref_spans)) / max(1, len(ref_spans)), 4)
                     m.passed = m.agreement >= min_agreement
         for m in measured.values():
             if m.rounds_ms:
@@ -309,15 +338,41 @@ def choose_default(engine: str = "auto", outtype: str = "auto", *, adapter: str 
     (and the Python API) pick them: ``engine`` "auto" measures llama.cpp (``outtype``, or q8_0 and
     bf16) and ONNX Runtime int8 candidates on this CPU (cached per CPU and model), "onnx" only the
     ONNX ones."""
-    engines = ("onnx",) if engine == "onnx" else ("llama.cpp", "onnx")
+    engines = (engine,) if engine in ("onnx", "openvino") else ENGINES
     outtypes = ("q8_0", "bf16") if outtype == "auto" else (outtype,)
     if log:
         log("stage 1/3: building the candidate models (first start only: GGUF "
-            + "/".join(outtypes) + (", ONNX int8" if "onnx" in engines else "") + "; ~2-4 min on 2 cores, then cached)")
-    cands = default_candidates(adapter, gguf_outtypes=outtypes, engines=engines, log=log)
-    if engine == "onnx" and not cands:
-        raise UsageError("--engine onnx: no ONNX model could be built (exporting needs torch)")
-    return choose_engine(cands, n_threads=n_threads, log=log)
+            + "/".join(outtypes) + (", ONNX int8" if "onnx" in engines else "")
+            + (", OpenVINO" if "openvino" in engines and openvino_precision(engine == "openvino") else "")
+            + "; ~2-4 min on 2 cores, then cached)")
+    cands = default_candidates(adapter, gguf_outtypes=outtypes, engines=engines, log=log,
+                               openvino_types=(openvino_precision(True),) if engine == "openvino" else None)
+    if engine in ("onnx", "openvino") and not cands:
+        raise UsageError(f"--engine {engine}: no {engine} model could be built (exporting needs torch"
+                         + (" and the openvino package" if engine == "openvino" else "") + ")")
+    from qabridge.export.run import default_model
+
+    # The yardstick is the f32 GGUF (numpy-built, no torch): with bf16 as the reference, its own
+    # near-tie flips counted against the others (on the Intel Xeon, 2 of 24 questions).
+    reference = Candidate("llama.cpp", default_model("f32", adapter=adapter, log=log), "f32")
+    return choose_engine(cands, reference=reference, check_questions=CHECK_QUESTIONS, n_threads=n_threads, log=log)
+
+
+def openvino_precision(required: bool = False) -> str | None:
+    """The OpenVINO candidate's precision on this CPU: bf16 where it has AMX-BF16 or AVX512-BF16
+    (OpenVINO's bf16 kernels), else f32 when ``required`` (``--engine openvino``), else None: an
+    fp32 OpenVINO candidate is not measured under auto (on the CPUs seen it trails ONNX Runtime
+    int8 by ~2x: 11.5 vs 6.2 ms per window on the Intel Xeon, docs/performance.md)."""
+    from qabridge.core.machine import cpu_info
+
+    from .openvino_engine import available
+
+    if not available():
+        return None
+    flags = set(cpu_info().flags)
+    if flags & {"amx_bf16", "avx512_bf16"}:
+        return "bf16"
+    return "f32" if required else None
 
 
 def default_candidates(
@@ -325,6 +380,7 @@ def default_candidates(
     *,
     gguf_outtypes: tuple[str, ...] = ("q8_0", "bf16"),
     onnx_types: tuple[str, ...] = ("int8",),
+    openvino_types: tuple[str, ...] | None = None,
     engines: tuple[str, ...] = ENGINES,
     log=None,
 ) -> list[Candidate]:
@@ -346,29 +402,36 @@ def default_candidates(
     out = []
     if "llama.cpp" in engines:
         out += [Candidate("llama.cpp", default_model(o, adapter=adapter, log=log), o) for o in gguf_outtypes]
-    if "onnx" not in engines:
-        return out
     from qabridge.export.onnx_export import ONNX_RECIPE
 
     h = adapter_hash(adapter)[:16]
-    for t in onnx_types:
-        p = cache_dir() / "models" / f"default-{h}.{t}.r{ONNX_RECIPE}.onnx"
+    builds = []  # (engine, outtype, file, export options)
+    if "onnx" in engines:
+        builds += [("onnx", t, f"default-{h}.{t}.r{ONNX_RECIPE}.onnx", ["--format", "onnx", "--quantize", "none" if t == "f32" else t])
+                   for t in onnx_types]
+    if "openvino" in engines:
+        if openvino_types is None:
+            openvino_types = tuple(filter(None, [openvino_precision()]))
+        builds += [("openvino", t, f"default-{h}.{t}.r{ONNX_RECIPE}.xml", ["--format", "openvino", "--outtype", t])
+                   for t in openvino_types]
+    for eng, t, fname, opts in builds:
+        p = cache_dir() / "models" / fname
+        what = f"{_LABELS.get(eng, eng)} {t}"
         if not p.exists():
             if importlib.util.find_spec("torch") is None:
                 if log:
-                    log("ONNX candidates skipped: exporting them needs torch (pip install 'qabridge[train]')")
+                    log(f"{what} candidate skipped: exporting it needs torch (pip install 'qabridge[train]')")
                 continue
             if log:
-                log(f"building the ONNX {t} model from {adapter} -> {p}")
+                log(f"building the {what} model from {adapter} -> {p}")
             p.parent.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run([sys.executable, "-m", "qabridge.cli", "export", "--format", "onnx", "--adapter", str(adapter),
-                                "--output", str(p), "--quantize", "none" if t == "f32" else t, "--modelfile", ""],
-                               capture_output=True, text=True)
+            r = subprocess.run([sys.executable, "-m", "qabridge.cli", "export", *opts, "--adapter", str(adapter),
+                                "--output", str(p), "--modelfile", ""], capture_output=True, text=True)
             if r.returncode != 0:
                 if log:
-                    log(f"ONNX {t} candidate skipped: {r.stderr.strip()[-300:]}")
+                    log(f"{what} candidate skipped: {r.stderr.strip()[-300:]}")
                 continue
-        out.append(Candidate("onnx", p, t))
+        out.append(Candidate(eng, p, t))
     if not out:
         raise ModelError(f"no candidate engine could be built for {adapter}")
     return out

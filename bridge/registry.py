@@ -36,13 +36,17 @@ class LoadedModel:
 
 
 def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") -> LoadedModel:
-    """The file in the engine its format needs: ``.onnx`` in ONNX Runtime, GGUF in llama.cpp."""
+    """The file in the engine its format needs: ``.onnx`` in ONNX Runtime, ``.xml`` in OpenVINO, GGUF in llama.cpp."""
     if Path(path).suffix == ".onnx":
         from .onnx_engine import onnx_pipeline
 
         # A wide session for a request alone, a narrow one shared by concurrent requests
         # (docs/performance.md: +18-26% q/s at 8 clients, peak RSS 321 vs 240 MB).
         pipe = onnx_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.onnx_sessions)
+    elif Path(path).suffix == ".xml":
+        from .openvino_engine import openvino_pipeline
+
+        pipe = openvino_pipeline(path, n_threads=cfg.n_threads)
     else:
         pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
     return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, sha256_file(path), source)
@@ -67,7 +71,7 @@ def choose_builtin(cfg: ServeConfig, name: str):
 def model_name(path: Path) -> str:
     """A model file's name without its format suffix (``bert-qa.q8_0.gguf`` -> ``bert-qa.q8_0``)."""
     p = Path(path)
-    return p.name.removesuffix(p.suffix) if p.suffix in (".gguf", ".onnx") else p.name
+    return p.name.removesuffix(p.suffix) if p.suffix in (".gguf", ".onnx", ".xml") else p.name
 
 
 class ModelRegistry:

@@ -33,7 +33,7 @@ from qabridge.errors import MissingContext, ModelError, SequenceTooLong, UsageEr
 TASK = "question-answering"
 OLLAMA_PREFIX = "ollama:"
 #: ``engine=``: as ``qabridge serve --engine``.
-ENGINES = ("auto", "llama.cpp", "onnx")
+ENGINES = ("auto", "llama.cpp", "onnx", "openvino")
 
 Answer = dict[str, Any]
 
@@ -105,8 +105,8 @@ class QuestionAnsweringPipeline:
             self._load_adapter(model, builtin, adapter, threads=threads, contexts=contexts, flash_attn=flash_attn,
                                outtype=outtype, engine=engine)
             return
-        if builtin is not None and engine == "onnx" and outtype != "auto":
-            raise UsageError(f"engine='onnx' has no outtype {outtype!r} (an outtype names a GGUF)")
+        if builtin is not None and engine in ("onnx", "openvino") and outtype != "auto":
+            raise UsageError(f"engine={engine!r} has no outtype {outtype!r} (an outtype names a GGUF)")
         if builtin is not None and engine != "llama.cpp" and outtype == "auto":
             from qabridge.bridge.engine_select import choose_default
 
@@ -114,9 +114,17 @@ class QuestionAnsweringPipeline:
             path, self.name, self.source = Path(self.engine_choice.path), builtin.name, "file"
         else:
             path, self.name, self.source = resolve_model(model, ollama_host=ollama_host, outtype=outtype)
-        if engine != "auto" and (path.suffix == ".onnx") != (engine == "onnx"):
+        from qabridge.bridge.engine_select import engine_for
+
+        if engine != "auto" and engine_for(path) != engine:
             raise UsageError(f"engine={engine!r} cannot serve {path.name}")
-        if path.suffix == ".onnx":
+        if path.suffix == ".xml":
+            from qabridge.bridge.openvino_engine import OpenVinoEngine
+
+            self._engine = OpenVinoEngine(path, n_threads=threads)
+            self.model_file = self._engine.file
+            self._max_tokens = self._engine.n_positions
+        elif path.suffix == ".onnx":
             from qabridge.bridge.onnx_engine import OnnxEngine
 
             # contexts > 1: a narrow ONNX Runtime session beside the wide one for concurrent calls.

@@ -215,7 +215,7 @@ distill.params.extend(p for p in train.params if p.name not in {"base", "output"
 @click.option("--base", default=None, help="Override the base named in the adapter (a named base from `qabridge bases`, a HF directory or id).")
 @click.option("--embedding", is_flag=True, help="Export the plain base as a mean-pooled embedding model (no span head) for passage ranking.")
 @click.option("--force", is_flag=True, help="Overwrite an output file that qabridge did not write.")
-@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx"]), default="gguf", show_default=True, help="gguf (llama.cpp, Ollama) or onnx (ONNX Runtime engine; needs torch to export).")
+@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx", "openvino"]), default="gguf", show_default=True, help="gguf (llama.cpp, Ollama), onnx (ONNX Runtime engine) or openvino (OpenVINO IR, .xml + .bin; --outtype bf16 (default) or f32); the last two need torch to export.")
 @click.option("--quantize", type=click.Choice(["int8", "int8-tensor", "none"]), default="int8", show_default=True, help="onnx: int8 (per-token activation scales, per-channel weights), int8-tensor (ORT's quantize_dynamic) or none (fp32).")
 @click.option("--lora-only", is_flag=True, help="Write the adapter alone as a llama.cpp LoRA GGUF (default models/<adapter>.lora.gguf, ~the adapter's size) for `serve --adapter`, instead of a merged model.")
 @_fail_cleanly
@@ -236,6 +236,20 @@ def export(adapter, output, outtype, modelfile, name, base, embedding, force, fm
             raise UsageError("--lora-only exports an adapter as GGUF: give --adapter (no --embedding, no --format onnx)")
         info = export_lora(adapter, output=output, force=force, base=base)
         click.echo(f"wrote {info['path']}  {info['size']} bytes  sha256 {info['sha256']}  (qabridge serve --adapter NAME={info['path']})")
+        return
+    if fmt == "openvino":
+        from qabridge.errors import UsageError
+        from qabridge.export.openvino_export import PRECISIONS, export_openvino
+
+        if embedding or adapter is None:
+            raise UsageError("--format openvino exports a QA adapter: give --adapter (no --embedding)")
+        if click.get_current_context().get_parameter_source("outtype") is click.core.ParameterSource.DEFAULT:
+            outtype = "bf16"
+        if outtype not in PRECISIONS:
+            raise UsageError(f"--format openvino takes --outtype {' or '.join(PRECISIONS)}, not {outtype}")
+        out = Path(output) if output else Path("models") / f"{name}.{outtype}.xml"
+        info = export_openvino(adapter, out, precision=outtype, base=base, force=force)
+        click.echo(f"wrote {info['path']} (+ .bin)  {info['size']} bytes  sha256 {info['sha256']}")
         return
     if fmt == "onnx":
         from qabridge.errors import UsageError
@@ -381,6 +395,10 @@ def _check_model_file(p: Path) -> None:
         from qabridge.bridge.onnx_engine import OnnxModel
 
         OnnxModel(p).close()
+    elif p.suffix == ".xml":
+        from qabridge.bridge.openvino_engine import OpenVinoModel
+
+        OpenVinoModel(p, n_threads=1).close()
     else:
         from qabridge.core.model_file import ModelFile
 
@@ -426,7 +444,7 @@ def _builtin_names() -> list[str]:
 @click.option("--model", type=click.Path(dir_okay=False), multiple=True, help="GGUF or ONNX file written by `qabridge export`, or a built-in model's name (`qabridge models`; its committed adapter, exported once and cached; default: bert-qa). Repeatable: the first is the default model, the others are served beside it under their names (requests pick one with `model`).")
 @click.option("--name", default=None, help="Name the first --model is served under (default: the file name, or the built-in model's name).")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="Serve a LoRA adapter (a directory from train/adapt, or a LoRA GGUF from `export --lora-only`) under NAME, applied at run time over one shared copy of its base in llama.cpp. Repeatable; every adapter must share the base of the first --model.")
-@click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx"]), default="auto", show_default=True, help="Encoder engine. auto: for the built-in model, measure the candidates (llama.cpp GGUF types, ONNX Runtime int8 when torch can export it) on this CPU once, keep those that agree, serve the fastest (cached per CPU and model); for a --model file, the engine its format needs.")
+@click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx", "openvino"]), default="auto", show_default=True, help="Encoder engine. auto: for the built-in model, measure the candidates (llama.cpp GGUF types, ONNX Runtime int8 when torch can export it, OpenVINO bf16 on CPUs with AMX or AVX512-BF16 when openvino is installed) on this CPU once, keep those that agree, serve the fastest (cached per CPU and model); for a --model file, the engine its format needs.")
 @click.option("--default-outtype", type=click.Choice(["auto", *(o.value for o in OutType)]), default="auto", show_default=True, help="GGUF outtype of built-in models under --engine llama.cpp, or the only GGUF candidate under auto (auto: q8_0 and bf16 are measured; under llama.cpp bf16 on CPUs with AVX512-BF16, else q8_0).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
 @click.option("--port", type=int, default=8080, show_default=True)
@@ -480,11 +498,13 @@ def serve(model, name, adapters, engine, default_outtype, host, port, allow_remo
     # A built-in model is built (and, under auto/onnx, measured) by the registry, in the background.
     builtin = first_builtin or (DEFAULT_MODEL_NAME if not first_file and not ollama_model else None)
     path = Path(first_file) if first_file else None
-    if path is not None and path.suffix == ".onnx":
-        if engine == "llama.cpp":
-            raise UsageError(f"{path}: an ONNX file runs in ONNX Runtime; use --engine onnx or auto")
-    elif not builtin and engine == "onnx":
-        raise UsageError("--engine onnx serves an ONNX file (qabridge export --format onnx) or a built-in model")
+    from qabridge.bridge.engine_select import engine_for
+
+    if path is not None and engine != "auto" and engine_for(path) != engine:
+        runs_in = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}.get(engine_for(path), "llama.cpp")
+        raise UsageError(f"{path}: this file runs in {runs_in}; use --engine {engine_for(path)} or auto")
+    if not builtin and path is None and engine in ("onnx", "openvino"):
+        raise UsageError(f"--engine {engine} serves a {engine} file (qabridge export --format {engine}) or a built-in model")
     if path is not None:
         _check_model_file(path)
     if embedding_gguf:
@@ -544,7 +564,7 @@ def _ray_serve_options(use_ray, address, replicas, autoscale, cpus_per_replica, 
 @click.option("--context", default=None, help="The text to answer from.")
 @click.option("--context-file", type=click.Path(dir_okay=False), default=None, help="Read the context from a file.")
 @click.option("--model", default=None, help="GGUF or ONNX file, a built-in model's name (`qabridge models`), or ollama:NAME for a model Ollama holds (default: bert-qa, built in).")
-@click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx"]), default="auto", show_default=True, help="Encoder engine of the built-in model, chosen as `qabridge serve` chooses it (auto: measured once per CPU, cached).")
+@click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx", "openvino"]), default="auto", show_default=True, help="Encoder engine of the built-in model, chosen as `qabridge serve` chooses it (auto: measured once per CPU, cached).")
 @click.option("--ollama-host", default=None, help="Ollama server URL for ollama:NAME (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="How many answers.")
 @click.option("--handle-impossible-answer", is_flag=True, help="Let the empty answer compete (as in the transformers pipeline).")
@@ -579,15 +599,18 @@ def _builtin_file(builtin, engine: str) -> Path:
     from qabridge.bridge.engine_select import default_candidates
 
     log = lambda m: click.echo(m, err=True)  # noqa: E731
-    if engine == "onnx":
-        return default_candidates(builtin.adapter(), engines=("onnx",), log=log)[0].path
+    if engine in ("onnx", "openvino"):
+        from qabridge.bridge.engine_select import openvino_precision
+
+        return default_candidates(builtin.adapter(), engines=(engine,), log=log,
+                                  openvino_types=(openvino_precision(True) or "f32",))[0].path
     return default_candidates(builtin.adapter(), gguf_outtypes=("auto",), engines=("llama.cpp",), log=log)[0].path
 
 
 @main.command(name="eval")
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory, or a built-in model's name (torch engine). Default: bert-qa's (models/lora).")
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="GGUF file (gguf engine), ONNX file from `qabridge export --format onnx` (onnx engine), or a built-in model's name (its cached GGUF, or ONNX int8 with --engine onnx).")
-@click.option("--engine", type=click.Choice(["torch", "gguf", "onnx"]), default=None, help="torch (adapter merged in transformers), gguf (llama.cpp) or onnx (ONNX Runtime); the last two with the span head in numpy. Default: by the --model file's format, else torch.")
+@click.option("--engine", type=click.Choice(["torch", "gguf", "onnx", "openvino"]), default=None, help="torch (adapter merged in transformers), gguf (llama.cpp), onnx (ONNX Runtime) or openvino (an IR from `qabridge export --format openvino`); the last three with the span head in numpy. Default: by the --model file's format, else torch.")
 @click.option("--data", required=True, help="SQuAD-format .json/.json.gz/.json.xz file, or 'squad' (hub validation split).")
 @click.option("--limit", type=int, default=None, help="Only the first N questions (with --tune-articles: N to tune on, N to report on).")
 @click.option("--device", default="auto", show_default=True, help="torch engine device: cpu, cuda or auto.")
@@ -616,8 +639,10 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
 
     if adapter and lookup_builtin(adapter):
         adapter = str(lookup_builtin(adapter).adapter())
-    engine = engine or (("onnx" if Path(model).suffix == ".onnx" else "gguf") if model else "torch")
-    if engine in ("gguf", "onnx"):
+    from qabridge.bridge.engine_select import engine_for
+
+    engine = engine or ({"llama.cpp": "gguf"}.get(engine_for(model), engine_for(model)) if model else "torch")
+    if engine in ("gguf", "onnx", "openvino"):
         if not model:
             raise UsageError(f"--engine {engine} needs --model FILE.{engine} (or a built-in model's name)")
         from qabridge.bridge.engine_select import file_pipeline
@@ -625,7 +650,7 @@ def eval_cmd(adapter, model, engine, data, limit, device, as_json, predictions, 
         builtin = lookup_builtin(model)
         if builtin is not None:
             model = _builtin_file(builtin, engine)
-        pipe = file_pipeline(model, "onnx" if engine == "onnx" else "llama.cpp")
+        pipe = file_pipeline(model, "llama.cpp" if engine == "gguf" else engine)
         examples = load_squad(data, split="validation", strict=strict)
         label = str(model)
     else:

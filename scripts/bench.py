@@ -75,6 +75,31 @@ def ort_peer_dirs(py: Path, model_dir: Path) -> dict[str, Path]:
     return {"fp32": out / "fp32", "o2-int8": out / "o2-int8"}
 
 
+NATIVE_PINS = ("openvino==2026.4.1", "nncf==3.4.0", "ctranslate2==4.8.5")
+NATIVE = CACHE / "native"
+
+
+def native_peer_files(model_dir: Path, n_calibration: int = 300) -> dict:
+    """The OpenVINO (f32, NNCF int8) and CTranslate2 (int8) files of the merged model, built once by
+    scripts/bench_native.py in this venv (the pinned versions installed on first use)."""
+    check = "import openvino, nncf, ctranslate2"
+    if subprocess.run([sys.executable, "-c", check], capture_output=True).returncode != 0:
+        sh([sys.executable, "-m", "pip", "install", "-q", *NATIVE_PINS])
+    from qabridge.train.squad import load_squad, squad_file
+
+    train = squad_file("train")
+    if train is None:
+        raise SystemExit("the native peers' int8 calibration reads SQuAD train (QABRIDGE_SQUAD_DIR or ../shared/data/squad)")
+    calib = [{"question": e.question, "context": e.context} for e in load_squad(train)[::271][:n_calibration]]
+    job = {"prepare": True, "out_dir": str(NATIVE), "merged_dir": str(model_dir), "adapter": str(ROOT / "models" / "lora"),
+           "calibration": calib}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_native.py")], input=json.dumps(job),
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"native peer build failed: {r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def merged_path() -> Path:
     """Where the committed adapter's merged fp32 model for the peers lives (merged_model_dir)."""
     from qabridge.core.hashing import adapter_hash
@@ -238,6 +263,67 @@ def engines_alone(n: int, rounds: int, threads: int, outtypes: list[str], burst:
             "threads": threads, "rounds": rounds, "burst": burst, "rows": rows}
 
 
+def count_windows(examples) -> int:
+    """The windows the bridge's default settings cut these questions into (the int8 ONNX file's settings)."""
+    from qabridge.bridge.onnx_engine import OnnxModel
+    from qabridge.core.pipeline import QAPipeline
+
+    m = OnnxModel(onnx_models(("O2+int8",))["O2+int8"], n_threads=1)
+    pipe = QAPipeline(m.tokenizer, None, m.window_spec)
+    n = sum(len(pipe.prepare(e.question, e.context)[1]) for e in examples)
+    m.close()
+    return n
+
+
+def window_macs(seq: int = 384, layers: int = 6, hidden: int = 384, inner: int = 1536) -> int:
+    """Multiply-accumulates of one window through the encoder: Q/K/V/O projections, the FFN, and
+    attention's two [seq x seq] products (embeddings, norms, softmax and GELU are not MACs)."""
+    return layers * (4 * seq * hidden * hidden + 2 * seq * hidden * inner + 2 * seq * seq * hidden)
+
+
+def int8_peak(machine: dict) -> dict:
+    """The CPU's int8 multiply-accumulate peak from its clock, cores and matrix/vector width.
+
+    Per core per cycle: AMX (amx_int8) 1,024 (one 16x16x64 TDPBSSD per 16 cycles); AVX512-VNNI
+    128 on Intel and AMD Zen 5 (two 512-bit VPDPBUSD a cycle, 64 MACs each), 64 on Zen 4 (its
+    512-bit ops run on 256-bit pipes); AVX-VNNI alone 64. The clock is the one the CPU reports
+    (its name's "@ x GHz", else /proc/cpuinfo's MHz): a VM's nominal clock, not its turbo."""
+    import re
+
+    from qabridge.core.machine import cpu_info
+
+    cpu = cpu_info()
+    flags = set(cpu.flags)
+    m = re.search(r"@\s*([\d.]+)\s*GHz", cpu.name)
+    ghz = float(m.group(1)) if m else None
+    if ghz is None:
+        try:
+            mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("cpu MHz")]
+            ghz = max(mhz) / 1000 if mhz else None
+        except OSError:
+            ghz = None
+    cores = machine["cpus"]
+    vnni = 64 if ("AMD" in cpu.name and cpu.family == "25") else 128 if "avx512_vnni" in flags else 64 if "avx_vnni" in flags else 0
+    out = {"clock_ghz": ghz, "cores": cores, "window_macs_384": window_macs(),
+           "vnni_macs_per_cycle_core": vnni, "amx_macs_per_cycle_core": 1024 if "amx_int8" in flags else 0}
+    if ghz:
+        out["vnni_peak_gmacs"] = round(ghz * cores * vnni, 1)
+        if out["amx_macs_per_cycle_core"]:
+            out["amx_peak_gmacs"] = round(ghz * cores * 1024, 1)
+    return out
+
+
+def engine_choice_summary() -> dict | None:
+    """What `--engine auto` chose for the built-in model on this CPU, with every candidate's ms per
+    window (the cached choice the default row's bridge made or read)."""
+    try:
+        from qabridge.bridge.engine_select import choose_default
+
+        return choose_default("auto").summary()
+    except Exception as exc:  # a report without this section beats no report
+        return {"error": str(exc)[:300]}
+
+
 def machine_info() -> dict:
     from qabridge.core.machine import cpu_info
 
@@ -349,7 +435,12 @@ def start_system(py: Path, kind: str, target, clients: int, extra: list[str], ex
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
         env["HF_HUB_OFFLINE"] = "1"
         job = {**target, "clients": clients, "threads": os.cpu_count() or 2}
+        if extra:  # whole articles: the pipeline batches a question's windows (batch_size)
+            job["batch_size"] = int(extra[0])
         return ChildSystem([str(py), str(ROOT / "scripts" / "bench_peer.py")], job, examples, env)
+    if kind == "native":
+        job = {"backend": target, "out_dir": str(NATIVE), "clients": clients, "threads": os.cpu_count() or 2}
+        return ChildSystem([sys.executable, str(ROOT / "scripts" / "bench_native.py")], job, examples)
     if kind == "inproc":
         # qabridge's Python API in its own process (scripts/bench_inproc.py), this venv's Python.
         return ChildSystem([sys.executable, str(ROOT / "scripts" / "bench_inproc.py")], {"clients": clients}, examples)
@@ -404,6 +495,14 @@ def main() -> None:
                     help="questions per turn for each of --modes: the systems (all loaded) take turns every burst")
     ap.add_argument("--limit", type=int, default=None, help="smoke run: same as --n")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--corpora", default="paragraphs,articles",
+                    help="paragraphs: the first --n dev questions over their paragraph; articles: --n-articles dev "
+                         "questions (spread over every article) asked over their whole article, paragraphs joined")
+    ap.add_argument("--n-articles", type=int, default=96)
+    ap.add_argument("--peer-batch", type=int, default=8, help="the transformers pipeline's batch_size on whole articles")
+    ap.add_argument("--torch-on-articles", action="store_true", help="also the torch fp32 pipeline on whole articles (slow)")
+    ap.add_argument("--no-native", dest="native", action="store_false",
+                    help="skip the OpenVINO and CTranslate2 peers (scripts/bench_native.py)")
     args = ap.parse_args()
     if args.limit:
         args.n = args.limit
@@ -420,17 +519,26 @@ def main() -> None:
         return
     if args.report_only:
         saved = json.loads((OUT / "results.json").read_text())
-        write_report(saved["rows"], saved["machine"], saved["n"], saved.get("rounds", 1), saved.get("bursts"))
+        write_report(saved["rows"], saved["machine"], saved["n"], saved.get("rounds", 1), saved.get("bursts"), saved)
         return
     from tqdm import tqdm
 
     from qabridge.export.run import export
     from qabridge.train.squad import load_squad, squad_file
 
-    examples = load_squad(squad_file("dev"))[: args.n]
+    dev = load_squad(squad_file("dev"))
+    corpora = {"paragraphs": dev[: args.n]}
+    if "articles" in args.corpora.split(","):
+        from bench_adapt import long_documents  # beside this file: an article's paragraphs joined
+
+        titles = list(dict.fromkeys(e.title for e in dev))
+        per = -(-args.n_articles // len(titles))
+        corpora["articles"] = long_documents(dev, titles, per, seed=0)[: args.n_articles]
+    corpora = {k: v for k, v in corpora.items() if k in args.corpora.split(",")}
     py = setup_peer()
     model_dir = merged_model_dir()
     ort_dirs = ort_peer_dirs(py, model_dir)
+    natives = native_peer_files(model_dir) if args.native else {}
     ggufs = {}
     for o in filter(None, args.outtypes.split(",")):
         p = CACHE / f"bert-qa.{o}.gguf"
@@ -441,48 +549,65 @@ def main() -> None:
     peers = [("transformers-4.57.6 pipeline (torch fp32)", {"backend": "torch", "model_dir": str(model_dir)}),
              ("transformers-4.57.6 pipeline (ORT fp32)", {"backend": "ort", "model_dir": str(ort_dirs["fp32"])}),
              ("transformers-4.57.6 pipeline (ORT O2 + int8 dynamic)", {"backend": "ort", "model_dir": str(ort_dirs["o2-int8"])})]
+    native_peers = [("OpenVINO fp32 IR (its default precision) + qabridge span head", "openvino-fp32"),
+                    ("OpenVINO int8 (NNCF) + qabridge span head", "openvino-int8"),
+                    ("CTranslate2 int8 + qabridge span head", "ct2-int8")] if natives else []
     rows = []
-    plan = []
-    for c in (int(x) for x in args.modes.split(",")):
-        for name, peer in peers:
-            plan.append((name, "peer", peer, c, []))
-        for o, p in ggufs.items():
-            # Default serving settings: min(4, cores) contexts sharing the cores between the requests encoding at once.
-            plan.append((f"qabridge HTTP (llama.cpp {o})", "bridge", p, c, ["--engine", "llama.cpp"]))
-            for extra in filter(None, args.variant):
-                plan.append((f"qabridge HTTP (llama.cpp {o}, {extra})", "bridge", p, c, ["--engine", "llama.cpp", *extra.split()]))
-        for k, p in onnx_files.items():
-            plan.append((f"qabridge HTTP (onnxruntime {k.split('+')[1]})", "bridge", p, c, ["--engine", "onnx"]))
-        if args.default_row:
-            plan.append(("qabridge HTTP (default settings)", "bridge", None, c, []))
-        if args.inprocess_row:
-            plan.append(("qabridge Python API in-process (default)", "inproc", None, c, []))
     bursts = dict(zip((int(x) for x in args.modes.split(",")), (int(x) for x in args.burst.split(","))))
-    for c in dict.fromkeys(x[3] for x in plan):
-        # One mode at a time: its systems all loaded (a few GB), then taking turns.
-        mine = [x for x in plan if x[3] == c]
-        systems = {}
-        try:
-            for name, kind, target, _, extra in tqdm(mine, desc=f"{c} client(s): loading", unit="system", leave=False):
-                systems[name] = start_system(py, kind, target, c, extra, examples)
-            rounds = run_turns(systems, examples, args.rounds, bursts.get(c, 25 * c))
-        finally:
-            rss = {name: sys_.stop() for name, sys_ in systems.items()}
-        for name, _, _, _, _ in mine:
-            res = [summarise(name, {**x, "peak_rss_mb": rss[name]}, examples, c) for x in rounds[name]]
-            by_qps = sorted(res, key=lambda x: x["qps"])
-            rows.append({**by_qps[(len(by_qps) - 1) // 2], "rounds_qps": [round(x["qps"], 2) for x in res]})
-            tqdm.write(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}))
     machine = machine_info()
+    for corpus, examples in corpora.items():
+        long = corpus == "articles"
+        n_windows = count_windows(examples)
+        plan = []
+        for c in (int(x) for x in args.modes.split(",")):
+            for name, peer in peers:
+                if long and "torch" in name and not args.torch_on_articles:
+                    continue  # ~1 s a question on 2 cores: the ORT rows are the pipeline's best
+                plan.append((name, "peer", peer, c, [str(args.peer_batch)] if long else []))
+            for name, backend in native_peers:
+                plan.append((name, "native", backend, c, []))
+            for o, p in ggufs.items():
+                # Default serving settings: min(4, cores) contexts sharing the cores between the requests encoding at once.
+                plan.append((f"qabridge HTTP (llama.cpp {o})", "bridge", p, c, ["--engine", "llama.cpp"]))
+                for extra in filter(None, args.variant):
+                    plan.append((f"qabridge HTTP (llama.cpp {o}, {extra})", "bridge", p, c, ["--engine", "llama.cpp", *extra.split()]))
+            for k, p in onnx_files.items():
+                plan.append((f"qabridge HTTP (onnxruntime {k.split('+')[1]})", "bridge", p, c, ["--engine", "onnx"]))
+            if args.default_row:
+                plan.append(("qabridge HTTP (default settings)", "bridge", None, c, []))
+            if args.inprocess_row:
+                plan.append(("qabridge Python API in-process (default)", "inproc", None, c, []))
+        for c in dict.fromkeys(x[3] for x in plan):
+            # One mode at a time: its systems all loaded (a few GB), then taking turns.
+            mine = [x for x in plan if x[3] == c]
+            burst = bursts.get(c, 25 * c)
+            if long:
+                burst = max(c, burst // 20)  # a whole-article question is ~20x a paragraph's work
+            systems = {}
+            try:
+                for name, kind, target, _, extra in tqdm(mine, desc=f"{corpus}, {c} client(s): loading", unit="system", leave=False):
+                    systems[name] = start_system(py, kind, target, c, extra, examples)
+                rounds = run_turns(systems, examples, args.rounds, burst)
+            finally:
+                rss = {name: sys_.stop() for name, sys_ in systems.items()}
+            for name, _, _, _, _ in mine:
+                res = [summarise(name, {**x, "peak_rss_mb": rss[name]}, examples, c) for x in rounds[name]]
+                by_qps = sorted(res, key=lambda x: x["qps"])
+                row = {"corpus": corpus, **by_qps[(len(by_qps) - 1) // 2], "rounds_qps": [round(x["qps"], 2) for x in res]}
+                row["windows_per_question"] = round(n_windows / len(examples), 2)
+                row["windows_per_s"] = row["qps"] * n_windows / len(examples)
+                rows.append(row)
+                tqdm.write(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}))
     OUT.mkdir(exist_ok=True)
-    run = {"machine": machine, "n": args.n, "rounds": args.rounds, "bursts": bursts, "date": time.strftime("%Y-%m-%d %H:%M"),
+    run = {"machine": machine, "n": args.n, "n_articles": args.n_articles if "articles" in corpora else 0, "rounds": args.rounds,
+           "bursts": bursts, "date": time.strftime("%Y-%m-%d %H:%M"), "peak": int8_peak(machine), "engine_choice": engine_choice_summary(),
            "rows": rows}
     (OUT / "results.json").write_text(json.dumps(run, indent=2) + "\n")
     runs_file = OUT / "runs.json"
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
     runs.append(run)
     runs_file.write_text(json.dumps(runs, indent=2) + "\n")
-    write_report(rows, machine, args.n, args.rounds, bursts)
+    write_report(rows, machine, args.n, args.rounds, bursts, run)
 
 
 def training_cost_section() -> list[str]:
@@ -507,36 +632,72 @@ def training_cost_section() -> list[str]:
     return out
 
 
-def write_report(rows, machine, n, rounds: int = 1, bursts: dict | None = None) -> None:
-    lines = ["# Performance: bridge vs the transformers QA pipeline (torch, ONNX Runtime)\n",
-             f"Machine: {machine['cpu']}, {machine['cpus']} cores ({machine['platform']}). First {n} SQuAD v1.1 dev questions.",
+def write_report(rows, machine, n, rounds: int = 1, bursts: dict | None = None, run: dict | None = None) -> None:
+    run = run or {}
+    lines = ["# Performance: the bridge vs the engines a user would pick (transformers pipeline on torch and ONNX Runtime, OpenVINO, CTranslate2)\n",
+             f"Machine: {machine['cpu']}, {machine['cpus']} cores ({machine['platform']}). Run {run.get('date', '')}.",
              f"SIMD flags: {' '.join(machine.get('simd_flags', [])) or 'not recorded'}.",
+             f"Corpora: `paragraphs`, the first {n} SQuAD v1.1 dev questions over their paragraph; `articles`, "
+             f"{run.get('n_articles', 0)} dev questions spread over every article, each asked over its whole article "
+             "(paragraphs joined by a blank line, thousands of tokens: the windows/question column). The transformers "
+             "pipeline gets `batch_size=8` on articles; the OpenVINO and CTranslate2 rows run their encoder behind "
+             "qabridge's tokenizer, windows, batching rule and numpy span head (neither has a BERT QA pipeline), "
+             "OpenVINO int8 calibrated by NNCF on 300 SQuAD *train* questions.",
              (f"{rounds} round(s), the systems of a mode loaded at once and taking turns every "
-              f"{' / '.join(f'{b} ({c} client(s))' for c, b in bursts.items())} questions: each row is the system's "
-              "median round by q/s (its latencies and scores from that round, the process's peak RSS over all); "
-              "every round's q/s is in the last column." if bursts else
-              f"{rounds} interleaved round(s): each row is the system's median round by q/s (its latencies, scores and "
-              "RSS from that round); every round's q/s is in the last column."),
+              f"{' / '.join(f'{b} ({c} client(s))' for c, b in bursts.items())} paragraph questions (a twentieth of that on "
+              "articles): each row is the system's median round by q/s (its latencies and scores from that round, the "
+              "process's peak RSS over all); every round's q/s is in the last column." if bursts else
+              f"{rounds} interleaved round(s): each row is the system's median round by q/s."),
              "Reproduce: `.venv/bin/python scripts/bench.py` (writes results.json, this file and performance.png).\n",
-             "| system | clients | q/s | p50 ms | p95 ms | EM | F1 | peak RSS MB | q/s per round |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| corpus | system | clients | q/s | windows/s | p50 ms | p95 ms | EM | F1 | peak RSS MB | q/s per round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per = ", ".join(f"{q:.1f}" for q in r.get("rounds_qps", [r["qps"]]))
-        lines.append(f"| {r['system']} | {r['clients']} | {r['qps']:.2f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                     f"{r['exact_match']:.2f} | {r['f1']:.2f} | {r['peak_rss_mb']:.0f} | {per} |")
+        wps = f"{r['windows_per_s']:.1f}" if "windows_per_s" in r else ""
+        lines.append(f"| {r.get('corpus', 'paragraphs')} | {r['system']} | {r['clients']} | {r['qps']:.2f} | {wps} | {r['p50_ms']:.1f} | "
+                     f"{r['p95_ms']:.1f} | {r['exact_match']:.2f} | {r['f1']:.2f} | {r['peak_rss_mb']:.0f} | {per} |")
     lines.append("")
-    for c in sorted({r["clients"] for r in rows}):
-        peers = [r for r in rows if r["clients"] == c and r["system"].startswith("transformers")]
-        if not peers:
-            continue
-        torch_peer = next((r for r in peers if "torch" in r["system"]), peers[0])
-        best = max(peers, key=lambda r: r["qps"])
+    corpora = list(dict.fromkeys(r.get("corpus", "paragraphs") for r in rows))
+    for corpus in corpora:
+        for c in sorted({r["clients"] for r in rows}):
+            mine = [r for r in rows if r.get("corpus", "paragraphs") == corpus and r["clients"] == c]
+            peers = [r for r in mine if not r["system"].startswith("qabridge")]
+            if not peers:
+                continue
+            torch_peer = next((r for r in peers if "torch" in r["system"]), None)
+            best = max(peers, key=lambda r: r["qps"])
+            for r in mine:
+                if r in peers:
+                    continue
+                vs_torch = f"; F1 {r['f1'] - torch_peer['f1']:+.2f} vs torch fp32" if torch_peer else ""
+                lines.append(f"- {corpus}, {c} client(s), {r['system']}: throughput x{r['qps'] / best['qps']:.2f} of the best peer "
+                             f"({best['system']}); p50 x{r['p50_ms'] / best['p50_ms']:.2f}; "
+                             f"RSS x{r['peak_rss_mb'] / best['peak_rss_mb']:.2f}{vs_torch}")
+    peak = run.get("peak")
+    if peak:
+        lines += ["", "## How close to the machine's int8 limit", "",
+                  f"One 384-token window is {peak['window_macs_384'] / 1e9:.2f} G multiply-accumulates (`window_macs`). "
+                  f"Peak at the reported {peak['clock_ghz']} GHz x {peak['cores']} cores: AVX512-VNNI "
+                  f"{peak.get('vnni_peak_gmacs', '?')} GMAC/s ({peak['vnni_macs_per_cycle_core']} MACs/cycle/core)"
+                  + (f", AMX {peak['amx_peak_gmacs']} GMAC/s (1,024)" if peak.get("amx_peak_gmacs") else "")
+                  + ". From each system's whole-article windows/s with one client (nearly every window full-length; "
+                  "tokenizing, HTTP and the span head included, so this understates the encoder):", "",
+                  "| system | ms per window | GMAC/s | % of VNNI peak | % of AMX peak |", "|---|---|---|---|---|"]
         for r in rows:
-            if r["clients"] == c and r not in peers:
-                lines.append(f"- {c} client(s), {r['system']}: throughput x{r['qps'] / best['qps']:.2f} of the best peer "
-                             f"({best['system'].split('(')[-1].rstrip(')')}), x{r['qps'] / torch_peer['qps']:.2f} of torch; "
-                             f"p50 x{r['p50_ms'] / best['p50_ms']:.2f}; RSS x{r['peak_rss_mb'] / best['peak_rss_mb']:.2f}; "
-                             f"F1 {r['f1'] - torch_peer['f1']:+.2f} vs torch")
+            if r.get("corpus") != "articles" or r["clients"] != 1 or not r.get("windows_per_s"):
+                continue
+            gmacs = peak["window_macs_384"] * r["windows_per_s"] / 1e9
+            v = f"{100 * gmacs / peak['vnni_peak_gmacs']:.0f}%" if peak.get("vnni_peak_gmacs") else ""
+            a = f"{100 * gmacs / peak['amx_peak_gmacs']:.1f}%" if peak.get("amx_peak_gmacs") else "no AMX"
+            lines.append(f"| {r['system']} | {1e3 / r['windows_per_s']:.1f} | {gmacs:.0f} | {v} | {a} |")
+    choice = run.get("engine_choice")
+    if choice and "candidates" in choice:
+        lines += ["", f"## `--engine auto` on this CPU: {choice['engine']}", "",
+                  f"Candidates measured by the bridge on first start ({choice['cpu']}, {choice['threads']} threads; "
+                  f"answers checked against {choice['reference']}):", "",
+                  "| candidate | ms per window | agreement | passed |", "|---|---|---|---|"]
+        for m in choice["candidates"]:
+            lines.append(f"| {m['label']} | {m['ms_per_window']} | {m['agreement']} | {m['passed']} |")
     lines += training_cost_section()
     (OUT / "performance.md").write_text("\n".join(lines) + "\n")
     try:
@@ -545,15 +706,24 @@ def write_report(rows, machine, n, rounds: int = 1, bursts: dict | None = None) 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        labels = [f"{r['system'].split(' (')[0].replace('transformers-4.57.6 pipeline', 'HF pipeline')}\n{r['system'].split('(')[-1].rstrip(')')}, {r['clients']}c" for r in rows]
-        axes[0].bar(labels, [r["qps"] for r in rows], color=["#999" if r["system"].startswith("transformers") else "#2a7" for r in rows])
-        axes[0].set_ylabel("questions / s")
-        axes[1].bar(labels, [r["peak_rss_mb"] for r in rows], color=["#999" if r["system"].startswith("transformers") else "#27a" for r in rows])
-        axes[1].set_ylabel("peak RSS (MB)")
-        for ax in axes:
-            ax.tick_params(axis="x", labelsize=7, rotation=30)
-        fig.suptitle(f"First {n} SQuAD dev questions, {machine['cpus']}-core CPU")
+        short = {"transformers-4.57.6 pipeline": "HF pipeline", " + qabridge span head": "", "qabridge ": "qb "}
+
+        def label(r):
+            t = r["system"]
+            for k, v in short.items():
+                t = t.replace(k, v)
+            return f"{t}, {r['clients']}c"
+
+        corpora = list(dict.fromkeys(r.get("corpus", "paragraphs") for r in rows))
+        fig, axes = plt.subplots(len(corpora), 1, figsize=(12, 4.2 * len(corpora)), squeeze=False)
+        for ax, corpus in zip(axes[:, 0], corpora):
+            mine = [r for r in rows if r.get("corpus", "paragraphs") == corpus]
+            ax.barh([label(r) for r in mine], [r["qps"] for r in mine],
+                    color=["#2a7" if r["system"].startswith("qabridge") else "#999" for r in mine])
+            ax.set_xlabel("questions / s (green: qabridge)")
+            ax.set_title(f"{corpus}: {len(set(r['system'] for r in mine))} systems, {machine['cpu']}, {machine['cpus']} cores")
+            ax.tick_params(axis="y", labelsize=7)
+            ax.invert_yaxis()
         fig.tight_layout()
         fig.savefig(OUT / "performance.png", dpi=110)
     except ImportError:

@@ -45,9 +45,9 @@ if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PY"
 fi
 python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
-say "qabridge and its extras (train, report, test, ray, haystack; ~1-2 min)"
+say "qabridge and its extras (train, report, test, ray, haystack, openvino; ~1-2 min)"
 # setuptools always says that an editable install prefers same-named folders of the working
 # directory (true of every editable install, nothing to act on): filtered by its message alone.
-PYTHONWARNINGS="ignore:Editable installation:UserWarning" python -m pip install -q -e ".[train,report,test,ray,haystack]"
+PYTHONWARNINGS="ignore:Editable installation:UserWarning" python -m pip install -q -e ".[train,report,test,ray,haystack,openvino]"
 echo "$want" > "$stamp"
 say "done in $(( $(date +%s) - T0 )) s"

@@ -28,15 +28,20 @@ def test_demo_script_serves_the_default_model(tmp_path):
     assert f"curl -s http://127.0.0.1:{port}/api/qa" in out
     answer = json.loads(out.split("It answered:", 1)[1].strip().splitlines()[0])
     assert answer["answer"] == "a field of artificial intelligence"
-    assert answer["model"] == "bert-qa" and answer["engine"] in ("llama.cpp", "onnxruntime")
+    assert answer["model"] == "bert-qa" and answer["engine"] in ("llama.cpp", "onnxruntime", "openvino")
     # --engine auto: the candidates built once into the (empty) cache, measured, the choice cached.
     built = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache" / "models").glob("default-*"))
+    from qabridge.bridge.engine_select import openvino_precision
     from qabridge.export.onnx_export import ONNX_RECIPE
 
-    assert built == ["bf16.gguf", f"int8.r{ONNX_RECIPE}.onnx", "q8_0.gguf"], built
+    # f32.gguf: the yardstick the candidates' answers are checked against; OpenVINO bf16 (.xml + .bin)
+    # only on a CPU with bf16 kernels (AMX or AVX512-BF16).
+    ov = [f"bf16.r{ONNX_RECIPE}.bin", f"bf16.r{ONNX_RECIPE}.xml"] if openvino_precision() == "bf16" else []
+    assert built == sorted(["bf16.gguf", "f32.gguf", f"int8.r{ONNX_RECIPE}.onnx", "q8_0.gguf", *ov]), built
     (choice,) = (tmp_path / "cache" / "engine-choice").glob("*.json")
     chosen = json.loads(choice.read_text())
-    assert {"llama.cpp": "llama.cpp", "onnx": "onnxruntime"}[chosen["engine"]] == answer["engine"]
+    assert {"llama.cpp": "llama.cpp", "onnx": "onnxruntime", "openvino": "openvino"}[chosen["engine"]] == answer["engine"]
+    assert len(chosen["candidates"]) == 3 + len(ov) // 2 and chosen["reference"] == "llama.cpp f32"
     # The Python API's default model is the same choice, read from the cache (not measured again).
     api = subprocess.run([sys.executable, "-c",
                           "import json, qabridge\nwith qabridge.pipeline() as qa:\n"
