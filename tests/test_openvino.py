@@ -45,7 +45,7 @@ def _max_delta(a, b):
 
 
 def test_f32_logits_match_torch(torch_pipe, ov_exported, dev_examples):
-    from qabridge.bridge.openvino_engine import openvino_pipeline
+    from qabridge.bridge.openvino_engine import OpenVinoEngine, openvino_pipeline
 
     pipe = openvino_pipeline(ov_exported("f32"), n_threads=2)
     try:
@@ -63,6 +63,12 @@ def test_f32_logits_match_torch(torch_pipe, ov_exported, dev_examples):
         assert _max_delta(torch_pipe.encoder.logits(long), batched) <= 0.05
         alone = [pipe.encoder.logits([w])[0] for w in long]
         assert _max_delta(alone, batched) <= 1e-3  # padding is masked out
+        # Lengths rounded up to PAD_MULTIPLE (fewer shapes: less memory) change nothing but the shape.
+        exact = OpenVinoEngine(pipe.encoder.file, pad_multiple=1)
+        assert pipe.encoder.pad_multiple == 32 and any(len(w.input_ids) % 32 for w in wins)
+        assert _max_delta(exact.logits(wins), o) <= 1e-3
+        assert exact.hidden_states(wins[0].input_ids).shape == (len(wins[0].input_ids), 384)
+        assert pipe.encoder.hidden_states(wins[0].input_ids).shape == (len(wins[0].input_ids), 384)
     finally:
         pipe.encoder.close()
 
