@@ -208,14 +208,16 @@ def choose_engine(
     min_agreement: float = 0.95,
     n_threads: int | None = None,
     use_cache: bool = True,
+    only_cached: bool = False,
     hashes: dict[Path, str] | None = None,
     log=None,
-) -> EngineChoice:
+) -> EngineChoice | None:
     """Measure ``candidates`` (and check them against ``reference``), return the fastest that agrees.
 
     ``reference`` defaults to the most exact candidate (f32, then f16...). Timings are ms per
     window over ``n_questions`` questions, each question's windows in one ``logits`` call as the
-    bridge makes them, best of ``rounds`` interleaved rounds. Agreement is counted over
+    bridge makes them, best of ``rounds`` interleaved rounds (``only_cached``: None rather than
+    measure when no choice is cached). Agreement is counted over
     ``check_questions`` (default: ``n_questions``): on 24 questions one near-tie decides a pass
     (0.958) from a fail (0.917), so the built-in models check every question of the sample. With ``use_cache`` a choice stored
     for the same CPU, threads, versions and files is returned without measuring.
@@ -236,12 +238,14 @@ def choose_engine(
                 return choice
         except (OSError, ValueError, TypeError, KeyError):
             pass  # a damaged cache entry is measured again and rewritten
+    if only_cached:
+        return None
 
     t_start = time.perf_counter()
-    if log:
-        log(f"stage 2/3: measuring {len(candidates)} engines on this CPU ({n_questions} questions, "
-            f"{rounds} rounds{f', answers checked on {check_questions}' if check_questions else ''}; once per CPU, then cached)")
     questions = sample_questions(max(n_questions, check_questions or 0))
+    if log:
+        log(f"stage 2/3: measuring {len(candidates)} engines on this CPU ({min(n_questions, len(questions))} questions, "
+            f"{rounds} rounds{f', answers checked on {len(questions)}' if check_questions else ''}; once per CPU, then cached)")
     labels = [c.label for c in candidates]
     # Two files of one engine and type (say, two exports) are told apart by their file names.
     measured: dict[Candidate, Measurement] = {
@@ -355,7 +359,64 @@ def choose_default(engine: str = "auto", outtype: str = "auto", *, adapter: str 
     # The yardstick is the f32 GGUF (numpy-built, no torch): with bf16 as the reference, its own
     # near-tie flips counted against the others (on the Intel Xeon, 2 of 24 questions).
     reference = Candidate("llama.cpp", default_model("f32", adapter=adapter, log=log), "f32")
-    return choose_engine(cands, reference=reference, check_questions=CHECK_QUESTIONS, n_threads=n_threads, log=log)
+    kw = {"reference": reference, "check_questions": CHECK_QUESTIONS, "n_threads": n_threads}
+    cached = choose_engine(cands, only_cached=True, **kw)
+    return cached or measure_in_child(cands, log=log, **kw)
+
+
+def measure_in_child(candidates: list[Candidate], *, reference: Candidate, check_questions: int | None,
+                     n_threads: int | None, log=None) -> EngineChoice:
+    """:func:`choose_engine` in a child process: every candidate is open at once while they take
+    turns (~900 MB for five on the Intel Xeon), and memory a process has touched stays its peak,
+    so the serving process only reads the choice the child cached. Log lines come through as they are made."""
+    import subprocess
+    import sys
+
+    job = {"candidates": [[c.engine, str(c.path), c.outtype] for c in candidates],
+           "reference": [reference.engine, str(reference.path), reference.outtype],
+           "check_questions": check_questions, "n_threads": n_threads}
+    proc = subprocess.Popen([sys.executable, "-m", "qabridge.bridge.engine_select"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write(json.dumps(job))
+    proc.stdin.close()
+    tail: list[str] = []
+    for line in proc.stderr:  # the child's log lines, live; anything else is kept for an error
+        if line.startswith(_LOG_PREFIX):
+            if log:
+                log(line[len(_LOG_PREFIX):].rstrip("\n"))
+        else:
+            tail = (tail + [line])[-20:]
+    out = proc.stdout.read()
+    proc.wait()
+    try:
+        res = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ModelError("measuring the candidate engines failed: " + "".join(tail)[-500:].strip()) from None
+    if "error" in res:
+        raise ModelError(res["error"])
+    return EngineChoice.from_dict(res)
+
+
+_LOG_PREFIX = "qabridge-engine-select: "
+
+
+def _child_main() -> None:
+    import sys
+
+    job = json.loads(sys.stdin.read())
+    cands = [Candidate(e, Path(p), o) for e, p, o in job["candidates"]]
+    e, p, o = job["reference"]
+    try:
+        choice = choose_engine(cands, reference=Candidate(e, Path(p), o), check_questions=job["check_questions"],
+                               n_threads=job["n_threads"], log=lambda m: print(_LOG_PREFIX + m, file=sys.stderr, flush=True))
+    except QABridgeError as exc:
+        print(json.dumps({"error": exc.message}))
+        return
+    print(json.dumps(choice.to_dict()))
+
+
+if __name__ == "__main__":
+    _child_main()
 
 
 def openvino_precision(required: bool = False) -> str | None:

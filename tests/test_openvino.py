@@ -260,3 +260,33 @@ def test_openvino_candidate_follows_the_cpu(monkeypatch):
     with_flags(["avx2", "fma"])
     # No bf16 kernels: not an auto candidate (fp32 OpenVINO trails ORT int8), but --engine openvino gets f32.
     assert engine_select.openvino_precision() is None and engine_select.openvino_precision(True) == "f32"
+
+
+def test_measuring_runs_in_a_child_and_its_errors_come_back(tmp_path, monkeypatch, ov_exported, exported):
+    from qabridge.bridge.engine_select import (
+        Candidate,
+        candidate_for,
+        choose_engine,
+        measure_in_child,
+    )
+
+    monkeypatch.setenv("QABRIDGE_CACHE", str(tmp_path / "cache"))
+    cands = [candidate_for(ov_exported("bf16")), candidate_for(exported("q8_0"))]
+    ref = Candidate("llama.cpp", exported("f32"), "f32")
+    logs: list[str] = []
+    choice = measure_in_child(cands, reference=ref, check_questions=40, n_threads=2, log=logs.append)
+    assert not choice.cached and choice.seconds > 0 and choice.path in {str(c.path) for c in cands}
+    # The child's log lines came through, in order: the stage, then one per candidate.
+    assert logs[0].startswith("stage 2/3: measuring 2 engines") and "answers checked on 40" in logs[0]
+    assert sum(m.startswith("auto engine: ") for m in logs) == 2
+    # It cached the choice for this process to read.
+    again = choose_engine(cands, reference=ref, check_questions=40, n_threads=2, only_cached=True)
+    assert again is not None and again.cached and again.path == choice.path
+    assert choose_engine(cands, reference=ref, check_questions=41, n_threads=2, only_cached=True) is None
+    # A failure in the child is the same ModelError here, with its reason.
+    wrong = Candidate("onnx", exported("q8_0"), "int8")  # a GGUF handed to ONNX Runtime
+    with pytest.raises(ModelError, match=r"(?s)no candidate engine passed the parity check.*GGUF"):
+        measure_in_child([wrong], reference=ref, check_questions=8, n_threads=2)
+    # A child that dies (here: a file gone before it is hashed) says so, with the end of its stderr.
+    with pytest.raises(ModelError, match=r"(?s)measuring the candidate engines failed.*No such file"):
+        measure_in_child([Candidate("onnx", tmp_path / "missing.onnx", "int8")], reference=ref, check_questions=8, n_threads=2)
