@@ -46,7 +46,8 @@ def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") ->
     elif Path(path).suffix == ".xml":
         from .openvino_engine import openvino_pipeline
 
-        pipe = openvino_pipeline(path, n_threads=cfg.n_threads)
+        # As the ONNX engine's two sessions: a multi-stream compilation for concurrent requests.
+        pipe = openvino_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.onnx_sessions)
     else:
         pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
     return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, sha256_file(path), source)

@@ -147,6 +147,47 @@ def test_engine_is_thread_safe(ov_exported, torch_pipe, dev_examples):
         eng.close()
 
 
+def test_concurrent_requests_use_the_multi_stream_compilation(ov_exported, torch_pipe, dev_examples):
+    from qabridge.bridge.openvino_engine import OpenVinoEngine
+
+    eng = OpenVinoEngine(ov_exported("f32"), n_threads=2, n_contexts=2)
+    try:
+        assert eng._narrow is not None
+        wins = _windows(torch_pipe, dev_examples, 16)
+        alone = [eng.logits([w])[0] for w in wins]  # demand 0: the wide compilation
+        used = {"narrow": 0}
+        real_run = eng._run
+
+        def run(seqs, pool=None):
+            if pool is None and eng._demand > 1:
+                used["narrow"] += 1
+            return real_run(seqs, pool)
+
+        eng._run = run
+        got: dict[int, tuple] = {}
+        barrier = threading.Barrier(4)
+
+        def client(k):
+            with eng.demand():
+                barrier.wait()  # all four in the engine at once
+                for i in range(k, len(wins), 4):
+                    got[i] = eng.logits([wins[i]])[0]
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert used["narrow"] >= len(wins) - 3 and len(got) == len(wins)
+        # Same answers from either compilation (f32: within rounding).
+        assert _max_delta(alone, [got[i] for i in range(len(wins))]) <= 1e-3
+    finally:
+        eng.close()
+    single = OpenVinoEngine(ov_exported("f32"), n_threads=2)
+    assert single._narrow is None
+    single.close()
+
+
 def test_bad_files_are_clear_model_errors(tmp_path, ov_exported, exported):
     import shutil
 
