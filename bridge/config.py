@@ -56,6 +56,13 @@ class ServeConfig:
     #: (bridge/onnx_engine.py); 1: one session with every thread, requests take turns.
     onnx_sessions: int = 2
     flash_attn: bool = True
+    #: Where encoders run: "cpu" or "cuda" (resolved from --device by bridge.devices.resolve_device).
+    device: str = "cpu"
+    #: Encode the windows of concurrent requests in one engine call (bridge/batching.py); on by
+    #: default on a GPU, off on the CPU (there the engines split their threads between requests).
+    batch_requests: bool = False
+    #: With batch_requests: how long an engine call waits for more requests (0: takes what is queued).
+    batch_wait_ms: float = 0.0
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     ollama_host: str | None = None

@@ -41,17 +41,18 @@ class Candidate:
     engine: str  # "llama.cpp" | "onnx" | "openvino"
     path: Path
     outtype: str = ""  # f32, f16, bf16, q8_0 (GGUF); f32, int8 (ONNX): read from the file when empty
+    device: str = "cpu"  # "cuda": ONNX Runtime's CUDA provider, or llama.cpp with every layer offloaded
 
     @property
     def label(self) -> str:
-        return f"{_LABELS.get(self.engine, self.engine)} {self.outtype}".strip()
+        return f"{_LABELS.get(self.engine, self.engine)} {self.outtype}{' cuda' if self.device == 'cuda' else ''}".strip()
 
     def open(self, n_threads: int | None = None):
         """A QAPipeline over this candidate (one llama.cpp context: one request at a time)."""
         if self.engine == "onnx":
             from .onnx_engine import onnx_pipeline
 
-            return onnx_pipeline(self.path, n_threads=n_threads)
+            return onnx_pipeline(self.path, n_threads=n_threads, device=self.device)
         if self.engine == "openvino":
             from .openvino_engine import openvino_pipeline
 
@@ -59,7 +60,7 @@ class Candidate:
         if self.engine == "llama.cpp":
             from .llama_engine import gguf_pipeline
 
-            return gguf_pipeline(self.path, n_threads=n_threads, n_contexts=1)
+            return gguf_pipeline(self.path, n_threads=n_threads, n_contexts=1, n_gpu_layers=-1 if self.device == "cuda" else 0)
         raise UsageError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
 
 
@@ -123,6 +124,7 @@ class EngineChoice:
     cached: bool
     seconds: float  # spent measuring (0 when read from the cache)
     candidates: list[Measurement]
+    device: str = "cpu"  # where the chosen candidate runs
 
     @property
     def ms_per_window(self) -> dict[str, float | None]:
@@ -172,7 +174,7 @@ def cache_key(candidates: list[Candidate], threads: int, hashes: dict[Path, str]
     """Per CPU, threads, library versions, candidate files and ``check`` (how they were checked)."""
     name, flags = cpu_identity()
     hashes = hashes or {}
-    files = sorted((c.engine, hashes.get(Path(c.path)) or sha256_file(c.path)) for c in candidates)
+    files = sorted((c.engine, c.device, hashes.get(Path(c.path)) or sha256_file(c.path)) for c in candidates)
     blob = json.dumps({"cpu": name, "flags": flags, "threads": threads, "versions": _versions(), "files": files,
                        **({"check": check} if check else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -224,7 +226,7 @@ def choose_engine(
     """
     if not candidates:
         raise UsageError("no candidate engines to choose from")
-    candidates = [c if c.outtype else candidate_for(c.path) for c in candidates]
+    candidates = [c if c.outtype else Candidate(c.engine, c.path, candidate_for(c.path).outtype, c.device) for c in candidates]
     threads = max(1, n_threads or os.cpu_count() or 1)
     ref_c = reference or _reference(candidates)
     check = {"reference": [ref_c.engine, ref_c.outtype, Path(ref_c.path).name], "questions": check_questions} if check_questions else None
@@ -323,7 +325,7 @@ def choose_engine(
         engine=best.engine, path=str(best.path), outtype=best.outtype, label=measured[best].label,
         reference=measured[ref_c].label if ref_c in measured else ref_c.label,
         cpu=cpu_identity()[0], threads=threads, key=key, cached=False,
-        seconds=round(time.perf_counter() - t_start, 2), candidates=[measured[c] for c in candidates],
+        seconds=round(time.perf_counter() - t_start, 2), candidates=[measured[c] for c in candidates], device=best.device,
     )
     if use_cache:
         try:
@@ -337,7 +339,7 @@ def choose_engine(
 
 
 def choose_default(engine: str = "auto", outtype: str = "auto", *, adapter: str | os.PathLike | None = None,
-                   n_threads: int | None = None, log=None) -> EngineChoice:
+                   n_threads: int | None = None, device: str = "cpu", log=None) -> EngineChoice:
     """A built-in model's file and engine (``adapter``: the default's when None), as ``qabridge serve``
     (and the Python API) pick them: ``engine`` "auto" measures llama.cpp (``outtype``, or q8_0 and
     bf16) and ONNX Runtime int8 candidates on this CPU (cached per CPU and model), "onnx" only the
@@ -349,7 +351,7 @@ def choose_default(engine: str = "auto", outtype: str = "auto", *, adapter: str 
             + "/".join(outtypes) + (", ONNX int8" if "onnx" in engines else "")
             + (", OpenVINO" if "openvino" in engines and openvino_precision(engine == "openvino") else "")
             + "; ~2-4 min on 2 cores, then cached)")
-    cands = default_candidates(adapter, gguf_outtypes=outtypes, engines=engines, log=log,
+    cands = default_candidates(adapter, gguf_outtypes=outtypes, engines=engines, log=log, device=device,
                                openvino_types=(openvino_precision(True),) if engine == "openvino" else None)
     if engine in ("onnx", "openvino") and not cands:
         raise UsageError(f"--engine {engine}: no {engine} model could be built (exporting needs torch"
@@ -372,7 +374,7 @@ def measure_in_child(candidates: list[Candidate], *, reference: Candidate, check
     import subprocess
     import sys
 
-    job = {"candidates": [[c.engine, str(c.path), c.outtype] for c in candidates],
+    job = {"candidates": [[c.engine, str(c.path), c.outtype, c.device] for c in candidates],
            "reference": [reference.engine, str(reference.path), reference.outtype],
            "check_questions": check_questions, "n_threads": n_threads}
     proc = subprocess.Popen([sys.executable, "-m", "qabridge.bridge.engine_select"], stdin=subprocess.PIPE,
@@ -404,7 +406,7 @@ def _child_main() -> None:
     import sys
 
     job = json.loads(sys.stdin.read())
-    cands = [Candidate(e, Path(p), o) for e, p, o in job["candidates"]]
+    cands = [Candidate(e, Path(p), o, d) for e, p, o, d in job["candidates"]]
     e, p, o = job["reference"]
     try:
         choice = choose_engine(cands, reference=Candidate(e, Path(p), o), check_questions=job["check_questions"],
@@ -443,6 +445,7 @@ def default_candidates(
     onnx_types: tuple[str, ...] = ("int8",),
     openvino_types: tuple[str, ...] | None = None,
     engines: tuple[str, ...] = ENGINES,
+    device: str = "cpu",
     log=None,
 ) -> list[Candidate]:
     """The shipped (or given) adapter exported once per engine and type, cached by adapter hash.
@@ -450,6 +453,8 @@ def default_candidates(
     GGUFs come from :func:`qabridge.export.run.default_model` (numpy, no torch). ONNX files need
     torch to export: they are built by ``qabridge export --format onnx`` in a child process, so the
     serving process never loads torch (its memory would stay); without torch they are skipped.
+    With ``device`` "cuda" the GPU candidates of :func:`~qabridge.bridge.devices.candidate_plan`
+    join the CPU ones, and the measurement decides.
     """
     import importlib.util
     import subprocess
@@ -459,23 +464,30 @@ def default_candidates(
     from qabridge.export.run import default_model
     from qabridge.paths import default_adapter
 
+    from .devices import candidate_plan, cuda_available, llama_gpu_offload
+
     adapter = Path(adapter) if adapter else default_adapter()
     out = []
+    gpu = candidate_plan(cuda=device == "cuda" and cuda_available(), gpu_offload=device == "cuda" and llama_gpu_offload(),
+                         engines=engines)
     if "llama.cpp" in engines:
         out += [Candidate("llama.cpp", default_model(o, adapter=adapter, log=log), o) for o in gguf_outtypes]
+    out += [Candidate(e, default_model(t, adapter=adapter, log=log), t, d) for e, t, d in gpu if e == "llama.cpp"]
     from qabridge.export.onnx_export import ONNX_RECIPE
 
     h = adapter_hash(adapter)[:16]
-    builds = []  # (engine, outtype, file, export options)
+    builds = []  # (engine, outtype, file, export options, device)
     if "onnx" in engines:
-        builds += [("onnx", t, f"default-{h}.{t}.r{ONNX_RECIPE}.onnx", ["--format", "onnx", "--quantize", "none" if t == "f32" else t])
+        builds += [("onnx", t, f"default-{h}.{t}.r{ONNX_RECIPE}.onnx", ["--format", "onnx", "--quantize", "none" if t == "f32" else t], "cpu")
                    for t in onnx_types]
+        builds += [("onnx", t, f"default-{h}.{t}.r{ONNX_RECIPE}.onnx", ["--format", "onnx", "--quantize", "none"], d)
+                   for e, t, d in gpu if e == "onnx"]
     if "openvino" in engines:
         if openvino_types is None:
             openvino_types = tuple(filter(None, [openvino_precision()]))
-        builds += [("openvino", t, f"default-{h}.{t}.r{ONNX_RECIPE}.xml", ["--format", "openvino", "--outtype", t])
+        builds += [("openvino", t, f"default-{h}.{t}.r{ONNX_RECIPE}.xml", ["--format", "openvino", "--outtype", t], "cpu")
                    for t in openvino_types]
-    for eng, t, fname, opts in builds:
+    for eng, t, fname, opts, dev in builds:
         p = cache_dir() / "models" / fname
         what = f"{_LABELS.get(eng, eng)} {t}"
         if not p.exists():
@@ -492,7 +504,7 @@ def default_candidates(
                 if log:
                     log(f"{what} candidate skipped: {r.stderr.strip()[-300:]}")
                 continue
-        out.append(Candidate(eng, p, t))
+        out.append(Candidate(eng, p, t, dev))
     if not out:
         raise ModelError(f"no candidate engine could be built for {adapter}")
     return out

@@ -136,6 +136,7 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         flash_attn: bool = True,
         n_contexts: int = 1,
+        n_gpu_layers: int = 0,
     ):
         try:
             import llama_cpp as lc
@@ -149,7 +150,9 @@ class LlamaCppEngine:
         self.n_positions = model.context_length
         self.n_ctx = min(self.n_positions, max(model.window_spec.max_seq_len, 512) if self.head else self.n_positions)
         mp = lc.llama_model_default_params()
-        mp.n_gpu_layers = 0
+        # -1: every layer on the GPU (a GPU build of llama.cpp; bridge/devices.py decides).
+        mp.n_gpu_layers = n_gpu_layers
+        self.device = "cuda" if n_gpu_layers else "cpu"
         self.model = lc.llama_model_load_from_file(str(model.path).encode(), mp)
         if not self.model:
             raise ModelError(f"{model.path}: llama.cpp could not load the model")

@@ -37,6 +37,10 @@ from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxKey
 #: away, and short windows of one length still gain from going together.
 BATCH_TOKENS = 768
 MAX_PADDING = 0.1
+#: On a GPU a call's fixed cost (launches, copies) dwarfs a window's, so calls are as large as
+#: a batch of concurrent requests makes them: 32 full windows (unmeasured: no GPU was lent).
+GPU_BATCH_TOKENS = 32 * 384
+GPU_MAX_PADDING = 0.5
 _ONNX_MAGIC_HINT = b"\x08"  # an ONNX ModelProto starts with field 1 (ir_version), varint
 
 
@@ -50,11 +54,11 @@ SHARE_BYTES = 1 << 20
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
-def inference_session(path: str | os.PathLike, options):
-    """An ORT CPU session over ``path`` with :data:`DISABLED_OPTIMIZERS` off."""
+def inference_session(path: str | os.PathLike, options, providers: list[str] | None = None):
+    """An ORT session over ``path`` (CPU provider unless ``providers``) with :data:`DISABLED_OPTIMIZERS` off."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"],
                                 disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
 
@@ -129,8 +133,13 @@ class OnnxModel(QAModelMeta):
     show either file the same way.
     """
 
-    def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None, share: bool = False):
+    def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None, share: bool = False,
+                 device: str = "cpu"):
+        from .devices import ort_providers
+
         self.path = Path(path)
+        self.device = device
+        providers = ort_providers(device)
         self._check_file()
         #: Initialisers a second session of this model can use as well (``share``: shared_tables).
         self.shared: dict = shared_tables(self.path) if share else {}
@@ -139,7 +148,7 @@ class OnnxModel(QAModelMeta):
         except ImportError as exc:  # pragma: no cover - base dependency
             raise EngineError(f"onnxruntime is not installed ({exc})") from None
         try:
-            self.session = inference_session(self.path, session_options(n_threads, self.shared))
+            self.session = inference_session(self.path, session_options(n_threads, self.shared), providers)
         except Exception as exc:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise ModelError(f"{self.path}: not a readable ONNX model ({reason[:300]})") from None
@@ -257,10 +266,16 @@ class OnnxEngine:
     name = "onnxruntime"
 
     def __init__(self, model: OnnxModel | str | os.PathLike, *, n_threads: int | None = None,
-                 batch_tokens: int = BATCH_TOKENS, max_padding: float = MAX_PADDING, concurrent: bool = False, n_contexts: int = 1):
+                 batch_tokens: int | None = None, max_padding: float | None = None, concurrent: bool = False,
+                 n_contexts: int = 1, device: str = "cpu"):
         self.n_threads = max(1, n_threads or os.cpu_count() or 1)
-        narrow = n_contexts > 1 and self.n_threads > 1
-        self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads, share=narrow)
+        gpu = (model.device if isinstance(model, OnnxModel) else device) == "cuda"
+        # The narrow session splits CPU threads; on a GPU concurrency comes from batching requests.
+        narrow = n_contexts > 1 and self.n_threads > 1 and not gpu
+        self.file = model if isinstance(model, OnnxModel) else OnnxModel(model, n_threads=n_threads, share=narrow, device=device)
+        self.device = self.file.device
+        batch_tokens = batch_tokens or (GPU_BATCH_TOKENS if gpu else BATCH_TOKENS)
+        max_padding = max_padding if max_padding is not None else (GPU_MAX_PADDING if gpu else MAX_PADDING)
         self.session = self.file.session
         self.head = self.file.span_head
         self.n_positions = self.file.context_length
@@ -277,6 +292,11 @@ class OnnxEngine:
             self.narrow = inference_session(self.file.path, session_options(per, self.file.shared))
         self._demand = 0
         self._demand_lock = threading.Lock()
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers ONNX Runtime actually runs this session on."""
+        return list(self.session.get_providers()) if self.session is not None else []
 
     @contextmanager
     def demand(self):

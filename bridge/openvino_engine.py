@@ -6,11 +6,10 @@ and vocabulary come from the IR's rt_info, so the ``.xml``/``.bin`` pair alone s
 records the inference precision (``bf16`` or ``f32``) the CPU plugin is asked for; bf16 runs on
 AMX tiles where the CPU has them (Intel Xeon 4th generation on), else on AVX512-BF16.
 
-Measured on the 2-core Intel Xeon with AMX (family 6 model 143 class; engine alone, 200 dev
-windows of ~119 tokens, one per call, best of 3; /tmp probe, benchmarks/performance.md has the
-committed run): OpenVINO bf16 5.2 ms per window and 11.3 per 384-token window, against ONNX
-Runtime int8 6.2 and 17.6, OpenVINO with NNCF int8 4.8 and 11.1, CTranslate2 int8 11.1 and 23.0;
-argmax spans of 200 questions 99.5% those of ORT fp32 (ORT int8 98.5%, NNCF int8 97.0%).
+Measured on the 2-core Intel Xeon with AMX (family 6 model 167; benchmarks/performance.md, whole
+articles, one client): 14.4 ms per full window over HTTP against ONNX Runtime int8's 20.9, OpenVINO
+NNCF int8's 13.6 and CTranslate2 int8's 25.9; the bridge's auto check: 7.6 ms per sample window
+against ONNX Runtime int8's 11.3, answers 95/95 those of the f32 GGUF.
 """
 
 from __future__ import annotations
@@ -68,6 +67,7 @@ class OpenVinoModel(OnnxModel):
     def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None):
         self.path = Path(path)
         self.shared = {}
+        self.device = "cpu"  # OpenVINO's GPU plugin is for Intel GPUs; this engine is the CPU one
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
         if self.path.suffix != ".xml" or not self.path.with_suffix(".bin").is_file():

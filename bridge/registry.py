@@ -35,21 +35,33 @@ class LoadedModel:
     source: str = "file"
 
 
-def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file") -> LoadedModel:
-    """The file in the engine its format needs: ``.onnx`` in ONNX Runtime, ``.xml`` in OpenVINO, GGUF in llama.cpp."""
+def load_model(name: str, path: Path, cfg: ServeConfig, source: str = "file", device: str | None = None) -> LoadedModel:
+    """The file in the engine its format needs: ``.onnx`` in ONNX Runtime, ``.xml`` in OpenVINO, GGUF in
+    llama.cpp; on ``device`` (default: the configured one; an engine that cannot reach it stays on the
+    CPU), behind a WindowBatcher with ``cfg.batch_requests``."""
+    from .devices import cuda_available, llama_gpu_offload
+
+    device = device or cfg.device
     if Path(path).suffix == ".onnx":
         from .onnx_engine import onnx_pipeline
 
         # A wide session for a request alone, a narrow one shared by concurrent requests
         # (docs/performance.md: +18-26% q/s at 8 clients, peak RSS 321 vs 240 MB).
-        pipe = onnx_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.onnx_sessions)
+        on = "cuda" if device == "cuda" and cuda_available() else "cpu"
+        pipe = onnx_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.onnx_sessions, device=on)
     elif Path(path).suffix == ".xml":
         from .openvino_engine import openvino_pipeline
 
         # As the ONNX engine's two sessions: a multi-stream compilation for concurrent requests.
         pipe = openvino_pipeline(path, n_threads=cfg.n_threads, n_contexts=cfg.onnx_sessions)
     else:
-        pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts)
+        gpu_layers = -1 if device == "cuda" and llama_gpu_offload() else 0
+        pipe = gguf_pipeline(path, n_threads=cfg.n_threads, flash_attn=cfg.flash_attn, n_contexts=cfg.n_contexts,
+                             n_gpu_layers=gpu_layers)
+    if cfg.batch_requests:
+        from .batching import WindowBatcher
+
+        pipe.encoder = WindowBatcher(pipe.encoder, max_wait_ms=cfg.batch_wait_ms)
     return LoadedModel(name, pipe.encoder.file, pipe.encoder, pipe, sha256_file(path), source)
 
 
@@ -64,7 +76,7 @@ def choose_builtin(cfg: ServeConfig, name: str):
 
         return None, default_model(cfg.default_outtype, adapter=BUILTIN_MODELS[name].adapter(), log=log.info)
     choice = choose_default(cfg.engine, cfg.default_outtype, adapter=BUILTIN_MODELS[name].adapter(),
-                            n_threads=cfg.n_threads, log=log.info)
+                            n_threads=cfg.n_threads, device=cfg.device, log=log.info)
     log.info("%s engine: %s (%s)", name, choice.label, "cached choice" if choice.cached else f"measured in {choice.seconds:.1f} s")
     return choice, Path(choice.path)
 
@@ -160,7 +172,8 @@ class ModelRegistry:
         choice, path = choose_builtin(self.cfg, builtin)
         if choice is not None:
             self.engine_choices[served_as] = choice
-        self.models[served_as] = load_model(served_as, path, self.cfg)
+        self.models[served_as] = load_model(served_as, path, self.cfg,
+                                            device=choice.device if choice is not None else None)
 
     @property
     def engine_choice(self):

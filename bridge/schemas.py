@@ -123,6 +123,8 @@ class ModelInfo(BaseModel):
     max_seq_len: int = Field(description="Window length in tokens.")
     doc_stride: int = Field(description="Overlap between consecutive windows, in tokens.")
     engine: str = Field(description="The engine that computes the encoder states.")
+    device: str = Field(default="cpu", description="Where the encoder runs: cpu or cuda.")
+    batching: dict | None = Field(default=None, description="With --batch-requests: engine calls made, windows encoded, the most requests one call served.")
     source: str = Field(description="file, ollama, or adapter (a LoRA applied at run time over a shared base)")
     adapter_of: str | None = Field(default=None, description="For an adapter: the base GGUF it is applied over, one copy shared by every adapter.")
     engine_choice: dict | None = Field(default=None, description="With --engine auto: how the engine was chosen on this CPU.")

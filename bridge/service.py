@@ -52,7 +52,12 @@ class QAService:
     def __init__(self, registry: ModelRegistry, cfg: ServeConfig):
         self.registry = registry
         self.cfg = cfg
-        self.executor = ThreadPoolExecutor(max_workers=max(1, cfg.n_contexts), thread_name_prefix="qabridge-engine")
+        from .batching import BATCH_WORKERS
+
+        # With batching, many requests wait in the batcher's queue at once; without, each worker is
+        # a request inside the engine, so the engine's own concurrency bounds them.
+        workers = max(cfg.n_contexts, BATCH_WORKERS) if cfg.batch_requests else cfg.n_contexts
+        self.executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="qabridge-engine")
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

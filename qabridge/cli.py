@@ -453,6 +453,9 @@ def _builtin_names() -> list[str]:
 @click.option("--contexts", type=click.IntRange(min=1), default=None, help="llama.cpp contexts = requests encoded at once (default: min(4, cores)).")
 @click.option("--no-flash-attn", is_flag=True, help="Disable flash attention in llama.cpp.")
 @click.option("--onnx-sessions", type=click.IntRange(min=1, max=2), default=2, show_default=True, help="ONNX Runtime: 2 = a request alone gets every thread, concurrent requests share a second one-thread-per-core session without a lock (measured on 2 cores: 18-26 percent more q/s at 8 clients, peak RSS 321 vs 240 MB); 1 = one session, requests take turns.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where encoders run. auto: CUDA when onnxruntime has its CUDA provider (onnxruntime-gpu) or llama.cpp is a GPU build (then --engine auto also measures ONNX Runtime fp32 on CUDA and llama.cpp f16 offloaded), else the CPU. Unmeasured on a GPU so far (README).")
+@click.option("--batch-requests/--no-batch-requests", default=None, help="Encode the windows of concurrent requests in one engine call (default: on with --device cuda, off on the CPU).")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=100), default=0.0, show_default=True, help="--batch-requests: how long an engine call waits for more requests to join (0: it takes the ones already queued).")
 @click.option("--max-context-chars", type=int, default=400_000, show_default=True, help="Longest context accepted (413 beyond).")
 @click.option("--max-body-bytes", type=int, default=2_000_000, show_default=True, help="Largest request body (413 beyond).")
 @click.option("--max-batch", type=int, default=64, show_default=True, help="Most items in one /api/qa/batch request.")
@@ -470,7 +473,7 @@ def _builtin_names() -> list[str]:
 @click.option("--autoscale", default=None, metavar="MIN:MAX", help="--ray: autoscale between MIN and MAX replicas on ongoing requests.")
 @click.option("--cpus-per-replica", type=float, default=None, help="--ray: CPUs Ray reserves per replica; its engine threads follow (default 1).")
 @_fail_cleanly
-def serve(model, name, adapters, engine, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, onnx_sessions, max_context_chars,
+def serve(model, name, adapters, engine, default_outtype, host, port, allow_remote, threads, contexts, no_flash_attn, onnx_sessions, device, batch_requests, batch_wait_ms, max_context_chars,
           max_body_bytes, max_batch, max_inflight, timeout, cors_origin, ollama_model, ollama_host, embedding_model,
           embedding_gguf, passage_weight, use_ray, address, replicas, autoscale, cpus_per_replica) -> None:
     """Run the QA bridge daemon (POST /api/qa, /api/qa/batch; GET /api/health, /api/model/info).
@@ -525,7 +528,12 @@ def serve(model, name, adapters, engine, default_outtype, host, port, allow_remo
         served_base = (AdapterSpec(builtin, BUILTIN_MODELS[builtin].adapter()).base_name() if builtin
                        else ModelFile(path).base_model if path is not None and path.suffix == ".gguf" else None)
     adapter_base = check_bases(specs, served_base)
-    cfg = ServeConfig(model_path=path, adapters=specs, adapter_base=adapter_base, model_name=name or None, more_models=more, more_builtins=more_builtins, engine=engine, builtin_model=builtin,
+    from qabridge.bridge.devices import resolve_device
+
+    device = resolve_device(device)
+    if batch_requests is None:
+        batch_requests = device == "cuda"
+    cfg = ServeConfig(device=device, batch_requests=batch_requests, batch_wait_ms=batch_wait_ms, model_path=path, adapters=specs, adapter_base=adapter_base, model_name=name or None, more_models=more, more_builtins=more_builtins, engine=engine, builtin_model=builtin,
                       default_outtype=default_outtype, ollama_host=ollama_host, ollama_models=list(ollama_model),
                       embedding_model=embedding_model, embedding_gguf=Path(embedding_gguf) if embedding_gguf else None, passage_weight=passage_weight, max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                       max_batch=max_batch, request_timeout_s=timeout, max_inflight=max_inflight,

@@ -13,28 +13,6 @@ from qabridge.errors import ModelError, OutputExists, UsageError
 from .helpers import span_flips
 
 
-@pytest.fixture(scope="session")
-def onnx_exported(tmp_path_factory, committed_adapter):
-    """The committed adapter exported to ONNX once per type ("f32" | "int8"), one merge for both."""
-    from qabridge.export.merge import merge_adapter
-    from qabridge.export.onnx_export import export_onnx
-
-    d = tmp_path_factory.mktemp("onnx")
-    cache: dict = {}
-
-    def get(kind: str):
-        if kind not in cache:
-            if "merged" not in cache:
-                cache["merged"] = merge_adapter(committed_adapter)
-            p = d / f"bert-qa.{kind}.onnx"
-            cache[kind] = export_onnx(committed_adapter, p, quantize="int8" if kind == "int8" else "none",
-                                      merged=cache["merged"])
-        return d / f"bert-qa.{kind}.onnx"
-
-    get.info = lambda kind: cache[kind]
-    return get
-
-
 def _windows(pipe, examples, n):
     out = []
     for e in examples[:n]:
