@@ -150,16 +150,23 @@ def load_adapters(specs: list[AdapterSpec], base_name: str, *, outtype: str = "a
                             n_contexts=n_contexts)
     out = []
     try:
-        tokenizer = engine.file.tokenizer
         for s in specs:
-            f = ModelFile(lora_file(s, log_fn=log_fn))
-            enc = AdapterEncoder(engine, f)
-            if f.get(Key.LOWERCASE) != engine.file.get(Key.LOWERCASE):
-                raise ModelError(f"{f.path}: lowercases differently from its base {engine.file.path.name}")
-            # The vocabulary is the base's (a LoRA GGUF does not repeat it): one tokenizer for all.
-            pipe = QAPipeline(tokenizer, enc, f.window_spec, max_answer_len=f.max_answer_len)
-            out.append((s.name, enc, pipe, sha256_file(f.path)))
+            enc, pipe, sha = adapter_pipeline(engine, lora_file(s, log_fn=log_fn))
+            out.append((s.name, enc, pipe, sha))
     except BaseException:
         engine.close()
         raise
     return engine, out
+
+
+def adapter_pipeline(engine: LlamaCppEngine, lora_path: Path) -> tuple[AdapterEncoder, QAPipeline, str]:
+    """The LoRA GGUF at ``lora_path`` over ``engine``: its encoder, its pipeline and its sha256."""
+    f = ModelFile(lora_path)
+    if not f.is_lora:
+        raise ModelError(f"{lora_path}: not a LoRA GGUF from `qabridge export --lora-only`")
+    enc = AdapterEncoder(engine, f)
+    if f.get(Key.LOWERCASE) != engine.file.get(Key.LOWERCASE):
+        raise ModelError(f"{f.path}: lowercases differently from its base {engine.file.path.name}")
+    # The vocabulary is the base's (a LoRA GGUF does not repeat it): one tokenizer for all.
+    pipe = QAPipeline(engine.file.tokenizer, enc, f.window_spec, max_answer_len=f.max_answer_len)
+    return enc, pipe, sha256_file(f.path)

@@ -26,6 +26,7 @@ from qabridge.errors import (
 
 log = logging.getLogger("qabridge.bridge")
 _FROM = re.compile(r"^FROM\s+(\S.*?)\s*$", re.MULTILINE)
+_ADAPTER = re.compile(r"^ADAPTER\s+(\S.*?)\s*$", re.MULTILINE)
 
 #: llama.cpp's pooling types (enum llama_pooling_type). Ollama calls any GGUF with a
 #: ``<arch>.pooling_type`` key an embedding model, but embeds only with mean, cls or last: with
@@ -69,8 +70,12 @@ def _error_text(r: httpx.Response) -> str:
 @dataclass
 class OllamaModel:
     name: str
+    #: The GGUF blob of the model's FROM line.
     blob: Path
     info: dict
+    #: The blobs of its ADAPTER lines (LoRA GGUFs applied over ``blob``; Ollama v0.24.0 keeps them,
+    #: v0.30 and later refuse ADAPTER at create time).
+    adapters: tuple[Path, ...] = ()
 
 
 class OllamaClient:
@@ -111,12 +116,14 @@ class OllamaClient:
         if not m:
             raise ModelError(f"Ollama model {name!r}: no FROM line in its modelfile")
         blob = Path(m.group(1))
-        if not blob.is_file():
-            raise ModelError(
-                f"Ollama model {name!r}: its GGUF {blob} is not readable from here "
-                "(the bridge must run on the machine that holds Ollama's models)"
-            )
-        return OllamaModel(name, blob, data.get("model_info", {}))
+        adapters = tuple(Path(a) for a in _ADAPTER.findall(data.get("modelfile", "")))
+        for f in (blob, *adapters):
+            if not f.is_file():
+                raise ModelError(
+                    f"Ollama model {name!r}: its GGUF {f} is not readable from here "
+                    "(the bridge must run on the machine that holds Ollama's models)"
+                )
+        return OllamaModel(name, blob, data.get("model_info", {}), adapters)
 
     def embedding_pooling(self, name: str) -> str:
         """The pooling type of Ollama model ``name``; ModelError when Ollama cannot embed with it."""

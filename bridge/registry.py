@@ -11,6 +11,7 @@ from qabridge.core.hashing import sha256_file
 from qabridge.core.model_file import ModelFile
 from qabridge.core.pipeline import QAPipeline
 from qabridge.errors import (
+    ModelError,
     ModelLoading,
     ModelNotFound,
     ModelUnavailable,
@@ -105,6 +106,8 @@ class ModelRegistry:
         self._embed_engine: LlamaCppEngine | None = None
         #: The one base engine every --adapter runs over.
         self.adapter_base: LlamaCppEngine | None = None
+        #: Base engines of Ollama models with an ADAPTER, by base blob.
+        self.ollama_bases: dict[Path, LlamaCppEngine] = {}
         self._lazy_embedder = None
         self._lock = threading.Lock()
 
@@ -190,10 +193,29 @@ class ModelRegistry:
                     om = self.ollama.show(name)
                 except OllamaUnavailable:
                     return  # Ollama away: the watch calls again when it is back
-                self.models[name] = load_model(name, om.blob, self.cfg, source="ollama")
+                if om.adapters:
+                    self.models[name] = self._load_ollama_adapter(name, om)
+                else:
+                    self.models[name] = load_model(name, om.blob, self.cfg, source="ollama")
                 self.pending_ollama.remove(name)
                 if self.default is None:
                     self.default = name
+
+    def _load_ollama_adapter(self, name: str, om) -> LoadedModel:
+        """An Ollama model made ``FROM`` a base with an ``ADAPTER``: its adapter blob applied at run
+        time over its base blob, one engine per base blob (shared by every such model)."""
+        from .adapters import adapter_pipeline
+
+        if len(om.adapters) > 1:
+            raise ModelError(f"Ollama model {name!r} has {len(om.adapters)} ADAPTER lines; the bridge applies one")
+        engine = self.ollama_bases.get(om.blob)
+        if engine is None:
+            engine = self.ollama_bases[om.blob] = LlamaCppEngine(
+                ModelFile(om.blob, require_qa=False), n_threads=self.cfg.n_threads, flash_attn=self.cfg.flash_attn,
+                n_contexts=self.cfg.n_contexts)
+        enc, pipe, sha = adapter_pipeline(engine, om.adapters[0])
+        log.info("Ollama model %s: adapter %s over base %s", name, om.adapters[0].name, om.blob.name)
+        return LoadedModel(name, enc.file, enc, pipe, sha, source="ollama")
 
     def _setup_retriever(self) -> None:
         """Ollama's embedding model if given; else (and while Ollama is away) a local one: the given
@@ -230,6 +252,8 @@ class ModelRegistry:
             m.engine.close()
         if self.adapter_base is not None:
             self.adapter_base.close()
+        for engine in self.ollama_bases.values():
+            engine.close()
         if self._embed_engine is not None:
             self._embed_engine.close()
         if self._lazy_embedder is not None:

@@ -13,6 +13,7 @@ from qabridge._version import __version__
 from qabridge.errors import BatchTooLarge
 
 from . import http_errors, middleware
+from .adapters import AdapterEncoder
 from .batching import WindowBatcher
 from .config import ServeConfig
 from .registry import LoadedModel, ModelRegistry
@@ -112,7 +113,7 @@ def model_info(m: LoadedModel, engine_choice: dict | None = None) -> ModelInfo:
         name=m.name, file=str(m.file.path), size=m.file.path.stat().st_size, sha256=m.sha256,
         quantization=m.file.outtype, base_model=m.file.base_model, layers=m.file.num_layers, max_seq_len=m.file.window_spec.max_seq_len, doc_stride=m.file.window_spec.doc_stride,
         engine=m.engine.name, device=getattr(m.engine, "device", "cpu"),
-        batching=m.engine.stats() if isinstance(m.engine, WindowBatcher) else None, source=m.source, adapter_of=str(m.engine.base_path) if m.source == "adapter" else None,
+        batching=m.engine.stats() if isinstance(m.engine, WindowBatcher) else None, source=m.source, adapter_of=str(m.engine.base_path) if isinstance(m.engine, AdapterEncoder) else None,
         abstention=m.file.abstention, engine_choice=engine_choice, metadata={k: _jsonable(v) for k, v in meta.items()},
     )
 

@@ -47,9 +47,7 @@ def ollama_pooling(gguf_path: Path) -> str:
 
 
 def render_modelfile(gguf_path: Path, modelfile_path: Path, *, num_ctx: int, base_model: str, embedding: bool = False) -> str:
-    rel = os.path.relpath(gguf_path.resolve(), modelfile_path.parent.resolve())
-    if not rel.startswith((".", "/")):
-        rel = "./" + rel
+    rel = _relative(gguf_path, modelfile_path)
     base_lic = BASE_LICENSES.get(base_model, f"see the license of {base_model}")
     lines = [
         "# Written by `qabridge export`: an encoder-only BERT model for Ollama.",
@@ -76,3 +74,29 @@ def write_modelfile(gguf_path: Path, modelfile_path: Path, **kw) -> Path:
     tmp.write_text(text)
     os.replace(tmp, modelfile_path)
     return modelfile_path
+
+
+def write_lora_modelfile(base_gguf: Path, lora_gguf: Path, modelfile_path: Path, *, num_ctx: int, base_model: str) -> Path:
+    """A Modelfile ``FROM`` the base with ``ADAPTER`` the LoRA GGUF: Ollama stores the two as
+    separate blobs, so ten adapters cost ten adapter files over one base."""
+    ollama_pooling(base_gguf)
+    modelfile_path.parent.mkdir(parents=True, exist_ok=True)
+    lines = render_modelfile(base_gguf, modelfile_path, num_ctx=num_ctx, base_model=base_model).splitlines()
+    rel = _relative(lora_gguf, modelfile_path)
+    at = next(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    lines[1:at] = [
+        "# Ollama serves the base as an embedding model; the bridge reads both blobs and applies the",
+        "# adapter at run time (`qabridge serve --ollama-model NAME`). Ollama v0.24.0 accepts ADAPTER",
+        "# for this BERT model; v0.30 and later refuse it (\"LoRA adapters are no longer supported\").",
+    ]
+    at = next(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    lines.insert(at + 1, f"ADAPTER {rel}")
+    tmp = modelfile_path.with_suffix(modelfile_path.suffix + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, modelfile_path)
+    return modelfile_path
+
+
+def _relative(path: Path, modelfile_path: Path) -> str:
+    rel = os.path.relpath(path.resolve(), modelfile_path.parent.resolve())
+    return rel if rel.startswith((".", "/")) else "./" + rel

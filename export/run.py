@@ -10,7 +10,7 @@ from qabridge.errors import ModelError
 from qabridge.paths import cache_dir, default_adapter
 
 from .gguf_writer import QAMeta, abstention_fields, prepare_output, write_gguf
-from .modelfile import write_modelfile
+from .modelfile import write_lora_modelfile, write_modelfile
 
 #: Relative to the working directory, like every output path of the CLI.
 DEFAULT_MODELFILE = Path("modelfiles") / "Modelfile"
@@ -119,9 +119,15 @@ def default_model(outtype: str = "auto", *, adapter: Path | None = None, log=Non
 
 
 def export_lora(adapter: str | Path, *, output: str | Path | None = None, name: str | None = None,
-                force: bool = False, base: str | None = None) -> dict:
+                force: bool = False, base: str | None = None, modelfile: str | Path | None = None,
+                base_outtype: str = "f16") -> dict:
     """An adapter alone as a llama.cpp LoRA GGUF (f32 pairs, ~the adapter's size), to be applied at
-    run time over its base (``plain_base``) instead of merged into a copy of it."""
+    run time over its base (``plain_base``) instead of merged into a copy of it.
+
+    With ``modelfile``: also the base as a mean-pooled GGUF beside the adapter (``base_outtype``;
+    written once, shared by every adapter of that base) and an Ollama Modelfile ``FROM`` that base
+    with ``ADAPTER`` this file. Ollama v0.24.0 accepts it (``serve --ollama-model`` then applies the
+    adapter blob over the base blob); v0.30 and later refuse every ADAPTER line (docs/ollama.md)."""
     from qabridge.core.hashing import adapter_hash, sha256_file
 
     from .merge import lora_merge_supported, read_lora
@@ -147,9 +153,27 @@ def export_lora(adapter: str | Path, *, output: str | Path | None = None, name: 
         tensors[f"{module}.weight.lora_a"] = a
         tensors[f"{module}.weight.lora_b"] = b
     # llama.cpp scales by alpha / r with r read from B: give it the alpha that makes peft's scale.
-    return write_gguf(out, tensors, lp.spec, lp.span_weight, lp.span_bias, meta, outtype=OutType.F32,
+    info = write_gguf(out, tensors, lp.spec, lp.span_weight, lp.span_bias, meta, outtype=OutType.F32,
                       pooling="none", name=name, force=force, lora_alpha=lp.scale * lp.rank,
                       vocab=False)
+    if modelfile:
+        base_out = out.parent / f"{lp.base_name.rsplit('/', 1)[-1].lower()}.{OutType(base_outtype).value}.gguf"
+        want = meta.extra[Key.BASE_SHA256]
+        if base_out.exists() and not force:
+            from qabridge.core.model_file import ModelFile
+
+            have = ModelFile(base_out, require_qa=False)
+            try:
+                if have.get(Key.BASE_SHA256) != want:
+                    raise ModelError(f"{base_out} exists and is not the base of {adapter}; pass --force to rewrite it")
+            finally:
+                have.close()
+        else:
+            export_base(base or lp.base_name, base_out, base_outtype, pooling="mean", force=force)
+        info["base_path"] = str(base_out)
+        info["modelfile"] = str(write_lora_modelfile(base_out, out, Path(modelfile), num_ctx=meta.settings.max_seq_len,
+                                                     base_model=lp.base_name))
+    return info
 
 
 def plain_base(base: str | None = None, outtype: str = "f32", *, log=None) -> Path:
@@ -158,8 +182,6 @@ def plain_base(base: str | None = None, outtype: str = "f32", *, log=None) -> Pa
     from qabridge.core.hashing import sha256_file
     from qabridge.train.model import resolve_base
 
-    from .merge import load_plain_encoder
-
     ref = resolve_base(base)
     h = sha256_file(Path(ref.path) / "model.safetensors")
     outtype = auto_outtype() if outtype == "auto" else OutType(outtype).value
@@ -167,8 +189,21 @@ def plain_base(base: str | None = None, outtype: str = "f32", *, log=None) -> Pa
     if not path.exists():
         if log:
             log(f"building the base {ref.name} for runtime adapters -> {path}")
-        merged = load_plain_encoder(ref.path)
-        meta = QAMeta(base_model=ref.name, task=TASK_EMBEDDING, extra={Key.BASE_SHA256: h})
-        write_gguf(path, merged.tensors, merged.spec, None, None, meta, outtype=OutType(outtype), pooling="none",
-                   name=ref.name.rsplit("/", 1)[-1])
+        export_base(base, path, outtype, pooling="none")
     return path
+
+
+def export_base(base: str | None, output: Path, outtype: str, *, pooling: str = "none", force: bool = False) -> dict:
+    """A base encoder alone (no span head) with its weights' hash, which a LoRA GGUF names: with
+    ``pooling="mean"`` Ollama takes it as an embedding model, so a Modelfile can say FROM it."""
+    from qabridge.core.hashing import sha256_file
+    from qabridge.train.model import resolve_base
+
+    from .merge import load_plain_encoder
+
+    ref = resolve_base(base)
+    merged = load_plain_encoder(ref.path)
+    meta = QAMeta(base_model=ref.name, task=TASK_EMBEDDING,
+                  extra={Key.BASE_SHA256: sha256_file(Path(ref.path) / "model.safetensors")})
+    return write_gguf(Path(output), merged.tensors, merged.spec, None, None, meta, outtype=OutType(outtype),
+                      pooling=pooling, name=ref.name.rsplit("/", 1)[-1], force=force)

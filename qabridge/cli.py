@@ -217,7 +217,7 @@ distill.params.extend(p for p in train.params if p.name not in {"base", "output"
 @click.option("--force", is_flag=True, help="Overwrite an output file that qabridge did not write.")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "onnx", "openvino"]), default="gguf", show_default=True, help="gguf (llama.cpp, Ollama), onnx (ONNX Runtime engine) or openvino (OpenVINO IR, .xml + .bin; --outtype bf16 (default) or f32); the last two need torch to export.")
 @click.option("--quantize", type=click.Choice(["int8", "int8-tensor", "none"]), default="int8", show_default=True, help="onnx: int8 (per-token activation scales, per-channel weights), int8-tensor (ORT's quantize_dynamic) or none (fp32).")
-@click.option("--lora-only", is_flag=True, help="Write the adapter alone as a llama.cpp LoRA GGUF (default models/<adapter>.lora.gguf, ~the adapter's size) for `serve --adapter`, instead of a merged model.")
+@click.option("--lora-only", is_flag=True, help="Write the adapter alone as a llama.cpp LoRA GGUF (default models/<adapter>.lora.gguf, ~the adapter's size) for `serve --adapter`, instead of a merged model; plus the base (--outtype) and modelfiles/Modelfile.<adapter> (FROM the base, ADAPTER the file).")
 @_fail_cleanly
 def export(adapter, output, outtype, modelfile, name, base, embedding, force, fmt, quantize, lora_only) -> None:
     """Merge an adapter into its base and write GGUF (llama.cpp bert layout) plus an Ollama Modelfile,
@@ -234,8 +234,15 @@ def export(adapter, output, outtype, modelfile, name, base, embedding, force, fm
 
         if adapter is None or embedding or fmt != "gguf":
             raise UsageError("--lora-only exports an adapter as GGUF: give --adapter (no --embedding, no --format onnx)")
-        info = export_lora(adapter, output=output, force=force, base=base)
+        ctx = click.get_current_context()
+        if ctx.get_parameter_source("modelfile") is click.core.ParameterSource.DEFAULT:
+            modelfile = f"modelfiles/Modelfile.{Path(adapter).name}"  # keep the QA model's Modelfile
+        info = export_lora(adapter, output=output, force=force, base=base, modelfile=modelfile or None,
+                           base_outtype=outtype)
         click.echo(f"wrote {info['path']}  {info['size']} bytes  sha256 {info['sha256']}  (qabridge serve --adapter NAME={info['path']})")
+        if info.get("modelfile"):
+            click.echo(f"wrote {info['base_path']} (the base, {outtype}) and {info['modelfile']}  "
+                       f"(ollama create bert-qa-{Path(adapter).name} -f {info['modelfile']}: Ollama v0.24.0 accepts it, v0.30+ refuse ADAPTER)")
         return
     if fmt == "openvino":
         from qabridge.errors import UsageError

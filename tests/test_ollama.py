@@ -207,6 +207,48 @@ def test_bridge_serves_ollama_model_like_the_embedded_engine(ollama, ollama_brid
         assert (r["start"], r["end"]) == (ref.start, ref.end) and r["model"] == created["qa"]
 
 
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("-")[0].split(".")[:3])
+
+
+def test_lora_adapter_modelfile_by_ollama_version(ollama, committed_adapter, dev_examples, tmp_path):
+    """`export --lora-only` writes the base, the LoRA GGUF and a Modelfile FROM one, ADAPTER the
+    other. v0.30+ refuse any ADAPTER line at create time (the README says so); v0.24.0 keeps both
+    blobs, and `serve --ollama-model` answers with the adapter blob applied over the base blob
+    exactly as `qabridge.pipeline` does with the same two files."""
+    from qabridge.export.run import export_lora
+
+    info = export_lora(committed_adapter, output=tmp_path / "models" / "qa.lora.gguf", name="qa",
+                       modelfile=tmp_path / "modelfiles" / "Modelfile.qa", base_outtype="f32")
+    text = Path(info["modelfile"]).read_text()
+    assert "\nFROM ../models/all-minilm-l6-v2.f32.gguf\n" in text and "\nADAPTER ../models/qa.lora.gguf\n" in text
+    r = ollama_cli("create", "qabridge-test-lora", "-f", info["modelfile"])
+    version = httpx.get(ollama + "/api/version", timeout=10).json()["version"]
+    if _version_tuple(version) >= (0, 30):
+        assert r.returncode != 0 and "LoRA adapters are no longer supported" in r.stderr, (r.returncode, r.stderr[-500:])
+        return
+    assert r.returncode == 0, r.stderr[-2000:]
+    show = httpx.post(ollama + "/api/show", json={"model": "qabridge-test-lora"}, timeout=60).json()
+    adapter_blob = Path(re.search(r"^ADAPTER\s+(\S+)", show["modelfile"], re.MULTILINE).group(1))
+    assert adapter_blob.read_bytes() == Path(info["path"]).read_bytes()
+    s = start_server(None, tmp_path, argv=["--ollama-model", "qabridge-test-lora", "--ollama-host", ollama])
+    try:
+        (m,) = httpx.get(s.url + "/api/models").json()["models"]
+        assert (m["source"], m["engine"], Path(m["file"])) == ("ollama", "llama.cpp+lora", adapter_blob)
+        assert Path(m["adapter_of"]).read_bytes() == Path(info["base_path"]).read_bytes()
+        import qabridge
+
+        examples = dev_examples[:30]
+        with qabridge.pipeline("bert-qa", adapter=info["path"], outtype="f32") as ref:
+            for e in examples:
+                want = ref(question=e.question, context=e.context)
+                got = httpx.post(s.url + "/api/qa", json={"question": e.question, "context": e.context}, timeout=60).json()
+                assert (got["start"], got["end"], got["model"]) == (want["start"], want["end"], "qabridge-test-lora")
+                assert abs(got["score"] - want["score"]) < 1e-4
+    finally:
+        s.stop()
+
+
 def _paragraph_questions(squad_dev_full):
     """30 paragraphs, the first of each of 30 dev articles, and 50 of their questions (fixed, spread evenly).
 
