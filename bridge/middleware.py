@@ -73,8 +73,13 @@ def _is_json(content_type: str) -> bool:
     return media in ("", "application/json") or (media.startswith("application/") and media.endswith("+json"))
 
 
-def install(app: FastAPI, cfg: ServeConfig, inflight: list[int]) -> None:
-    """``inflight`` is a one-element counter shared with whoever reports it."""
+def install(app: FastAPI, cfg: ServeConfig, inflight: list[int], service=None) -> None:
+    """``inflight`` is a one-element counter shared with whoever reports it; with ``service``,
+    POST /api/qa is answered before FastAPI's router (fast_route)."""
+    if service is not None:
+        from .fast_route import FastQA
+
+        app.add_middleware(FastQA, service=service)  # added first: innermost, inside CORS and the Guard
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -61,7 +61,7 @@ def create_app(cfg: ServeConfig, *, registry: ModelRegistry | None = None, load_
     )
     app.state.registry = reg
     app.state.service = service
-    middleware.install(app, cfg, inflight)
+    middleware.install(app, cfg, inflight, service)
     http_errors.install(app)
     mount_ui(app, cfg)
 
