@@ -15,7 +15,35 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
+#: Shared libraries whose presence in a package means a GPU build. Looked for on disk rather than
+#: by importing: importing onnxruntime and llama_cpp (and asking them) put 30 MB in the serving
+#: process's RSS on a CPU where neither engine then runs (2-core Intel Xeon, OpenVINO chosen).
+ORT_CUDA_LIBS = ("libonnxruntime_providers_cuda.so", "onnxruntime_providers_cuda.dll")
+LLAMA_GPU_LIBS = ("libggml-cuda", "libggml-vulkan", "libggml-metal", "libggml-hip", "libggml-sycl", "ggml-cuda.dll", "ggml-vulkan.dll")
+
+
+def gpu_libs_in(package: str, sub: str, libs: tuple[str, ...]) -> bool | None:
+    """Whether ``package``'s ``sub`` folder holds a file named like one of ``libs``, found without
+    importing the package; None where the package or that folder is absent (then only importing it can tell)."""
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        d = Path(root) / sub
+        if d.is_dir():
+            return any(f.name.startswith(lib) for f in d.iterdir() for lib in libs)
+    return None
+
+
 def ort_available_providers() -> list[str]:
+    """ONNX Runtime's providers; asks onnxruntime itself (an import) only when its files cannot tell."""
+    cuda = gpu_libs_in("onnxruntime", "capi", ORT_CUDA_LIBS)
+    if cuda is not None:
+        return [CUDA_PROVIDER, CPU_PROVIDER] if cuda else [CPU_PROVIDER]
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - base dependency
@@ -24,7 +52,10 @@ def ort_available_providers() -> list[str]:
 
 
 def llama_gpu_offload() -> bool:
-    """Whether the installed llama.cpp can offload layers to a GPU (a CUDA/Vulkan/Metal build)."""
+    """Whether the installed llama.cpp can offload layers to a GPU (a CUDA/Vulkan/Metal build): a GPU
+    backend library beside libllama, else (another layout) the library's own answer."""
+    if gpu_libs_in("llama_cpp", "lib", ("libllama", "llama.dll")):
+        return bool(gpu_libs_in("llama_cpp", "lib", LLAMA_GPU_LIBS))
     try:
         import llama_cpp as lc
 

@@ -43,6 +43,43 @@ def test_device_resolution_providers_and_the_gpu_candidates():
     assert candidate_plan(cuda=False, gpu_offload=False, engines=ENGINES) == []
 
 
+def test_gpu_builds_are_told_from_the_package_files_as_the_libraries_tell(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from qabridge.bridge.devices import LLAMA_GPU_LIBS, ORT_CUDA_LIBS, gpu_libs_in
+
+    (tmp_path / "qb_fake_ort" / "capi").mkdir(parents=True)
+    (tmp_path / "qb_fake_ort" / "__init__.py").write_text("")
+    (tmp_path / "qb_fake_llama" / "lib").mkdir(parents=True)
+    (tmp_path / "qb_fake_llama" / "__init__.py").write_text("")
+    (tmp_path / "qb_fake_llama" / "lib" / "libllama.so").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert gpu_libs_in("qb_fake_ort", "capi", ORT_CUDA_LIBS) is False
+    (tmp_path / "qb_fake_ort" / "capi" / "libonnxruntime_providers_cuda.so").write_text("")
+    assert gpu_libs_in("qb_fake_ort", "capi", ORT_CUDA_LIBS) is True
+    assert gpu_libs_in("qb_fake_llama", "lib", LLAMA_GPU_LIBS) is False
+    (tmp_path / "qb_fake_llama" / "lib" / "libggml-cuda.so").write_text("")
+    assert gpu_libs_in("qb_fake_llama", "lib", LLAMA_GPU_LIBS) is True
+    assert gpu_libs_in("qb_fake_ort", "no_such_folder", ORT_CUDA_LIBS) is None
+    assert gpu_libs_in("qb_no_such_package", "capi", ORT_CUDA_LIBS) is None
+
+    # The installed packages: the files' answer is the libraries' own, and asking imported neither
+    # (each import costs the serving process 9-21 MB of RSS).
+    probe = (
+        "import sys\n"
+        "from qabridge.bridge.devices import cuda_available, llama_gpu_offload\n"
+        "got = (cuda_available(), llama_gpu_offload())\n"
+        "imported = [m for m in ('onnxruntime', 'llama_cpp') if m in sys.modules]\n"
+        "import onnxruntime, llama_cpp\n"
+        "told = ('CUDAExecutionProvider' in onnxruntime.get_available_providers(),\n"
+        "        bool(llama_cpp.llama_supports_gpu_offload()))\n"
+        "print(got == told, imported)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[0] == "True []", out.stdout + out.stderr
+
+
 @pytest.mark.skipif(_here_has_gpu(), reason="this machine has a GPU engine: --device cuda is valid here")
 def test_device_cuda_without_a_gpu_is_a_usage_error(onnx_exported):
     from qabridge.bridge.onnx_engine import OnnxEngine

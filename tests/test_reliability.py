@@ -104,3 +104,45 @@ def test_full_queue_gets_429_and_slow_requests_504(exported, tmp_path, dev_examp
         assert ok.status_code == 200
     finally:
         assert s.stop() == 0
+
+
+ARENA_PROBE = """
+import ctypes, sys, tempfile, threading
+from qabridge.bridge.server import limit_malloc_arenas
+applied = limit_malloc_arenas() if sys.argv[1] == "limit" else None
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = libc.fdopen.restype = ctypes.c_void_p
+start = threading.Barrier(8)
+def work():  # ctypes drops the GIL: eight threads in malloc at once, as eight request threads are
+    start.wait()
+    for _ in range(200):
+        libc.free(ctypes.c_void_p(libc.malloc(200_000)))
+ts = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+fd, path = tempfile.mkstemp()
+f = libc.fdopen(fd, b"w")
+libc.malloc_info(0, ctypes.c_void_p(f))
+libc.fclose(ctypes.c_void_p(f))
+print(applied, open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_serving_caps_malloc_arenas_unless_the_user_set_them(monkeypatch):
+    """Each request thread's own arena kept its freed pages: 8 article clients peaked 50 MB higher."""
+    import os
+
+    from qabridge.bridge.server import MALLOC_ARENAS
+
+    def heaps(mode, **env):
+        e = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
+        out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True,
+                             timeout=60, env=e)
+        assert out.returncode == 0, out.stderr
+        applied, n = out.stdout.split()
+        return applied, int(n)
+
+    assert heaps("limit") == ("True", MALLOC_ARENAS)
+    assert heaps("none")[1] > MALLOC_ARENAS  # glibc's default: an arena per thread up to 8 per core
+    assert heaps("limit", MALLOC_ARENA_MAX="3") == ("False", 3)  # the user's setting stands
