@@ -27,9 +27,11 @@ PATH = "/api/qa"
 class FastQA:
     """Pure ASGI: inside the Guard (API key, media type, in-flight limit) and the body limit."""
 
-    def __init__(self, app, service):
+    def __init__(self, app, service, inflight: list[int] | None = None):
         self.app = app
         self.service = service
+        self.inflight = inflight
+        self._last_client = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST" or scope.get("query_string"):
@@ -48,7 +50,14 @@ class FastQA:
         except ValidationError:
             return await self.app(scope, _replay(body, receive), send)
         try:
-            out = (await self.service.answer(req)).model_dump_json().encode()
+            # Alone: nothing else in flight, and the connection that asked last (a keep-alive client
+            # waiting on its answers). Answered inline, the loop reads no other connection until done;
+            # a request from another connection always goes to a worker, so concurrent clients
+            # never take turns on the loop.
+            client = scope.get("client")
+            alone = self.inflight is not None and self.inflight[0] <= 1 and client is not None and client == self._last_client
+            self._last_client = client
+            out = (await self.service.answer(req, alone=alone)).model_dump_json().encode()
         except QABridgeError as exc:
             return await error_response(exc)(scope, receive, send)
         except Exception:

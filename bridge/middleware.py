@@ -79,7 +79,7 @@ def install(app: FastAPI, cfg: ServeConfig, inflight: list[int], service=None) -
     if service is not None:
         from .fast_route import FastQA
 
-        app.add_middleware(FastQA, service=service)  # added first: innermost, inside CORS and the Guard
+        app.add_middleware(FastQA, service=service, inflight=inflight)  # added first: innermost, inside CORS and the Guard
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -46,6 +46,13 @@ PASSAGE_WEIGHT = 20.0
 NULL_SIMILARITY = 1.0
 
 
+#: A request alone with a context up to this long (about three windows) is answered on the event
+#: loop's thread: one client asking 1000 SQuAD dev paragraphs took 8.01 ms a request against 8.41-8.56
+#: through a worker thread (two servers taking turns, 2-core Intel Xeon with AMX, OpenVINO bf16).
+#: The loop then waits for it, so only when nothing else is in flight and only for a few windows.
+INLINE_CHARS = 4000
+
+
 class QAService:
     """Runs requests on worker threads that call into the engine, one deadline per request."""
 
@@ -137,9 +144,14 @@ class QAService:
         )
 
     # -- answering (event loop) ---------------------------------------------------------------
-    async def answer(self, req: QARequest) -> QAResponse:
+    async def answer(self, req: QARequest, alone: bool = False) -> QAResponse:
+        """``alone``: no other request is in flight; a short one is then answered on the event loop's
+        own thread, without the two thread hand-offs (a worker's wake-up, the loop's)."""
         self.check(req)
         m = self.registry.pick(req.model)
+        if alone and req.context is not None and len(req.context) <= INLINE_CHARS and not self.cfg.batch_requests:
+            with m.engine.demand():
+                return self.answer_sync(req, time.monotonic() + self.cfg.request_timeout_s)
         loop = asyncio.get_running_loop()
         timeout = self.cfg.request_timeout_s
         deadline = time.monotonic() + timeout
