@@ -66,8 +66,12 @@ def _questions() -> list[dict]:
 def test_lora_gguf_export_is_the_adapter_alone(tmp_path, committed_adapter):
     from qabridge.core.model_file import ModelFile
 
-    r = run_cli("export", "--adapter", str(committed_adapter), "--lora-only", "--output", str(tmp_path / "qa.lora.gguf"))
+    # --modelfile into the temp dir: its default (modelfiles/Modelfile.<adapter>) is the repository's own file
+    r = run_cli("export", "--adapter", str(committed_adapter), "--lora-only", "--output", str(tmp_path / "qa.lora.gguf"),
+                "--modelfile", str(tmp_path / "Modelfile"))
     assert r.returncode == 0, r.stderr
+    mf = (tmp_path / "Modelfile").read_text()
+    assert "\nFROM " in mf and "\nADAPTER " in mf and "qa.lora.gguf" in mf
     f = ModelFile(tmp_path / "qa.lora.gguf")
     assert f.is_lora and f.span_head.weight.shape == (2, 384)
     assert f.base_model == "sentence-transformers/all-MiniLM-L6-v2"
