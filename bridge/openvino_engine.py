@@ -46,9 +46,9 @@ from .onnx_engine import MAX_PADDING, OnnxModel, padded_batch, token_batches
 #: second pass on (2-core Intel Xeon with AMX, bf16; the padding is masked out).
 PAD_MULTIPLE = 32
 #: One full window a call (the ONNX engine's rule allows two). OpenVINO keeps buffers per stream for
-#: the largest batch it has run: 8 clients over whole articles peaked at 315 MB with one window a
-#: call against 344 MB with two, at 3.05 vs 3.08 q/s, and one client at 2.43-2.54 vs 2.54-2.58
-#: (in-process, 2 arenas, 2-core Intel Xeon with AMX, bf16).
+#: the largest batch it has run: 8 clients over whole articles (`qabridge serve`, 32 questions,
+#: 2-core Intel Xeon with AMX, bf16) peaked at 332-340 MB with one window a call against 362 MB with
+#: two, at 2.66-2.78 vs 2.84-2.89 q/s: two windows are ~5% faster there but break the 350 MB budget.
 OV_BATCH_TOKENS = 384
 
 
