@@ -149,12 +149,12 @@ class QAService:
         own thread, without the two thread hand-offs (a worker's wake-up, the loop's)."""
         self.check(req)
         m = self.registry.pick(req.model)
-        if alone and req.context is not None and len(req.context) <= INLINE_CHARS and not self.cfg.batch_requests:
-            with m.engine.demand():
-                return self.answer_sync(req, time.monotonic() + self.cfg.request_timeout_s)
-        loop = asyncio.get_running_loop()
         timeout = self.cfg.request_timeout_s
         deadline = time.monotonic() + timeout
+        if alone and req.context is not None and len(req.context) <= INLINE_CHARS and not self.cfg.batch_requests:
+            with m.engine.demand():
+                return self.answer_sync(req, deadline)
+        loop = asyncio.get_running_loop()
         # Queued requests count as demand, so the engine splits its threads before they reach it.
         with m.engine.demand():
             fut = loop.run_in_executor(self.executor, self.answer_sync, req, deadline)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import COMMITTED_ADAPTER, DEV_SAMPLE, TRAIN_SAMPLE, lazy_exports, start_server
+from .helpers import (
+    COMMITTED_ADAPTER,
+    DEV_SAMPLE,
+    TRAIN_SAMPLE,
+    exports_once,
+    lazy_exports,
+    start_server,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -126,20 +133,8 @@ def server(exported, tmp_path_factory):
 @pytest.fixture(scope="session")
 def onnx_exported(tmp_path_factory, committed_adapter):
     """The committed adapter exported to ONNX once per type ("f32" | "int8"), one merge for both."""
-    from qabridge.export.merge import merge_adapter
     from qabridge.export.onnx_export import export_onnx
 
-    d = tmp_path_factory.mktemp("onnx")
-    cache: dict = {}
-
-    def get(kind: str):
-        if kind not in cache:
-            if "merged" not in cache:
-                cache["merged"] = merge_adapter(committed_adapter)
-            p = d / f"bert-qa.{kind}.onnx"
-            cache[kind] = export_onnx(committed_adapter, p, quantize="int8" if kind == "int8" else "none",
-                                      merged=cache["merged"])
-        return d / f"bert-qa.{kind}.onnx"
-
-    get.info = lambda kind: cache[kind]
-    return get
+    return exports_once(tmp_path_factory.mktemp("onnx"), committed_adapter, ".onnx",
+                        lambda a, p, kind, merged: export_onnx(a, p, quantize="int8" if kind == "int8" else "none",
+                                                               merged=merged))

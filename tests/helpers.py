@@ -201,3 +201,22 @@ def documents_answered(url: str, paras: list[str], questions, **extra) -> tuple[
         bodies.append(r.json())
     answered = sum(metrics.score(b["answer"] or "", [a.text for a in e.answers])[1] > 0.5 for b, e in zip(bodies, questions))
     return answered, bodies
+
+
+def exports_once(folder: Path, adapter: Path, suffix: str, export):
+    """``get(kind)``: the adapter exported once per kind as ``folder/bert-qa.{kind}{suffix}`` by
+    ``export(adapter, path, kind, merged)``, one merge shared by every kind; ``get.info(kind)``
+    is what the export returned."""
+    from qabridge.export.merge import merge_adapter
+
+    cache: dict = {}
+
+    def get(kind: str):
+        path = folder / f"bert-qa.{kind}{suffix}"
+        if kind not in cache:
+            cache.setdefault("merged", merge_adapter(adapter))
+            cache[kind] = export(adapter, path, kind, cache["merged"])
+        return path
+
+    get.info = lambda kind: cache[kind]
+    return get

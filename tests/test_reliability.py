@@ -107,7 +107,7 @@ def test_full_queue_gets_429_and_slow_requests_504(exported, tmp_path, dev_examp
 
 
 ARENA_PROBE = """
-import ctypes, sys, tempfile, threading
+import ctypes, os, sys, tempfile, threading
 from qabridge.bridge.server import limit_malloc_arenas
 applied = limit_malloc_arenas() if sys.argv[1] == "limit" else None
 libc = ctypes.CDLL("libc.so.6")
@@ -125,6 +125,7 @@ f = libc.fdopen(fd, b"w")
 libc.malloc_info(0, ctypes.c_void_p(f))
 libc.fclose(ctypes.c_void_p(f))
 print(applied, open(path).read().count("<heap nr="))
+os.unlink(path)
 """
 
 
