@@ -121,7 +121,8 @@ class QuestionAnsweringPipeline:
         if path.suffix == ".xml":
             from qabridge.bridge.openvino_engine import OpenVinoEngine
 
-            self._engine = OpenVinoEngine(path, n_threads=threads, n_contexts=contexts)
+            # Its multi-stream compilation even for one caller: a long document's windows spread over it.
+            self._engine = OpenVinoEngine(path, n_threads=threads, n_contexts=max(2, contexts))
             self.model_file = self._engine.file
             self._max_tokens = self._engine.n_positions
         elif path.suffix == ".onnx":

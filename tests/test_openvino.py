@@ -340,6 +340,7 @@ def test_http_api_and_eval_over_an_ir(ov_exported, dev_examples, tmp_path):
     # shape (a near-tie can flip), so HTTP is held to the Python API and eval to predict_examples.
     with qabridge.pipeline(str(path)) as qa:
         assert qa._engine.name == "openvino"
+        assert (qa._engine._narrow is not None) == (qa._engine.n_threads > 1)  # one caller's long documents spread
         api = {e.id: qa(question=e.question, context=e.context) for e in dev_examples[:40]}
     s = start_server(path, tmp_path)
     try:
