@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -224,12 +224,25 @@ class OpenVinoEngine:
         finally:
             pool.put(req)
 
-    def _run_spread(self, batches: list[list[np.ndarray]], deadline: float | None, done) -> None:
-        """Every batch on the multi-stream compilation, up to IN_FLIGHT at once; ``done(k, hidden)``
-        as each finishes, in order. Infer requests beyond the first are taken only when free, so
-        two requests spreading at once never wait on each other's."""
+    @staticmethod
+    def _in_time(deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise Timeout("request ran past its deadline")
+
+    def _one_by_one(self, batches: list[list[np.ndarray]], deadline: float | None):
+        """Hidden states of each batch in turn (the pool ``_run`` picks)."""
+        for batch in batches:
+            self._in_time(deadline)
+            yield self._run(batch)
+
+    def _spread(self, batches: list[list[np.ndarray]], deadline: float | None):
+        """Hidden states of each batch in order, from the multi-stream compilation with up to
+        IN_FLIGHT batches in flight. Infer requests beyond the first are taken only when free, so
+        two requests spreading at once never wait on each other's; closed early, every request goes
+        back to the pool idle."""
         if self._closed:
             raise EngineError("engine is closed")
+        self._in_time(deadline)
         pool = self._narrow
         reqs = [pool.get()]
         while len(reqs) < min(IN_FLIGHT, len(batches)):
@@ -237,30 +250,27 @@ class OpenVinoEngine:
                 reqs.append(pool.get_nowait())
             except queue.Empty:
                 break
-        busy: list = []  # (batch index, request) in start order
+        busy: list = []  # requests in start order
         try:
-            nxt = 0
-            for req in reqs:
-                req.start_async(self._feed(batches[nxt]))
-                busy.append((nxt, req))
-                nxt += 1
-            while busy:
-                k, req = busy.pop(0)
+            for req, batch in zip(reqs, batches):
+                req.start_async(self._feed(batch))
+                busy.append(req)
+            # one batch out per turn; ``nxt``: the batch its request starts next, if any is left
+            for nxt in range(len(reqs), len(reqs) + len(batches)):
+                req = busy.pop(0)
                 req.wait()
                 hidden = np.array(req.get_output_tensor(0).data, dtype=np.float32)
                 if nxt < len(batches):
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise Timeout("request ran past its deadline")
+                    self._in_time(deadline)
                     req.start_async(self._feed(batches[nxt]))
-                    busy.append((nxt, req))
-                    nxt += 1
-                done(k, hidden)
-        except (Timeout, EngineError):
+                    busy.append(req)
+                yield hidden
+        except Timeout:
             raise
         except Exception as exc:
             raise self._failure(exc) from None
         finally:
-            for _, req in busy:  # a request goes back to the pool idle
+            for req in busy:
                 try:
                     req.wait()
                 except Exception:
@@ -280,21 +290,11 @@ class OpenVinoEngine:
             self._check(int(len(w.input_ids)))
         out: list = [None] * len(windows)
         chunks = token_batches([len(w.input_ids) for w in windows], self.batch_tokens, self.max_padding)
-        if len(chunks) > 1 and self._narrow is not None:
-            def done(k: int, hidden: np.ndarray) -> None:
-                for j, i in enumerate(chunks[k]):
+        run = self._spread if len(chunks) > 1 and self._narrow is not None else self._one_by_one
+        with closing(run([[windows[i].input_ids for i in c] for c in chunks], deadline)) as hidden_states:
+            for chunk, hidden in zip(chunks, hidden_states):
+                for j, i in enumerate(chunk):
                     out[i] = self.head.logits(hidden[j, : len(windows[i].input_ids)])
-
-            if deadline is not None and time.monotonic() > deadline:
-                raise Timeout("request ran past its deadline")
-            self._run_spread([[windows[i].input_ids for i in c] for c in chunks], deadline, done)
-            return out
-        for chunk in chunks:
-            if deadline is not None and time.monotonic() > deadline:
-                raise Timeout("request ran past its deadline")
-            hidden = self._run([windows[i].input_ids for i in chunk])
-            for j, i in enumerate(chunk):
-                out[i] = self.head.logits(hidden[j, : len(windows[i].input_ids)])
         return out
 
     def close(self) -> None:
