@@ -349,10 +349,10 @@ def choose_default(engine: str = "auto", outtype: str = "auto", *, adapter: str 
     if log:
         log("stage 1/3: building the candidate models (first start only: GGUF "
             + "/".join(outtypes) + (", ONNX int8" if "onnx" in engines else "")
-            + (", OpenVINO" if "openvino" in engines and openvino_precision(engine == "openvino") else "")
+            + (", OpenVINO " + "/".join(ov) if "openvino" in engines and (ov := openvino_candidate_types(engine == "openvino")) else "")
             + "; ~2-4 min on 2 cores, then cached)")
     cands = default_candidates(adapter, gguf_outtypes=outtypes, engines=engines, log=log, device=device,
-                               openvino_types=(openvino_precision(True),) if engine == "openvino" else None)
+                               openvino_types=openvino_candidate_types(True) if engine == "openvino" else None)
     if engine in ("onnx", "openvino") and not cands:
         raise UsageError(f"--engine {engine}: no {engine} model could be built (exporting needs torch"
                          + (" and the openvino package" if engine == "openvino" else "") + ")")
@@ -438,6 +438,20 @@ def openvino_precision(required: bool = False) -> str | None:
     return "f32" if required else None
 
 
+def openvino_candidate_types(required: bool = False) -> tuple[str, ...]:
+    """The OpenVINO files measured on this CPU: :func:`openvino_precision`'s, and int8 (NNCF,
+    export/openvino_export.py) wherever nncf can build it: its VNNI/AMX int8 kernels may beat bf16
+    or ONNX Runtime int8 on one CPU and not on another, so it is measured, not assumed."""
+    import importlib.util
+
+    from .openvino_engine import available
+
+    if not available():
+        return ()
+    int8 = ("int8",) if importlib.util.find_spec("nncf") is not None else ()
+    return tuple(filter(None, [openvino_precision(required)])) + int8
+
+
 def default_candidates(
     adapter: str | os.PathLike | None = None,
     *,
@@ -484,9 +498,12 @@ def default_candidates(
                    for e, t, d in gpu if e == "onnx"]
     if "openvino" in engines:
         if openvino_types is None:
-            openvino_types = tuple(filter(None, [openvino_precision()]))
-        builds += [("openvino", t, f"default-{h}.{t}.r{ONNX_RECIPE}.xml", ["--format", "openvino", "--outtype", t], "cpu")
-                   for t in openvino_types]
+            openvino_types = openvino_candidate_types()
+        from qabridge.export.openvino_export import INT8_KEEP_LAYERS
+
+        # int8's name carries its recipe too (the layers kept in floating point): a changed recipe rebuilds.
+        builds += [("openvino", t, f"default-{h}.{t}.r{ONNX_RECIPE}{f'.k{INT8_KEEP_LAYERS}' if t == 'int8' else ''}.xml",
+                    ["--format", "openvino", "--outtype", t], "cpu") for t in openvino_types]
     for eng, t, fname, opts, dev in builds:
         p = cache_dir() / "models" / fname
         what = f"{_LABELS.get(eng, eng)} {t}"

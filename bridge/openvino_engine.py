@@ -4,7 +4,9 @@ Serves the IR ``qabridge export --format openvino`` writes (export/openvino_expo
 maps ``input_ids``/``attention_mask`` to the last hidden state, and the span head, window settings
 and vocabulary come from the IR's rt_info, so the ``.xml``/``.bin`` pair alone serves. The file
 records the inference precision (``bf16`` or ``f32``) the CPU plugin is asked for; bf16 runs on
-AMX tiles where the CPU has them (Intel Xeon 4th generation on), else on AVX512-BF16.
+AMX tiles where the CPU has them (Intel Xeon 4th generation on), else on AVX512-BF16. An ``int8``
+file (NNCF-quantised) runs its int8 ops on VNNI/AMX and the rest at bf16 where the CPU has bf16
+kernels, else f32.
 
 Measured on the 2-core Intel Xeon with AMX (family 6 model 167; benchmarks/performance.md, whole
 articles, one client): 14.4 ms per full window over HTTP against ONNX Runtime int8's 20.9, OpenVINO
@@ -36,7 +38,7 @@ from qabridge.errors import (
     UsageError,
 )
 from qabridge.export.onnx_export import INPUTS, REQUIRED
-from qabridge.export.openvino_export import PRECISIONS, RT_INFO_KEY
+from qabridge.export.openvino_export import RT_INFO_KEY
 
 from .onnx_engine import MAX_PADDING, OnnxModel, padded_batch, token_batches
 
@@ -64,6 +66,13 @@ def available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("openvino") is not None
+
+
+def has_bf16_kernels() -> bool:
+    """Whether OpenVINO's CPU plugin has bf16 kernels here (AMX-BF16 or AVX512-BF16)."""
+    from qabridge.core.machine import cpu_info
+
+    return bool(set(cpu_info().flags) & {"amx_bf16", "avx512_bf16"})
 
 
 def compile_options(n_threads: int, precision: str, streams: int = 1) -> dict:
@@ -106,7 +115,9 @@ class OpenVinoModel(OnnxModel):
 
     def compile(self, streams: int):
         """The model compiled for the CPU: ``streams`` streams over this model's threads."""
-        precision = self.outtype if self.outtype in PRECISIONS else "f32"
+        precision = self.outtype if self.outtype in ("bf16", "f32") else "f32"
+        if self.outtype == "int8" and has_bf16_kernels():
+            precision = "bf16"  # the ops NNCF left in floating point
         try:
             return self._core.compile_model(self._model, "CPU", compile_options(self.n_threads, precision, streams))
         except Exception as exc:

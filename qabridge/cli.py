@@ -209,13 +209,13 @@ distill.params.extend(p for p in train.params if p.name not in {"base", "output"
 @main.command()
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Adapter directory (from `qabridge train`).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="GGUF file to write. Default: models/<name>.<outtype>.gguf")
-@click.option("--outtype", type=click.Choice([o.value for o in OutType]), default="f16", show_default=True, help="Weight type of the 2-D tensors; norms, 1-D tensors and position/type embeddings stay f32.")
+@click.option("--outtype", type=click.Choice([o.value for o in OutType] + ["int8"]), default="f16", show_default=True, help="Weight type of the 2-D tensors; norms, 1-D tensors and position/type embeddings stay f32. int8: --format openvino only (NNCF static int8, calibrated on SQuAD train questions shipped with the package).")
 @click.option("--modelfile", type=click.Path(dir_okay=False), default="modelfiles/Modelfile", show_default=True, help="Ollama Modelfile to write ('' for none).")
 @click.option("--name", default="bert-qa", show_default=True, help="Model name (GGUF general.name and default file name).")
 @click.option("--base", default=None, help="Override the base named in the adapter (a named base from `qabridge bases`, a HF directory or id).")
 @click.option("--embedding", is_flag=True, help="Export the plain base as a mean-pooled embedding model (no span head) for passage ranking.")
 @click.option("--force", is_flag=True, help="Overwrite an output file that qabridge did not write.")
-@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx", "openvino"]), default="gguf", show_default=True, help="gguf (llama.cpp, Ollama), onnx (ONNX Runtime engine) or openvino (OpenVINO IR, .xml + .bin; --outtype bf16 (default) or f32); the last two need torch to export.")
+@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx", "openvino"]), default="gguf", show_default=True, help="gguf (llama.cpp, Ollama), onnx (ONNX Runtime engine) or openvino (OpenVINO IR, .xml + .bin; --outtype bf16 (default), f32 or int8); the last two need torch to export.")
 @click.option("--quantize", type=click.Choice(["int8", "int8-tensor", "none"]), default="int8", show_default=True, help="onnx: int8 (per-token activation scales, per-channel weights), int8-tensor (ORT's quantize_dynamic) or none (fp32).")
 @click.option("--lora-only", is_flag=True, help="Write the adapter alone as a llama.cpp LoRA GGUF (default models/<adapter>.lora.gguf, ~the adapter's size) for `serve --adapter`, instead of a merged model; plus the base (--outtype) and modelfiles/Modelfile.<adapter> (FROM the base, ADAPTER the file).")
 @_fail_cleanly
@@ -228,6 +228,10 @@ def export(adapter, output, outtype, modelfile, name, base, embedding, force, fm
     """
     from qabridge.export.run import export as run_export
 
+    if outtype == "int8" and fmt != "openvino":
+        from qabridge.errors import UsageError
+
+        raise UsageError("--outtype int8 is for --format openvino; a GGUF's 8-bit type is q8_0 (ONNX: --quantize int8)")
     if lora_only:
         from qabridge.errors import UsageError
         from qabridge.export.run import export_lora

@@ -31,12 +31,14 @@ def test_demo_script_serves_the_default_model(tmp_path):
     assert answer["model"] == "bert-qa" and answer["engine"] in ("llama.cpp", "onnxruntime", "openvino")
     # --engine auto: the candidates built once into the (empty) cache, measured, the choice cached.
     built = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache" / "models").glob("default-*"))
-    from qabridge.bridge.engine_select import openvino_precision
+    from qabridge.bridge.engine_select import openvino_candidate_types
     from qabridge.export.onnx_export import ONNX_RECIPE
+    from qabridge.export.openvino_export import INT8_KEEP_LAYERS
 
-    # f32.gguf: the yardstick the candidates' answers are checked against; OpenVINO bf16 (.xml + .bin)
-    # only on a CPU with bf16 kernels (AMX or AVX512-BF16).
-    ov = [f"bf16.r{ONNX_RECIPE}.bin", f"bf16.r{ONNX_RECIPE}.xml"] if openvino_precision() == "bf16" else []
+    # f32.gguf: the yardstick the candidates' answers are checked against; OpenVINO (.xml + .bin) bf16
+    # only on a CPU with bf16 kernels (AMX or AVX512-BF16), int8 (NNCF) wherever the extra is installed.
+    tags = {"bf16": f"bf16.r{ONNX_RECIPE}", "int8": f"int8.r{ONNX_RECIPE}.k{INT8_KEEP_LAYERS}"}
+    ov = [f"{tags[t]}.{ext}" for t in openvino_candidate_types() for ext in ("bin", "xml")]
     assert built == sorted(["bf16.gguf", "f32.gguf", f"int8.r{ONNX_RECIPE}.onnx", "q8_0.gguf", *ov]), built
     (choice,) = (tmp_path / "cache" / "engine-choice").glob("*.json")
     chosen = json.loads(choice.read_text())
