@@ -426,14 +426,11 @@ def openvino_precision(required: bool = False) -> str | None:
     (OpenVINO's bf16 kernels), else f32 when ``required`` (``--engine openvino``), else None: an
     fp32 OpenVINO candidate is not measured under auto (on the CPUs seen it trails ONNX Runtime
     int8 by ~2x: 11.5 vs 6.2 ms per window on the Intel Xeon, docs/performance.md)."""
-    from qabridge.core.machine import cpu_info
-
-    from .openvino_engine import available
+    from .openvino_engine import available, has_bf16_kernels
 
     if not available():
         return None
-    flags = set(cpu_info().flags)
-    if flags & {"amx_bf16", "avx512_bf16"}:
+    if has_bf16_kernels():
         return "bf16"
     return "f32" if required else None
 

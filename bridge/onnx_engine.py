@@ -155,6 +155,14 @@ class OnnxModel(QAModelMeta):
         self.meta: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self._check_contents()
 
+    @classmethod
+    def from_metadata(cls, path: str | os.PathLike, meta: dict[str, str]) -> OnnxModel:
+        """The metadata accessors (tokenizer, window settings, span head) over ``meta`` alone, with
+        no session: for code that cuts windows for a graph no session has loaded (int8 calibration)."""
+        m = cls.__new__(cls)
+        m.path, m.meta, m.shared, m.device = Path(path), dict(meta), {}, "cpu"
+        return m
+
     # -- checks -------------------------------------------------------------------------------
     def _check_file(self) -> None:
         if not self.path.exists():

@@ -79,7 +79,9 @@ def export_openvino(adapter: str | os.PathLike, output: str | os.PathLike, *, pr
         except Exception as exc:  # OpConversionFailure and kin: say which file and why, briefly
             raise ModelError(f"OpenVINO could not convert the encoder: {str(exc).strip()[:300]}") from None
         if precision == "int8":
-            model = _quantize_int8(model, plain)
+            from qabridge.bridge.onnx_engine import OnnxModel
+
+            model = _quantize_int8(model, calibration_windows(OnnxModel.from_metadata(plain, meta)))
     meta[Key.OUTTYPE] = precision
     model.set_rt_info(json.dumps(meta), RT_INFO_KEY)
     tmp = out.with_name(out.stem + f".{os.getpid()}.tmp.xml")
@@ -90,35 +92,31 @@ def export_openvino(adapter: str | os.PathLike, output: str | os.PathLike, *, pr
             "sha256": sha256_file(out.with_suffix(".bin")), "outtype": precision}
 
 
-def calibration_windows(plain_onnx: Path, questions: list[dict] | None = None) -> list[dict]:
-    """The first window of each calibration question, as the engine feeds it (``input_ids``,
-    ``attention_mask``), cut by the model's own tokenizer and window settings."""
-    from qabridge.bridge.onnx_engine import OnnxModel, padded_batch
+def calibration_windows(model, questions: list[dict] | None = None) -> list[dict]:
+    """The first window of each calibration question (``{"question", "context"}``; default
+    :data:`CALIBRATION`) as the engine feeds it (``input_ids``, ``attention_mask``), cut by
+    ``model``'s ``tokenizer`` and ``window_spec`` (a qabridge model file's metadata)."""
+    from qabridge.bridge.onnx_engine import padded_batch
     from qabridge.core.pipeline import QAPipeline
 
     if questions is None:
         questions = json.loads(gzip.decompress(CALIBRATION.read_bytes()).decode("utf-8"))
-    meta = OnnxModel(plain_onnx, n_threads=1)
-    try:
-        cut = QAPipeline(meta.tokenizer, None, meta.window_spec)
-        out = []
-        for q in questions:
-            for w in cut.prepare(q["question"], q["context"])[1][:1]:
-                ids, mask = padded_batch([w.input_ids], meta.tokenizer.pad_id)
-                out.append({"input_ids": ids, "attention_mask": mask})
-        return out
-    finally:
-        meta.close()
+    cut = QAPipeline(model.tokenizer, None, model.window_spec)
+    out = []
+    for q in questions:
+        for w in cut.prepare(q["question"], q["context"])[1][:1]:
+            ids, mask = padded_batch([w.input_ids], model.tokenizer.pad_id)
+            out.append({"input_ids": ids, "attention_mask": mask})
+    return out
 
 
-def _quantize_int8(model, plain_onnx: Path):
+def _quantize_int8(model, calib: list[dict]):
     import logging
 
     import nncf
 
-    # NNCF logs every step at INFO and draws progress bars: an export prints its own one line.
+    # NNCF logs every step at INFO; its progress bars stay (a minute's work).
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    calib = calibration_windows(plain_onnx)
     keep = nncf.IgnoredScope(patterns=[rf".*layer\.{i}/output/dense/MatMul" for i in range(INT8_KEEP_LAYERS)],
                              validate=False)
     try:

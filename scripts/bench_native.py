@@ -34,8 +34,7 @@ def prepare(job: dict) -> dict:
     import nncf
     import openvino as ov
 
-    from qabridge.bridge.onnx_engine import padded_batch
-    from qabridge.export.openvino_export import export_openvino
+    from qabridge.export.openvino_export import calibration_windows, export_openvino
 
     out = Path(job["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -44,15 +43,7 @@ def prepare(job: dict) -> dict:
         export_openvino(job["adapter"], f32, precision="f32", force=True)
     q = out / "ov-nncf-int8.xml"
     if not q.exists():
-        from qabridge.core.pipeline import QAPipeline
-
-        meta = _Meta(f32)
-        cut = QAPipeline(meta.tokenizer, None, meta.window_spec)
-        calib = []
-        for it in job["calibration"]:
-            for w in cut.prepare(it["question"], it["context"])[1][:1]:
-                a, m = padded_batch([w.input_ids])
-                calib.append({"input_ids": a, "attention_mask": m})
+        calib = calibration_windows(_Meta(f32), job["calibration"])
         model = ov.Core().read_model(str(f32))
         qm = nncf.quantize(model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
         meta = model.get_rt_info("qabridge_metadata").astype(str)
@@ -66,16 +57,12 @@ def prepare(job: dict) -> dict:
     return {"ov-f32": str(f32), "ov-int8": str(q), "ct2-int8": str(ct2)}
 
 
-class _Meta:
+def _Meta(xml: Path):
     """The qabridge metadata of an IR (tokenizer, windows, span head) read from its .xml alone."""
+    from qabridge.bridge.onnx_engine import OnnxModel
 
-    def __new__(cls, xml: Path):
-        from qabridge.bridge.onnx_engine import OnnxModel
-
-        node = next(e for e in ET.parse(xml).getroot().iter("qabridge_metadata"))
-        m = object.__new__(OnnxModel)
-        m.path, m.meta = xml, json.loads(node.get("value"))
-        return m
+    node = next(e for e in ET.parse(xml).getroot().iter("qabridge_metadata"))
+    return OnnxModel.from_metadata(xml, json.loads(node.get("value")))
 
 
 class OpenVinoEncoder:
