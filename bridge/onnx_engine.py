@@ -9,23 +9,19 @@ limits are still checked here first so the errors read the same as the llama.cpp
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from contextlib import contextmanager
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from qabridge.core.gguf_keys import TASK_QA, Key
-from qabridge.core.model_file import QAModelMeta, SpanHead
 from qabridge.core.pipeline import QAPipeline
-from qabridge.core.tokenizer import WordPieceTokenizer
-from qabridge.core.windows import Window
+from qabridge.core.windows import Window, padded_batch
 from qabridge.errors import EmptyInput, EngineError, ModelError, SequenceTooLong, Timeout
-from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxKey
+from qabridge.export.onnx_export import INPUTS, OUTPUT, REQUIRED, OnnxMetadata
 
 #: Tokens per ONNX Runtime call: windows go in padded batches of at most this many rows (windows x
 #: the batch's longest), and only windows within :data:`MAX_PADDING` of each other's length. On the
@@ -96,17 +92,6 @@ def token_batches(lengths: list[int], budget: int, max_padding: float = MAX_PADD
     return out
 
 
-def padded_batch(seqs, pad_id: int = 0, ids_dtype=np.int64, mask_dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
-    """Token sequences as one right-padded [batch, longest] ids array and its attention mask."""
-    longest = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), longest), pad_id, dtype=ids_dtype)
-    mask = np.zeros((len(seqs), longest), dtype=mask_dtype)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def shared_tables(path: Path) -> dict:
     """The model's large fp32 initialisers (the 47 MB word-embedding table) as OrtValues, so two
     sessions of one model hold them once. The int8 weights are not shared: each session keeps
@@ -125,7 +110,7 @@ def shared_tables(path: Path) -> dict:
         return {}
 
 
-class OnnxModel(QAModelMeta):
+class OnnxModel(OnnxMetadata):
     """A validated qabridge ONNX model: its ORT session, metadata, tokenizer and span head.
 
     Mirrors :class:`qabridge.core.model_file.ModelFile` (``path``, ``tokenizer``, ``settings``,
@@ -154,14 +139,6 @@ class OnnxModel(QAModelMeta):
             raise ModelError(f"{self.path}: not a readable ONNX model ({reason[:300]})") from None
         self.meta: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self._check_contents()
-
-    @classmethod
-    def from_metadata(cls, path: str | os.PathLike, meta: dict[str, str]) -> OnnxModel:
-        """The metadata accessors (tokenizer, window settings, span head) over ``meta`` alone, with
-        no session: for code that cuts windows for a graph no session has loaded (int8 calibration)."""
-        m = cls.__new__(cls)
-        m.path, m.meta, m.shared, m.device = Path(path), dict(meta), {}, "cpu"
-        return m
 
     # -- checks -------------------------------------------------------------------------------
     def _check_file(self) -> None:
@@ -197,54 +174,6 @@ class OnnxModel(QAModelMeta):
             raise ModelError(f"{self.path}: output width {hidden} != qabridge.hidden_size {self.hidden_size}")
         self.input_dtypes = {n: (np.int32 if "int32" in i.type else np.int64) for n, i in names.items()}
         _ = self.span_head, self.settings, self.tokenizer, self.null_threshold  # fail now, not on a request
-
-    # -- metadata -----------------------------------------------------------------------------
-    def get(self, key: str, default=None):
-        return self.meta.get(key, default)
-
-    def _int(self, key: str) -> int:
-        try:
-            return int(self.meta[key])
-        except (KeyError, ValueError):
-            raise ModelError(f"{self.path}: metadata {key} is missing or not an integer") from None
-
-    def qabridge_metadata(self) -> dict:
-        skip = (Key.SPAN_HEAD_WEIGHT, Key.SPAN_HEAD_BIAS, OnnxKey.VOCAB)
-        return {k: v for k, v in self.meta.items() if k.startswith("qabridge.") and k not in skip}
-
-    @property
-    def hidden_size(self) -> int:
-        return self._int(OnnxKey.HIDDEN_SIZE)
-
-    @property
-    def context_length(self) -> int:
-        return self._int(OnnxKey.CONTEXT_LENGTH)
-
-    @property
-    def num_layers(self) -> int:
-        return self._int(OnnxKey.NUM_LAYERS)
-
-    @property
-    def outtype(self) -> str:
-        return str(self.meta.get(Key.OUTTYPE, "unknown"))
-
-    @cached_property
-    def span_head(self) -> SpanHead:
-        h = self.hidden_size
-        try:
-            w = np.asarray(json.loads(self.meta[Key.SPAN_HEAD_WEIGHT]), dtype=np.float32)
-            b = np.asarray(json.loads(self.meta[Key.SPAN_HEAD_BIAS]), dtype=np.float32)
-        except (ValueError, TypeError):
-            raise ModelError(f"{self.path}: span head metadata is not a list of numbers") from None
-        if w.size != 2 * h or b.size != 2:
-            raise ModelError(f"{self.path}: span head has {w.size}+{b.size} values, expected {2 * h}+2")
-        return SpanHead(w.reshape(2, h), b.reshape(2))
-
-    @cached_property
-    def tokenizer(self) -> WordPieceTokenizer:
-        vocab = self.meta[OnnxKey.VOCAB].split("\n")
-        strip = {"true": True, "false": False}.get(self.meta.get(OnnxKey.STRIP_ACCENTS, ""))
-        return WordPieceTokenizer(vocab, lowercase=self.meta[Key.LOWERCASE] == "true", strip_accents=strip)
 
     def close(self) -> None:
         self.session = None

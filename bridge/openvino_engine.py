@@ -28,7 +28,7 @@ import numpy as np
 
 from qabridge.core.gguf_keys import TASK_QA, Key
 from qabridge.core.pipeline import QAPipeline
-from qabridge.core.windows import Window
+from qabridge.core.windows import Window, padded_batch
 from qabridge.errors import (
     EmptyInput,
     EngineError,
@@ -37,10 +37,10 @@ from qabridge.errors import (
     Timeout,
     UsageError,
 )
-from qabridge.export.onnx_export import INPUTS, REQUIRED
+from qabridge.export.onnx_export import INPUTS, REQUIRED, OnnxMetadata
 from qabridge.export.openvino_export import RT_INFO_KEY
 
-from .onnx_engine import MAX_PADDING, OnnxModel, padded_batch, token_batches
+from .onnx_engine import MAX_PADDING, token_batches
 
 #: Batches are padded to a multiple of this many tokens. OpenVINO's CPU plugin builds and keeps
 #: kernels and buffers per input shape; with every length its own shape, a process answering 300 dev
@@ -81,13 +81,13 @@ def compile_options(n_threads: int, precision: str, streams: int = 1) -> dict:
             "NUM_STREAMS": streams, "INFERENCE_PRECISION_HINT": precision}
 
 
-class OpenVinoModel(OnnxModel):
+class OpenVinoModel(OnnxMetadata):
     """A validated qabridge OpenVINO IR: its compiled model, metadata, tokenizer and span head
-    (the metadata accessors are :class:`~qabridge.bridge.onnx_engine.OnnxModel`'s)."""
+    (the metadata accessors are :class:`~qabridge.export.onnx_export.OnnxMetadata`'s, as the ONNX
+    model's are)."""
 
     def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None):
         self.path = Path(path)
-        self.shared = {}
         self.device = "cpu"  # OpenVINO's GPU plugin is for Intel GPUs; this engine is the CPU one
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
@@ -124,7 +124,7 @@ class OpenVinoModel(OnnxModel):
             raise EngineError(f"OpenVINO could not compile {self.path.name}: {str(exc).strip().splitlines()[0][:300]}") from None
 
     def close(self) -> None:
-        super().close()
+        self.session = None
         self._model = None
 
     def _check_ports(self, model) -> None:

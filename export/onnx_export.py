@@ -32,6 +32,7 @@ import json
 import os
 import tempfile
 from collections.abc import Container
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,9 @@ import numpy as np
 from qabridge._version import __version__
 from qabridge.core.gguf_keys import TASK_QA, Key, SegmentIds
 from qabridge.core.hashing import sha256_file
+from qabridge.core.model_file import QAModelMeta, SpanHead
 from qabridge.core.settings import QASettings
+from qabridge.core.tokenizer import WordPieceTokenizer
 from qabridge.errors import ModelError, UsageError
 
 from .gguf_writer import QAMeta, abstention_fields, prepare_output
@@ -72,6 +75,63 @@ REQUIRED = (Key.VERSION, Key.TASK, Key.SPAN_HEAD_WEIGHT, Key.SPAN_HEAD_BIAS, Key
             Key.LOWERCASE, Key.SEGMENT_IDS, OnnxKey.VOCAB, OnnxKey.CONTEXT_LENGTH, OnnxKey.HIDDEN_SIZE)
 
 QUANTIZE_CHOICES = ("int8", "int8-tensor", "none")
+
+
+class OnnxMetadata(QAModelMeta):
+    """What a qabridge ONNX (or OpenVINO IR) export says about itself, read from its metadata
+    alone: tokenizer, window settings, span head. The bridge's ``OnnxModel`` adds the session;
+    the int8 calibration cuts windows for a graph no session has loaded with this."""
+
+    def __init__(self, path: str | os.PathLike, meta: dict[str, str]):
+        self.path = Path(path)
+        self.meta: dict[str, str] = dict(meta)
+
+    def get(self, key: str, default=None):
+        return self.meta.get(key, default)
+
+    def _int(self, key: str) -> int:
+        try:
+            return int(self.meta[key])
+        except (KeyError, ValueError):
+            raise ModelError(f"{self.path}: metadata {key} is missing or not an integer") from None
+
+    def qabridge_metadata(self) -> dict:
+        skip = (Key.SPAN_HEAD_WEIGHT, Key.SPAN_HEAD_BIAS, OnnxKey.VOCAB)
+        return {k: v for k, v in self.meta.items() if k.startswith("qabridge.") and k not in skip}
+
+    @property
+    def hidden_size(self) -> int:
+        return self._int(OnnxKey.HIDDEN_SIZE)
+
+    @property
+    def context_length(self) -> int:
+        return self._int(OnnxKey.CONTEXT_LENGTH)
+
+    @property
+    def num_layers(self) -> int:
+        return self._int(OnnxKey.NUM_LAYERS)
+
+    @property
+    def outtype(self) -> str:
+        return str(self.meta.get(Key.OUTTYPE, "unknown"))
+
+    @cached_property
+    def span_head(self) -> SpanHead:
+        h = self.hidden_size
+        try:
+            w = np.asarray(json.loads(self.meta[Key.SPAN_HEAD_WEIGHT]), dtype=np.float32)
+            b = np.asarray(json.loads(self.meta[Key.SPAN_HEAD_BIAS]), dtype=np.float32)
+        except (ValueError, TypeError):
+            raise ModelError(f"{self.path}: span head metadata is not a list of numbers") from None
+        if w.size != 2 * h or b.size != 2:
+            raise ModelError(f"{self.path}: span head has {w.size}+{b.size} values, expected {2 * h}+2")
+        return SpanHead(w.reshape(2, h), b.reshape(2))
+
+    @cached_property
+    def tokenizer(self) -> WordPieceTokenizer:
+        vocab = self.meta[OnnxKey.VOCAB].split("\n")
+        strip = {"true": True, "false": False}.get(self.meta.get(OnnxKey.STRIP_ACCENTS, ""))
+        return WordPieceTokenizer(vocab, lowercase=self.meta[Key.LOWERCASE] == "true", strip_accents=strip)
 #: Op types ``quantize="int8-tensor"`` hands quantize_dynamic: after fusion the Q/K/V projections
 #: sit inside the Attention op, "MatMul" covers the attention output and the two FFN projections.
 TENSOR_INT8_OPS = ("MatMul", "Attention")

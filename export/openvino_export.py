@@ -68,7 +68,7 @@ def export_openvino(adapter: str | os.PathLike, output: str | os.PathLike, *, pr
         raise UsageError("--format openvino --outtype int8 needs the nncf package (pip install 'qabridge[openvino]')")
     from qabridge.core.hashing import sha256_file
 
-    from .onnx_export import export_onnx
+    from .onnx_export import OnnxMetadata, export_onnx
 
     with tempfile.TemporaryDirectory(prefix="qabridge-ov-", dir=out.parent) as td:
         plain = Path(td) / "fp32.onnx"
@@ -79,9 +79,7 @@ def export_openvino(adapter: str | os.PathLike, output: str | os.PathLike, *, pr
         except Exception as exc:  # OpConversionFailure and kin: say which file and why, briefly
             raise ModelError(f"OpenVINO could not convert the encoder: {str(exc).strip()[:300]}") from None
         if precision == "int8":
-            from qabridge.bridge.onnx_engine import OnnxModel
-
-            model = _quantize_int8(model, calibration_windows(OnnxModel.from_metadata(plain, meta)))
+            model = _quantize_int8(model, calibration_windows(OnnxMetadata(plain, meta)))
     meta[Key.OUTTYPE] = precision
     model.set_rt_info(json.dumps(meta), RT_INFO_KEY)
     tmp = out.with_name(out.stem + f".{os.getpid()}.tmp.xml")
@@ -96,8 +94,8 @@ def calibration_windows(model, questions: list[dict] | None = None) -> list[dict
     """The first window of each calibration question (``{"question", "context"}``; default
     :data:`CALIBRATION`) as the engine feeds it (``input_ids``, ``attention_mask``), cut by
     ``model``'s ``tokenizer`` and ``window_spec`` (a qabridge model file's metadata)."""
-    from qabridge.bridge.onnx_engine import padded_batch
     from qabridge.core.pipeline import QAPipeline
+    from qabridge.core.windows import padded_batch
 
     if questions is None:
         questions = json.loads(gzip.decompress(CALIBRATION.read_bytes()).decode("utf-8"))

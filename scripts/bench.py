@@ -173,7 +173,7 @@ class PeerGraph:
     def logits(self, windows, deadline=None):
         import numpy as np
 
-        from qabridge.bridge.onnx_engine import padded_batch
+        from qabridge.core.windows import padded_batch
 
         ids, mask = padded_batch([w.input_ids for w in windows])
         feed = {"input_ids": ids, "attention_mask": mask}

@@ -59,10 +59,10 @@ def prepare(job: dict) -> dict:
 
 def _Meta(xml: Path):
     """The qabridge metadata of an IR (tokenizer, windows, span head) read from its .xml alone."""
-    from qabridge.bridge.onnx_engine import OnnxModel
+    from qabridge.export.onnx_export import OnnxMetadata
 
     node = next(e for e in ET.parse(xml).getroot().iter("qabridge_metadata"))
-    return OnnxModel.from_metadata(xml, json.loads(node.get("value")))
+    return OnnxMetadata(xml, json.loads(node.get("value")))
 
 
 class OpenVinoEncoder:
@@ -106,7 +106,8 @@ class Encoder:
         self.native, self.head = native, head
 
     def logits(self, windows, deadline=None):
-        from qabridge.bridge.onnx_engine import BATCH_TOKENS, padded_batch, token_batches
+        from qabridge.bridge.onnx_engine import BATCH_TOKENS, token_batches
+        from qabridge.core.windows import padded_batch
 
         out = [None] * len(windows)
         for chunk in token_batches([len(w.input_ids) for w in windows], BATCH_TOKENS):

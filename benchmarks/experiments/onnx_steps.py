@@ -160,7 +160,8 @@ def openvino(n: int, rounds: int) -> None:
     from bench import take_turns
 
     from qabridge.bridge.engine_select import default_candidates
-    from qabridge.bridge.onnx_engine import onnx_pipeline, padded_batch
+    from qabridge.bridge.onnx_engine import onnx_pipeline
+    from qabridge.core.windows import padded_batch
     from qabridge.train.squad import load_squad, squad_file
 
     with tempfile.TemporaryDirectory(prefix="qabridge-ov-") as td:

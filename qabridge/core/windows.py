@@ -98,3 +98,14 @@ def label_window(w: Window, span: tuple[int, int] | None) -> tuple[int, int]:
     if ts < w.tok_start or te >= w.tok_end:
         return 0, 0
     return w.ctx_offset + ts - w.tok_start, w.ctx_offset + te - w.tok_start
+
+
+def padded_batch(seqs, pad_id: int = 0, ids_dtype=np.int64, mask_dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """Token sequences as one right-padded [batch, longest] ids array and its attention mask."""
+    longest = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), longest), pad_id, dtype=ids_dtype)
+    mask = np.zeros((len(seqs), longest), dtype=mask_dtype)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
