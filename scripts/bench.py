@@ -1,6 +1,7 @@
 """Bridge vs the transformers 4.57.6 QA pipeline (torch and ONNX Runtime), same questions, one run.
 
     .venv/bin/python scripts/bench.py [--n 2000] [--rounds 3] [--outtypes q8_0,bf16] [--onnx int8] [--variant '--contexts 1']
+        [--serve 'LABEL=serve argv']
     .venv/bin/python scripts/bench.py --engines-alone --n 300 [--rounds 3]   # encoders only, taking turns, no HTTP
 
 Sets up .venv-peer (transformers 4.57.6, the last release with the QA pipeline, with optimum 2.1.0,
@@ -478,6 +479,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--outtypes", default="q8_0,bf16")
     ap.add_argument("--variant", action="append", default=[], help="extra `qabridge serve` options to bench as well, e.g. '--contexts 1'")
+    ap.add_argument("--serve", action="append", default=[], metavar="LABEL=ARGV",
+                    help="a `qabridge serve` command line benched as its own row, e.g. "
+                         "'openvino int8=--model ~/.cache/qabridge/models/x.int8.r3.k3.xml'")
     ap.add_argument("--modes", default="1,8")
     ap.add_argument("--report-only", action="store_true", help="rewrite performance.md/.png from results.json without running")
     ap.add_argument("--engines-alone", action="store_true",
@@ -573,6 +577,9 @@ def main() -> None:
                     plan.append((f"qabridge HTTP (llama.cpp {o}, {extra})", "bridge", p, c, ["--engine", "llama.cpp", *extra.split()]))
             for k, p in onnx_files.items():
                 plan.append((f"qabridge HTTP (onnxruntime {k.split('+')[1]})", "bridge", p, c, ["--engine", "onnx"]))
+            for spec in args.serve:
+                label, _, argv = spec.partition("=")
+                plan.append((f"qabridge HTTP ({label})", "bridge", None, c, os.path.expanduser(argv).split()))
             if args.default_row:
                 plan.append(("qabridge HTTP (default settings)", "bridge", None, c, []))
             if args.inprocess_row:
