@@ -32,6 +32,11 @@ _LABELS = {"onnx": "onnxruntime"}
 DEV_SAMPLE = Path(__file__).resolve().parent / "data" / "squad_sample.json"
 #: Questions the built-in models' candidates are checked on: every question of the dev sample.
 CHECK_QUESTIONS = 200
+#: Interleaved timing rounds, best kept. Two were a coin toss between close candidates: on the
+#: 2-core AMD EPYC Zen 4, ONNX Runtime int8 and OpenVINO int8 took 10.89 and 10.89 ms a window at
+#: best of two, 11.34 and 10.68 at best of four, and OpenVINO int8 answered 300 dev paragraphs
+#: faster in each of 4 interleaved rounds (67-82 q/s against 46-75; docs/performance.md).
+ROUNDS = 4
 #: Precision order for the reference: the most exact candidate available is the yardstick.
 _REFERENCE_ORDER = ("f32", "f16", "bf16", "q8_0", "int8")
 
@@ -206,7 +211,7 @@ def choose_engine(
     reference: Candidate | None = None,
     n_questions: int = 24,
     check_questions: int | None = None,
-    rounds: int = 2,
+    rounds: int = ROUNDS,
     min_agreement: float = 0.95,
     n_threads: int | None = None,
     use_cache: bool = True,
@@ -229,7 +234,8 @@ def choose_engine(
     candidates = [c if c.outtype else Candidate(c.engine, c.path, candidate_for(c.path).outtype, c.device) for c in candidates]
     threads = max(1, n_threads or os.cpu_count() or 1)
     ref_c = reference or _reference(candidates)
-    check = {"reference": [ref_c.engine, ref_c.outtype, Path(ref_c.path).name], "questions": check_questions} if check_questions else None
+    check = ({"reference": [ref_c.engine, ref_c.outtype, Path(ref_c.path).name], "questions": check_questions,
+              "rounds": rounds} if check_questions else None)
     key = cache_key(candidates, threads, hashes, check)
     cache_file = cache_dir() / "engine-choice" / f"{key}.json"
     if use_cache and cache_file.exists():
