@@ -1,0 +1,61 @@
+"""A/B the default model's cached engine files in-process: one caller, interleaved rounds.
+
+    .venv/bin/python scripts/ab_engines.py [--n 300] [--rounds 4] [FILE ...]
+
+FILE defaults to the ONNX Runtime int8, OpenVINO int8 and OpenVINO bf16 files `qabridge serve`
+built in ~/.cache/qabridge/models (first start). Every round each file answers the first --n
+SQuAD v1.1 dev questions over their paragraph (`QAPipeline.predict`, tokenizer and span head
+included) after a 5-question warm-up; the rounds interleave so a slow spell of the machine hits
+every file alike. Prints q/s per round and the median. A quick check of what `--engine auto`
+chose, not a benchmark with a committed result (scripts/bench.py is that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+SQUAD = Path(os.environ.get("QABRIDGE_SQUAD_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"))
+
+
+def default_files() -> list[Path]:
+    from qabridge.paths import cache_dir
+
+    models = cache_dir() / "models"
+    out = []
+    for pattern in ("default-*.int8.r3.onnx", "default-*.int8.r3.k3.xml", "default-*.bf16.r3.xml"):
+        out += sorted(models.glob(pattern))[-1:]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("files", nargs="*", type=Path)
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    from qabridge.bridge.engine_select import file_pipeline
+
+    data = json.loads(gzip.decompress((SQUAD / "dev-v1.1.json.gz").read_bytes()))
+    qs = [(q["question"], p["context"]) for a in data["data"] for p in a["paragraphs"] for q in p["qas"]][: args.n]
+    pipes = {f.name: file_pipeline(f) for f in (args.files or default_files())}
+    res: dict[str, list[float]] = {k: [] for k in pipes}
+    for _ in range(args.rounds):
+        for name, pipe in pipes.items():
+            for q, c in qs[:5]:
+                pipe.predict(q, c)
+            t0 = time.perf_counter()
+            for q, c in qs:
+                pipe.predict(q, c)
+            res[name].append(round(len(qs) / (time.perf_counter() - t0), 1))
+    for name, v in res.items():
+        print(f"{name}: q/s per round {v}, median {statistics.median(v)}")
+
+
+if __name__ == "__main__":
+    main()
