@@ -175,13 +175,14 @@ def _versions() -> dict[str, str]:
 
 
 def cache_key(candidates: list[Candidate], threads: int, hashes: dict[Path, str] | None = None,
-              check: dict | None = None) -> str:
-    """Per CPU, threads, library versions, candidate files and ``check`` (how they were checked)."""
+              check: dict | None = None, rounds: int = ROUNDS) -> str:
+    """Per CPU, threads, library versions, candidate files, ``check`` (how they were checked) and
+    ``rounds`` (how many timing rounds the choice is the best of)."""
     name, flags = cpu_identity()
     hashes = hashes or {}
     files = sorted((c.engine, c.device, hashes.get(Path(c.path)) or sha256_file(c.path)) for c in candidates)
     blob = json.dumps({"cpu": name, "flags": flags, "threads": threads, "versions": _versions(), "files": files,
-                       **({"check": check} if check else {})}, sort_keys=True)
+                       "rounds": rounds, **({"check": check} if check else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -234,9 +235,8 @@ def choose_engine(
     candidates = [c if c.outtype else Candidate(c.engine, c.path, candidate_for(c.path).outtype, c.device) for c in candidates]
     threads = max(1, n_threads or os.cpu_count() or 1)
     ref_c = reference or _reference(candidates)
-    check = ({"reference": [ref_c.engine, ref_c.outtype, Path(ref_c.path).name], "questions": check_questions,
-              "rounds": rounds} if check_questions else None)
-    key = cache_key(candidates, threads, hashes, check)
+    check = {"reference": [ref_c.engine, ref_c.outtype, Path(ref_c.path).name], "questions": check_questions} if check_questions else None
+    key = cache_key(candidates, threads, hashes, check, rounds)
     cache_file = cache_dir() / "engine-choice" / f"{key}.json"
     if use_cache and cache_file.exists():
         try:

@@ -132,6 +132,8 @@ class OnnxMetadata(QAModelMeta):
         vocab = self.meta[OnnxKey.VOCAB].split("\n")
         strip = {"true": True, "false": False}.get(self.meta.get(OnnxKey.STRIP_ACCENTS, ""))
         return WordPieceTokenizer(vocab, lowercase=self.meta[Key.LOWERCASE] == "true", strip_accents=strip)
+
+
 #: Op types ``quantize="int8-tensor"`` hands quantize_dynamic: after fusion the Q/K/V projections
 #: sit inside the Attention op, "MatMul" covers the attention output and the two FFN projections.
 TENSOR_INT8_OPS = ("MatMul", "Attention")

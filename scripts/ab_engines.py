@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/ab_engines.py [--n 300] [--rounds 4] [FILE ...]
 
-FILE defaults to the ONNX Runtime int8, OpenVINO int8 and OpenVINO bf16 files `qabridge serve`
-built in ~/.cache/qabridge/models (first start). Every round each file answers the first --n
+FILE defaults to the default model's ONNX Runtime and OpenVINO candidates of `--engine auto`
+(`default_candidates`: the files `qabridge serve` built on first start, built now if missing). Every round each file answers the first --n
 SQuAD v1.1 dev questions over their paragraph (`QAPipeline.predict`, tokenizer and span head
 included) after a 5-question warm-up; the rounds interleave so a slow spell of the machine hits
 every file alike. Prints q/s per round and the median. A quick check of what `--engine auto`
@@ -13,24 +13,15 @@ chose, not a benchmark with a committed result (scripts/bench.py is that).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 
-SQUAD = Path(os.environ.get("QABRIDGE_SQUAD_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"))
-
 
 def default_files() -> list[Path]:
-    from qabridge.paths import cache_dir
+    from qabridge.bridge.engine_select import default_candidates
 
-    models = cache_dir() / "models"
-    out = []
-    for pattern in ("default-*.int8.r3.onnx", "default-*.int8.r3.k3.xml", "default-*.bf16.r3.xml"):
-        out += sorted(models.glob(pattern))[-1:]
-    return out
+    return [Path(c.path) for c in default_candidates(engines=("onnx", "openvino"))]
 
 
 def main() -> None:
@@ -40,9 +31,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
     from qabridge.bridge.engine_select import file_pipeline
+    from qabridge.train.squad import load_squad, squad_file
 
-    data = json.loads(gzip.decompress((SQUAD / "dev-v1.1.json.gz").read_bytes()))
-    qs = [(q["question"], p["context"]) for a in data["data"] for p in a["paragraphs"] for q in p["qas"]][: args.n]
+    dev = squad_file("dev")
+    if dev is None:
+        raise SystemExit("needs SQuAD v1.1 dev (QABRIDGE_SQUAD_DIR or ../shared/data/squad)")
+    qs = [(e.question, e.context) for e in list(load_squad(dev))[: args.n]]
     pipes = {f.name: file_pipeline(f) for f in (args.files or default_files())}
     res: dict[str, list[float]] = {k: [] for k in pipes}
     for _ in range(args.rounds):

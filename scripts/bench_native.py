@@ -43,7 +43,7 @@ def prepare(job: dict) -> dict:
         export_openvino(job["adapter"], f32, precision="f32", force=True)
     q = out / "ov-nncf-int8.xml"
     if not q.exists():
-        calib = calibration_windows(_Meta(f32), job["calibration"])
+        calib = calibration_windows(_ir_metadata(f32), job["calibration"])
         model = ov.Core().read_model(str(f32))
         qm = nncf.quantize(model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
         meta = model.get_rt_info("qabridge_metadata").astype(str)
@@ -57,7 +57,7 @@ def prepare(job: dict) -> dict:
     return {"ov-f32": str(f32), "ov-int8": str(q), "ct2-int8": str(ct2)}
 
 
-def _Meta(xml: Path):
+def _ir_metadata(xml: Path):
     """The qabridge metadata of an IR (tokenizer, windows, span head) read from its .xml alone."""
     from qabridge.export.onnx_export import OnnxMetadata
 
@@ -126,7 +126,7 @@ def main() -> None:
     from qabridge.core.pipeline import QAPipeline
 
     out = Path(job["out_dir"])
-    meta = _Meta(out / "ov-f32.xml")
+    meta = _ir_metadata(out / "ov-f32.xml")
     b, threads, clients = job["backend"], job.get("threads", 2), job["clients"]
     if b.startswith("openvino"):
         native = OpenVinoEncoder(out / ("ov-f32.xml" if b == "openvino-fp32" else "ov-nncf-int8.xml"), threads, clients)
