@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -314,6 +315,31 @@ def test_auto_choice_measures_checks_and_caches(tmp_path, monkeypatch, onnx_expo
     # Another thread count is another machine setting: measured afresh.
     other = choose_engine(cands[:2], n_questions=4, rounds=1, n_threads=1)
     assert not other.cached and len(list((tmp_path / "cache" / "engine-choice").glob("*.json"))) == 2
+
+
+def test_a_choice_measured_on_a_busy_machine_is_served_but_not_cached(tmp_path, monkeypatch, exported):
+    import subprocess
+    import sys
+
+    from qabridge.bridge.engine_select import BUSY_SHARE, candidate_for, choose_engine
+
+    monkeypatch.setenv("QABRIDGE_CACHE", str(tmp_path / "cache"))
+    cands = [candidate_for(exported("q8_0")), candidate_for(exported("f16"))]
+    # Real competition for the cores: one spinning process per core while the rounds run.
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    logs: list[str] = []
+    try:
+        busy = choose_engine(cands, n_questions=8, rounds=2, n_threads=2, log=logs.append)
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    assert busy.busy_share is not None and busy.busy_share > BUSY_SHARE, busy.busy_share
+    assert any("not cached" in m for m in logs)
+    assert not list((tmp_path / "cache").glob("engine-choice/*.json"))
+    idle = choose_engine(cands, n_questions=8, rounds=2, n_threads=2)
+    assert not idle.cached and idle.busy_share is not None and idle.busy_share < BUSY_SHARE, idle.busy_share
+    assert len(list((tmp_path / "cache").glob("engine-choice/*.json"))) == 1
 
 
 def test_auto_choice_fails_clearly_when_nothing_agrees(tmp_path, monkeypatch, onnx_exported):
