@@ -1,8 +1,9 @@
 """Many LoRA adapters served over one copy of their base (``qabridge serve --adapter NAME=DIR``).
 
-The base encoder is loaded once into llama.cpp; each adapter is a LoRA GGUF (a few MB) that
-llama.cpp applies at run time, switched per request on the context that encodes it, and its own
-span head (in numpy, like every model's). A request's ``model`` picks the adapter by name.
+The base encoder is loaded once, into llama.cpp (a base GGUF) or, under ``--engine openvino``,
+OpenVINO (a base IR compiled with LoRA inputs: bridge/openvino_lora.py); each adapter is a LoRA
+GGUF (a few MB) applied at run time, switched per request, and its own span head (in numpy, like
+every model's). A request's ``model`` picks the adapter by name.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .llama_engine import LlamaCppEngine
 log = logging.getLogger("qabridge.bridge")
 
 ENGINE_NAME = "llama.cpp+lora"
+#: Engines that apply adapters at run time (``--engine``; auto: the faster as measured, adapter_engine).
+ADAPTER_ENGINES = ("llama.cpp", "openvino")
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,10 @@ def lora_file(spec: AdapterSpec, *, log_fn=None) -> Path:
 class AdapterEncoder:
     """One adapter over a shared base engine: what a served model's ``engine`` is for an adapter."""
 
-    name = ENGINE_NAME
-
-    def __init__(self, base: LlamaCppEngine, file: ModelFile):
+    def __init__(self, base, file: ModelFile):
+        """``base``: a LlamaCppEngine or an OpenVinoLoraEngine (both encode with ``adapter=``)."""
         self.base = base
+        self.name = base.name if base.name.endswith("+lora") else ENGINE_NAME
         self.file = file
         self.head: SpanHead = file.span_head
         if file.hidden_size != base.n_embd or file.num_layers != base.file.num_layers:
@@ -112,7 +115,7 @@ class AdapterEncoder:
             raise ModelError(f"{file.path}: made for a base with weights {want[:12]}..., not {base.file.path.name} ({have[:12]}...)")
         self.handle = base.load_adapter(file.path)
         self.n_positions = base.n_positions
-        self.n_ctx = base.n_ctx
+        self.n_ctx = getattr(base, "n_ctx", base.n_positions)
 
     @property
     def base_path(self) -> Path:
@@ -129,43 +132,73 @@ class AdapterEncoder:
         with self.base.demand():
             yield
 
-    def thread_shares(self) -> list[int]:
-        return self.base.thread_shares()
-
-    @property
-    def n_contexts(self) -> int:
-        return self.base.n_contexts
-
     def close(self) -> None:
         """The base (and the adapters loaded over it) is closed once, by whoever loaded it."""
 
 
-def load_adapters(specs: list[AdapterSpec], base_name: str, *, outtype: str = "auto", n_threads=None,
-                  flash_attn: bool = True, n_contexts: int = 1, log_fn=None):
-    """(the shared base engine, [(name, AdapterEncoder, QAPipeline, sha256)]) for ``specs``."""
-    from qabridge.export.run import plain_base
+def openvino_precision(outtype: str) -> str:
+    """The OpenVINO base precision for a GGUF ``--default-outtype``: f32 stays f32, the rest bf16
+    where the CPU has bf16 kernels, else f32. Never int8: NNCF's activation ranges, calibrated on
+    the base, clip what an adapter changes (the committed adapter over an int8 base answered 85 of
+    200 SQuAD dev questions as its merged int8 model, against 199 over bf16 and 200 over f32)."""
+    from .openvino_engine import has_bf16_kernels
 
-    base_path = plain_base(base_name, outtype, log=log_fn)
-    engine = LlamaCppEngine(ModelFile(base_path, require_qa=False), n_threads=n_threads, flash_attn=flash_attn,
-                            n_contexts=n_contexts)
+    if outtype == "f32":
+        return "f32"
+    return "bf16" if has_bf16_kernels() else "f32"
+
+
+def adapter_engine(choice) -> tuple[str, str]:
+    """``(engine, outtype)`` for adapters under ``--engine auto``, by measurement: the faster of the
+    runtime-LoRA engines among the candidates ``choice`` (the built-in model's EngineChoice, timed on
+    this CPU) measured and kept (llama.cpp's GGUF types, OpenVINO bf16/f32; int8 and ONNX Runtime
+    cannot apply adapters); llama.cpp where nothing was measured. The candidates are merged
+    models: runtime LoRA adds its cost to either engine's time."""
+    best = None
+    for m in getattr(choice, "candidates", None) or []:
+        lora = m.engine == "llama.cpp" or (m.engine == "openvino" and m.outtype in ("bf16", "f32"))
+        if lora and m.passed and m.ms_per_window is not None and (best is None or m.ms_per_window < best.ms_per_window):
+            best = m
+    return ("llama.cpp", "auto") if best is None else (best.engine, best.outtype)
+
+
+def load_adapters(specs: list[AdapterSpec], base_name: str, *, outtype: str = "auto", n_threads=None,
+                  flash_attn: bool = True, n_contexts: int = 1, log_fn=None, engine: str = "llama.cpp"):
+    """(the shared base engine, [(name, AdapterEncoder, QAPipeline, sha256)]) for ``specs``;
+    ``engine``: llama.cpp (``auto`` too) or openvino."""
+    files = [lora_file(s, log_fn=log_fn) for s in specs]
+    if engine == "openvino":
+        from qabridge.export.run import openvino_base
+
+        from .openvino_lora import OpenVinoLoraEngine
+
+        base = OpenVinoLoraEngine(openvino_base(base_name, openvino_precision(outtype), log=log_fn), files,
+                                  n_threads=n_threads, n_contexts=n_contexts)
+    elif engine in ("llama.cpp", "auto"):
+        from qabridge.export.run import plain_base
+
+        base = LlamaCppEngine(ModelFile(plain_base(base_name, outtype, log=log_fn), require_qa=False),
+                              n_threads=n_threads, flash_attn=flash_attn, n_contexts=n_contexts)
+    else:
+        raise UsageError(f"--adapter runs in {' or '.join(ADAPTER_ENGINES)}, not {engine}")
     out = []
     try:
-        for s in specs:
-            enc, pipe, sha = adapter_pipeline(engine, lora_file(s, log_fn=log_fn))
+        for s, f in zip(specs, files):
+            enc, pipe, sha = adapter_pipeline(base, f)
             out.append((s.name, enc, pipe, sha))
     except BaseException:
-        engine.close()
+        base.close()
         raise
-    return engine, out
+    return base, out
 
 
-def adapter_pipeline(engine: LlamaCppEngine, lora_path: Path) -> tuple[AdapterEncoder, QAPipeline, str]:
+def adapter_pipeline(engine, lora_path: Path) -> tuple[AdapterEncoder, QAPipeline, str]:
     """The LoRA GGUF at ``lora_path`` over ``engine``: its encoder, its pipeline and its sha256."""
     f = ModelFile(lora_path)
     if not f.is_lora:
         raise ModelError(f"{lora_path}: not a LoRA GGUF from `qabridge export --lora-only`")
     enc = AdapterEncoder(engine, f)
-    if f.get(Key.LOWERCASE) != engine.file.get(Key.LOWERCASE):
+    if str(f.get(Key.LOWERCASE)).lower() != str(engine.file.get(Key.LOWERCASE)).lower():
         raise ModelError(f"{f.path}: lowercases differently from its base {engine.file.path.name}")
     # The vocabulary is the base's (a LoRA GGUF does not repeat it): one tokenizer for all.
     pipe = QAPipeline(engine.file.tokenizer, enc, f.window_spec, max_answer_len=f.max_answer_len)

@@ -86,7 +86,9 @@ class OpenVinoModel(OnnxMetadata):
     (the metadata accessors are :class:`~qabridge.export.onnx_export.OnnxMetadata`'s, as the ONNX
     model's are)."""
 
-    def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, n_threads: int | None = None, transform=None):
+        """``transform``: called with the read ``openvino.Model`` before it is compiled (returns the
+        model to compile: the runtime-LoRA engine adds its inputs there)."""
         self.path = Path(path)
         self.device = "cpu"  # OpenVINO's GPU plugin is for Intel GPUs; this engine is the CPU one
         if not self.path.is_file():
@@ -108,6 +110,8 @@ class OpenVinoModel(OnnxMetadata):
             raise ModelError(f"{self.path}: not a qabridge QA model (no {RT_INFO_KEY}); "
                              "export one with `qabridge export --format openvino`") from None
         self._check_ports(model)
+        if transform is not None:
+            model = transform(model)
         self.n_threads = max(1, n_threads or os.cpu_count() or 1)
         self._core, self._model = core, model
         self.session = self.compile(1)
@@ -219,7 +223,10 @@ class OpenVinoEngine:
     def _failure(exc: Exception) -> EngineError:
         return EngineError(f"openvino failed: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__}")
 
-    def _run(self, seqs: list[np.ndarray], pool: queue.SimpleQueue | None = None) -> np.ndarray:
+    def _use(self, req, adapter) -> None:
+        """Make ``req`` encode with ``adapter`` (the runtime-LoRA engine's; the plain one has none)."""
+
+    def _run(self, seqs: list[np.ndarray], pool: queue.SimpleQueue | None = None, adapter=None) -> np.ndarray:
         if self._closed:
             raise EngineError("engine is closed")
         if pool is None:
@@ -227,6 +234,7 @@ class OpenVinoEngine:
         feed = self._feed(seqs)
         req = pool.get()
         try:
+            self._use(req, adapter)
             req.infer(feed)
             # copied: the request's output buffer is reused by its next call
             return np.array(req.get_output_tensor(0).data, dtype=np.float32)
@@ -240,13 +248,13 @@ class OpenVinoEngine:
         if deadline is not None and time.monotonic() > deadline:
             raise Timeout("request ran past its deadline")
 
-    def _one_by_one(self, batches: list[list[np.ndarray]], deadline: float | None):
+    def _one_by_one(self, batches: list[list[np.ndarray]], deadline: float | None, adapter=None):
         """Hidden states of each batch in turn (the pool ``_run`` picks)."""
         for batch in batches:
             self._in_time(deadline)
-            yield self._run(batch)
+            yield self._run(batch, adapter=adapter)
 
-    def _spread(self, batches: list[list[np.ndarray]], deadline: float | None):
+    def _spread(self, batches: list[list[np.ndarray]], deadline: float | None, adapter=None):
         """Hidden states of each batch in order, from the multi-stream compilation with up to
         IN_FLIGHT batches in flight. Infer requests beyond the first are taken only when free, so
         two requests spreading at once never wait on each other's; closed early, every request goes
@@ -264,6 +272,7 @@ class OpenVinoEngine:
         busy: list = []  # requests in start order
         try:
             for req, batch in zip(reqs, batches):
+                self._use(req, adapter)
                 req.start_async(self._feed(batch))
                 busy.append(req)
             # one batch out per turn; ``nxt``: the batch its request starts next, if any is left
@@ -289,23 +298,26 @@ class OpenVinoEngine:
             for req in reqs:
                 pool.put(req)
 
-    def hidden_states(self, ids: np.ndarray) -> np.ndarray:
+    def hidden_states(self, ids: np.ndarray, adapter=None) -> np.ndarray:
         """[n_tokens, hidden] float32 for one sequence."""
         ids = np.asarray(ids)
         self._check(int(len(ids)))
-        return self._run([ids])[0, : len(ids)]
+        return self._run([ids], adapter=adapter)[0, : len(ids)]
 
-    def logits(self, windows: list[Window], deadline: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Span logits per window; past ``deadline`` (time.monotonic) the remaining batches are not run."""
+    def logits(self, windows: list[Window], deadline: float | None = None, adapter=None,
+               head=None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Span logits per window; past ``deadline`` (time.monotonic) the remaining batches are not
+        run. ``adapter`` and ``head``: the runtime-LoRA engine's adapter and its span head."""
+        head = head or self.head
         for w in windows:
             self._check(int(len(w.input_ids)))
         out: list = [None] * len(windows)
         chunks = token_batches([len(w.input_ids) for w in windows], self.batch_tokens, self.max_padding)
         run = self._spread if len(chunks) > 1 and self._narrow is not None else self._one_by_one
-        with closing(run([[windows[i].input_ids for i in c] for c in chunks], deadline)) as hidden_states:
+        with closing(run([[windows[i].input_ids for i in c] for c in chunks], deadline, adapter)) as hidden_states:
             for chunk, hidden in zip(chunks, hidden_states):
                 for j, i in enumerate(chunk):
-                    out[i] = self.head.logits(hidden[j, : len(windows[i].input_ids)])
+                    out[i] = head.logits(hidden[j, : len(windows[i].input_ids)])
         return out
 
     def close(self) -> None:

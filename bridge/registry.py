@@ -157,14 +157,18 @@ class ModelRegistry:
             log.exception("model load failed")
 
     def _load_adapters(self) -> None:
-        from .adapters import load_adapters
+        from .adapters import adapter_engine, load_adapters
 
         for spec in self.cfg.adapters:
             if spec.name in self.models:
                 raise UsageError(f"--adapter {spec.name}: a model is already served under that name")
+        engine, outtype = self.cfg.engine, self.cfg.default_outtype
+        if engine == "auto" and outtype == "auto":
+            engine, outtype = adapter_engine(self.engine_choice)
+            log.info("adapters in %s (%s): the faster runtime-LoRA engine of the measured candidates", engine, outtype)
         self.adapter_base, loaded = load_adapters(
-            self.cfg.adapters, self.cfg.adapter_base, outtype=self.cfg.default_outtype, n_threads=self.cfg.n_threads,
-            flash_attn=self.cfg.flash_attn, n_contexts=self.cfg.n_contexts, log_fn=log.info)
+            self.cfg.adapters, self.cfg.adapter_base, outtype=outtype, n_threads=self.cfg.n_threads,
+            flash_attn=self.cfg.flash_attn, n_contexts=self.cfg.n_contexts, log_fn=log.info, engine=engine)
         for name, enc, pipe, sha in loaded:
             self.models[name] = LoadedModel(name, enc.file, enc, pipe, sha, source="adapter")
         if self.default is None and loaded:

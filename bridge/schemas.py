@@ -126,7 +126,7 @@ class ModelInfo(BaseModel):
     device: str = Field(default="cpu", description="Where the encoder runs: cpu or cuda.")
     batching: dict | None = Field(default=None, description="With --batch-requests: engine calls made, windows encoded, the most requests one call served.")
     source: str = Field(description="file, ollama, or adapter (a LoRA applied at run time over a shared base)")
-    adapter_of: str | None = Field(default=None, description="For an adapter: the base GGUF it is applied over, one copy shared by every adapter.")
+    adapter_of: str | None = Field(default=None, description="For an adapter: the base model file (GGUF, or OpenVINO IR under --engine openvino) it is applied over, one copy shared by every adapter.")
     engine_choice: dict | None = Field(default=None, description="With --engine auto: how the engine was chosen on this CPU.")
     abstention: dict = Field(default_factory=dict, description="Trained with unanswerable examples?, the stored null threshold and how it was tuned.")
     metadata: dict = Field(description="The GGUF's qabridge.* metadata (span head omitted).")

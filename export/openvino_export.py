@@ -51,8 +51,10 @@ def owned_by_qabridge(path: Path) -> bool:
 
 
 def export_openvino(adapter: str | os.PathLike, output: str | os.PathLike, *, precision: str = "bf16",
-                    base: str | None = None, force: bool = False, merged=None) -> dict:
-    """Adapter (or full fine-tuned directory) -> ``output`` (``.xml``, its ``.bin`` beside it)."""
+                    base: str | None = None, force: bool = False, merged=None,
+                    extra_meta: dict[str, str] | None = None) -> dict:
+    """Adapter (or full fine-tuned directory) -> ``output`` (``.xml``, its ``.bin`` beside it);
+    ``extra_meta`` joins the ``qabridge.*`` metadata."""
     if precision not in PRECISIONS:
         raise UsageError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     out = Path(output)
@@ -81,6 +83,7 @@ def export_openvino(adapter: str | os.PathLike, output: str | os.PathLike, *, pr
         if precision == "int8":
             model = _quantize_int8(model, calibration_windows(OnnxMetadata(plain, meta)))
     meta[Key.OUTTYPE] = precision
+    meta.update(extra_meta or {})
     model.set_rt_info(json.dumps(meta), RT_INFO_KEY)
     tmp = out.with_name(out.stem + f".{os.getpid()}.tmp.xml")
     ov.save_model(model, str(tmp), compress_to_fp16=precision != "f32")

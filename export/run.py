@@ -193,6 +193,35 @@ def plain_base(base: str | None = None, outtype: str = "f32", *, log=None) -> Pa
     return path
 
 
+def openvino_base(base: str | None = None, precision: str = "bf16", *, log=None) -> Path:
+    """A base encoder as an OpenVINO IR, built once and cached: what the OpenVINO engine applies
+    runtime LoRA adapters over. Its span head is zero (each adapter brings its own) and its
+    metadata names the base's weights (``qabridge.base_sha256``), as the base GGUF's does."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from qabridge.core.hashing import sha256_file
+    from qabridge.train.model import resolve_base
+
+    from .merge import load_plain_encoder
+    from .openvino_export import export_openvino
+
+    ref = resolve_base(base)
+    h = sha256_file(Path(ref.path) / "model.safetensors")
+    path = cache_dir() / "models" / f"base-{h[:16]}.{precision}.xml"
+    if not path.exists():
+        if log:
+            log(f"building the OpenVINO base {ref.name} for runtime adapters -> {path}")
+        merged = load_plain_encoder(ref.path)
+        merged = replace(merged, span_weight=np.zeros((2, merged.spec.hidden_size), np.float32),
+                         span_bias=np.zeros(2, np.float32), base_name=ref.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_openvino(Path(ref.path), path, precision=precision, merged=merged,
+                        extra_meta={Key.BASE_SHA256: h})
+    return path
+
+
 def export_base(base: str | None, output: Path, outtype: str, *, pooling: str = "none", force: bool = False) -> dict:
     """A base encoder alone (no span head) with its weights' hash, which a LoRA GGUF names: with
     ``pooling="mean"`` Ollama takes it as an embedding model, so a Modelfile can say FROM it."""

@@ -144,11 +144,12 @@ class QuestionAnsweringPipeline:
 
     def _load_adapter(self, model, builtin, adapter, *, threads, contexts, flash_attn, outtype, engine) -> None:
         """``adapter=``: a LoRA adapter applied at run time over one copy of ``model``'s base, in
-        llama.cpp (as ``qabridge serve --adapter``)."""
+        llama.cpp or OpenVINO (``engine=``; auto over a built-in model: the faster of them as its
+        measured candidates say, as ``qabridge serve --adapter`` does)."""
         from qabridge.bridge.adapters import AdapterSpec, check_bases, load_adapters
 
         if engine == "onnx":
-            raise UsageError("adapter= runs in llama.cpp (runtime LoRA); engine='onnx' cannot apply it")
+            raise UsageError("adapter= runs in llama.cpp or OpenVINO (runtime LoRA); engine='onnx' cannot apply it")
         spec = AdapterSpec.parse(os.fspath(adapter))
         served = None
         if builtin is not None:
@@ -156,8 +157,15 @@ class QuestionAnsweringPipeline:
         elif model is not None and Path(model).suffix == ".gguf":
             served = ModelFile(model).base_model
         base = check_bases([spec], served)
+        if builtin is not None and engine == "auto" and outtype == "auto":
+            # As `serve` does: the faster runtime-LoRA engine of the built-in model's measured candidates.
+            from qabridge.bridge.adapters import adapter_engine
+            from qabridge.bridge.engine_select import choose_default
+
+            self.engine_choice = choose_default(adapter=builtin.adapter(), n_threads=threads)
+            engine, outtype = adapter_engine(self.engine_choice)
         self._base, loaded = load_adapters([spec], base, outtype=outtype, n_threads=threads, flash_attn=flash_attn,
-                                           n_contexts=contexts)
+                                           n_contexts=contexts, engine=engine)
         self.name, enc, self._qa, _ = loaded[0]
         self.source, self._engine, self.model_file, self._max_tokens = "adapter", enc, enc.file, enc.n_ctx
         self._slots = threading.BoundedSemaphore(max(1, contexts))

@@ -454,7 +454,7 @@ def _builtin_names() -> list[str]:
 @main.command()
 @click.option("--model", type=click.Path(dir_okay=False), multiple=True, help="GGUF or ONNX file written by `qabridge export`, or a built-in model's name (`qabridge models`; its committed adapter, exported once and cached; default: bert-qa). Repeatable: the first is the default model, the others are served beside it under their names (requests pick one with `model`).")
 @click.option("--name", default=None, help="Name the first --model is served under (default: the file name, or the built-in model's name).")
-@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="Serve a LoRA adapter (a directory from train/adapt, or a LoRA GGUF from `export --lora-only`) under NAME, applied at run time over one shared copy of its base in llama.cpp. Repeatable; every adapter must share the base of the first --model.")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="Serve a LoRA adapter (a directory from train/adapt, or a LoRA GGUF from `export --lora-only`) under NAME, applied at run time over one shared copy of its base: in llama.cpp, or in OpenVINO under --engine openvino (f32 base with --default-outtype f32, else bf16 where the CPU has it). Repeatable; every adapter must share the base of the first --model.")
 @click.option("--engine", type=click.Choice(["auto", "llama.cpp", "onnx", "openvino"]), default="auto", show_default=True, help="Encoder engine. auto: for the built-in model, measure the candidates (llama.cpp GGUF types, ONNX Runtime int8 when torch can export it, OpenVINO bf16 on CPUs with AMX or AVX512-BF16 when openvino is installed) on this CPU once, keep those that agree, serve the fastest (cached per CPU and model); for a --model file, the engine its format needs.")
 @click.option("--default-outtype", type=click.Choice(["auto", *(o.value for o in OutType)]), default="auto", show_default=True, help="GGUF outtype of built-in models under --engine llama.cpp, or the only GGUF candidate under auto (auto: q8_0 and bf16 are measured; under llama.cpp bf16 on CPUs with AVX512-BF16, else q8_0).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback needs --allow-remote.")
@@ -530,6 +530,8 @@ def serve(model, name, adapters, engine, default_outtype, host, port, allow_remo
     from qabridge.bridge.adapters import AdapterSpec, check_bases
 
     specs = [AdapterSpec.parse(a) for a in adapters]
+    if specs and engine == "onnx":
+        raise UsageError("--adapter runs in llama.cpp or OpenVINO (runtime LoRA); --engine onnx cannot apply it")
     if specs and ray_opts is not None:
         raise UsageError("--ray serves one --model, without --adapter")
     served_base = None

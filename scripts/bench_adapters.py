@@ -1,6 +1,6 @@
 """Ten adapters over one base against ten merged models (issue 34 part 3): memory and speed.
 
-    .venv/bin/python scripts/bench_adapters.py [--n 200] [--adapters 10] [--outtype auto]
+    .venv/bin/python scripts/bench_adapters.py [--n 200] [--adapters 10] [--outtype auto] [--engine openvino]
 
 Makes ``--adapters`` real LoRA adapters over MiniLM (the committed ``models/lora`` with its LoRA B
 scaled by 0.55, 0.6, ... so that each answers differently), then measures ``qabridge serve`` over
@@ -11,6 +11,9 @@ real HTTP on loopback, each configuration in a fresh process:
 - q/s of one client on ``--n`` SQuAD dev questions, the first adapter (runtime LoRA) against its
   merged model, both served by one bridge and taking turns every 25 questions;
 - whether each adapter's answers equal its merged model's (text, offsets; the score difference).
+
+``--engine openvino``: the adapters over one OpenVINO base (bridge/openvino_lora.py) against merged
+OpenVINO IRs of the precision ``--outtype`` maps to (f32 -> f32, else bf16 where the CPU has it).
 
 Writes benchmarks/results/adapters/<stamp>.json and prints it.
 """
@@ -103,6 +106,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--adapters", type=int, default=10)
     ap.add_argument("--outtype", default="auto", help="GGUF type of the base and of the merged models")
+    ap.add_argument("--engine", choices=["llama.cpp", "openvino"], default="llama.cpp")
     ap.add_argument("--work", default=str(ROOT / ".cache" / "bench-adapters"))
     a = ap.parse_args()
     from qabridge.export.run import auto_outtype, export
@@ -113,17 +117,26 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     adapters = make_adapters(a.adapters, work)
     merged = []
+    precision = None
+    if a.engine == "openvino":
+        from qabridge.bridge.adapters import openvino_precision
+        from qabridge.export.openvino_export import export_openvino
+
+        precision = openvino_precision(outtype)
     for d in adapters:
-        f = work / f"m-{d.name}.{outtype}.gguf"
+        f = work / (f"m-{d.name}.{outtype}.gguf" if precision is None else f"m-{d.name}.ov-{precision}.xml")
         if not f.exists():
-            export(d, output=f, outtype=outtype, modelfile=None)
+            if precision is None:
+                export(d, output=f, outtype=outtype, modelfile=None)
+            else:
+                export_openvino(d, f, precision=precision)
         merged.append(f)
     dev = squad_file("dev")
     if dev is None:
         sys.exit("needs SQuAD v1.1 dev (QABRIDGE_SQUAD_DIR or ../shared/data/squad)")
     qs = [{"question": e.question, "context": e.context} for e in list(load_squad(dev))[: a.n]]
     logs = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
-    common = ["--default-outtype", outtype]
+    common = ["--default-outtype", outtype, "--engine", a.engine]
 
     def rss_of(argv: list[str], names: list[str]) -> float:
         b = Bridge(common + argv, logs / f"{len(names)}-{time.time():.0f}.log")
@@ -137,15 +150,15 @@ def main() -> None:
     rss = {
         "adapters_1": rss_of(first + ad_args(1), ["a0"]),
         f"adapters_{a.adapters}": rss_of(first + ad_args(a.adapters), [f"a{i}" for i in range(a.adapters)]),
-        "merged_1": rss_of(first, [merged[0].name.removesuffix(".gguf")]),
+        "merged_1": rss_of(first, [merged[0].stem]),
         f"merged_{a.adapters}": rss_of([x for f in merged for x in ("--model", str(f))],
-                                       [f.name.removesuffix(".gguf") for f in merged]),
+                                       [f.stem for f in merged]),
     }
     adapter_bytes = (adapters[0] / "adapter_model.safetensors").stat().st_size
 
     # Speed and equality: adapter a0 and its merged model in one bridge, taking turns.
     b = Bridge(common + [x for f in merged for x in ("--model", str(f))] + ad_args(a.adapters), logs / "speed.log")
-    m0 = merged[0].name.removesuffix(".gguf")
+    m0 = merged[0].stem
     for name in ("a0", m0):
         b.batch(name, qs[:10])  # warm-up
     times: dict[str, list[float]] = {"a0": [], m0: []}
@@ -160,7 +173,7 @@ def main() -> None:
     equal = {}
     for i in range(a.adapters):
         got = b.batch(f"a{i}", qs)
-        ref = b.batch(merged[i].name.removesuffix(".gguf"), qs)
+        ref = b.batch(merged[i].stem, qs)
         errors = [x for x in got + ref if "score" not in x]
         if errors:
             sys.exit(f"a{i}: {len(errors)} error(s), first {errors[0]}")
@@ -174,7 +187,8 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": {"model": cpu_name(), "family": cpu_family(), "cores": os.cpu_count()},
         "command": " ".join(["scripts/bench_adapters.py", *sys.argv[1:]]),
-        "outtype": outtype,
+        "engine": a.engine,
+        "outtype": outtype if precision is None else f"openvino {precision}",
         "adapter_file_bytes": adapter_bytes,
         "peak_rss_mb": rss,
         "rss_delta_adapters_mb": round(rss[f"adapters_{a.adapters}"] - rss["adapters_1"], 1),

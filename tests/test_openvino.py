@@ -188,7 +188,7 @@ def test_long_documents_go_one_window_a_call_with_the_same_answers(ov_exported, 
         assert len(wins) >= 4
         calls: list[int] = []
         run = one.encoder._run
-        one.encoder._run = lambda seqs: calls.append(len(seqs)) or run(seqs)
+        one.encoder._run = lambda seqs, **kw: calls.append(len(seqs)) or run(seqs, **kw)
         a = one.encoder.logits(wins)
         assert max(calls) == 1 and len(calls) >= len([w for w in wins if len(w.input_ids) > 192])
         assert _max_delta(a, two.encoder.logits(wins)) <= 1e-4
@@ -301,10 +301,10 @@ def test_concurrent_requests_use_the_multi_stream_compilation(ov_exported, torch
         used = {"narrow": 0}
         real_run = eng._run
 
-        def run(seqs, pool=None):
+        def run(seqs, pool=None, adapter=None):
             if pool is None and eng._demand > 1:
                 used["narrow"] += 1
-            return real_run(seqs, pool)
+            return real_run(seqs, pool, adapter)
 
         eng._run = run
         got: dict[int, tuple] = {}
