@@ -540,10 +540,10 @@ def default_candidates(
     if "openvino" in engines:
         if openvino_types is None:
             openvino_types = openvino_candidate_types()
-        from qabridge.export.openvino_export import INT8_KEEP_LAYERS
+        from qabridge.export.openvino_export import INT8_RECIPE
 
         # int8's name carries its recipe too (the layers kept in floating point): a changed recipe rebuilds.
-        builds += [("openvino", t, f"default-{h}.{t}.r{ONNX_RECIPE}{f'.k{INT8_KEEP_LAYERS}' if t == 'int8' else ''}.xml",
+        builds += [("openvino", t, f"default-{h}.{t}.r{ONNX_RECIPE}{f'.{INT8_RECIPE}' if t == 'int8' else ''}.xml",
                     ["--format", "openvino", "--outtype", t], "cpu") for t in openvino_types]
     for eng, t, fname, opts, dev in builds:
         p = cache_dir() / "models" / fname

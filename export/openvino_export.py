@@ -14,7 +14,10 @@ it works offline and never sees the dev set the parity checks use), with the FFN
 of the first :data:`INT8_KEEP_LAYERS` layers left in floating point: on every 5th SQuAD dev question
 (2,114) the plain recipe agreed with OpenVINO f32 on 95.51% of spans, this one on 97.87% (F1 85.50
 vs 85.58) at ~0.92x bf16's time per window (2-core Intel Xeon with AMX; docs/performance.md).
-The rest of an int8 graph runs at bf16 where the CPU has bf16 kernels, else f32.
+The rest of an int8 graph runs at bf16 where the CPU has bf16 kernels, else f32. The word
+embedding table is stored as fp16, not int8: OpenVINO 2026.4's CPU plugin expands NNCF's int8 table
+to f32 in every compilation (47 MB each), and a lookup gains nothing from int8 (a compiled int8
+model plus the engine's multi-stream one and 10 requests: 285 against 351 MB RSS, 2-core Intel Xeon).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration_squad_trai
 #: Layers whose FFN down-projection (``layer.N/output/dense``) stays in floating point under int8:
 #: the early layers' GELU outputs have the widest ranges, and their int8 error moved most spans.
 INT8_KEEP_LAYERS = 3
+#: What a built-in int8 model's cached file name carries (a changed recipe rebuilds): the layers kept
+#: in floating point and the fp16 embedding table.
+INT8_RECIPE = f"k{INT8_KEEP_LAYERS}.e16"
 #: The rt_info entry that holds the qabridge metadata (a JSON object of ``qabridge.*`` keys).
 RT_INFO_KEY = "qabridge_metadata"
 
@@ -81,7 +87,7 @@ def export_openvino(adapter: str | os.PathLike, output: str | os.PathLike, *, pr
         except Exception as exc:  # OpConversionFailure and kin: say which file and why, briefly
             raise ModelError(f"OpenVINO could not convert the encoder: {str(exc).strip()[:300]}") from None
         if precision == "int8":
-            model = _quantize_int8(model, calibration_windows(OnnxMetadata(plain, meta)))
+            model = _embeddings_as_f16(_quantize_int8(model, calibration_windows(OnnxMetadata(plain, meta))))
     meta[Key.OUTTYPE] = precision
     meta.update(extra_meta or {})
     model.set_rt_info(json.dumps(meta), RT_INFO_KEY)
@@ -125,3 +131,35 @@ def _quantize_int8(model, calib: list[dict]):
                              subset_size=len(calib), ignored_scope=keep)
     except Exception as exc:
         raise ModelError(f"NNCF could not quantise the encoder: {str(exc).strip()[:300]}") from None
+
+
+def _embeddings_as_f16(model):
+    """Each Gather whose table NNCF stored as int8 (Constant -> Convert [-> Subtract zero point]
+    -> Multiply scale) reads an fp16 copy of the dequantised table instead (see the module doc)."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    for gather in [op for op in model.get_ops() if op.get_type_name() == "Gather"]:
+        mul = gather.input_value(0).get_node()
+        if mul.get_type_name() != "Multiply":
+            continue
+        src, scale = (mul.input_value(i).get_node() for i in (0, 1))
+        if scale.get_type_name() != "Constant":
+            continue
+        zero = None
+        if src.get_type_name() == "Subtract":
+            zero, src = src.input_value(1).get_node(), src.input_value(0).get_node()
+            if zero.get_type_name() == "Convert":
+                zero = zero.input_value(0).get_node()
+            if zero.get_type_name() != "Constant":
+                continue
+        if src.get_type_name() != "Convert" or src.input_value(0).get_node().get_type_name() != "Constant":
+            continue
+        table = src.input_value(0).get_node().get_data().astype(np.float32)
+        if zero is not None:
+            table -= zero.get_data().astype(np.float32)
+        table *= scale.get_data().astype(np.float32)
+        f16 = ops.convert(ops.constant(table.astype(np.float16)), ov.Type.f32)
+        gather.input(0).replace_source_output(f16.output(0))
+    return model

@@ -481,7 +481,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="extra `qabridge serve` options to bench as well, e.g. '--contexts 1'")
     ap.add_argument("--serve", action="append", default=[], metavar="LABEL=ARGV",
                     help="a `qabridge serve` command line benched as its own row, e.g. "
-                         "'openvino int8=--model ~/.cache/qabridge/models/x.int8.r3.k3.xml'")
+                         "'openvino int8=--model ~/.cache/qabridge/models/x.int8.r3.k3.e16.xml'")
     ap.add_argument("--modes", default="1,8")
     ap.add_argument("--report-only", action="store_true", help="rewrite performance.md/.png from results.json without running")
     ap.add_argument("--engines-alone", action="store_true",

@@ -33,11 +33,11 @@ def test_demo_script_serves_the_default_model(tmp_path):
     built = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache" / "models").glob("default-*"))
     from qabridge.bridge.engine_select import openvino_candidate_types
     from qabridge.export.onnx_export import ONNX_RECIPE
-    from qabridge.export.openvino_export import INT8_KEEP_LAYERS
+    from qabridge.export.openvino_export import INT8_RECIPE
 
     # f32.gguf: the yardstick the candidates' answers are checked against; OpenVINO (.xml + .bin) bf16
     # only on a CPU with bf16 kernels (AMX or AVX512-BF16), int8 (NNCF) wherever the extra is installed.
-    tags = {"bf16": f"bf16.r{ONNX_RECIPE}", "int8": f"int8.r{ONNX_RECIPE}.k{INT8_KEEP_LAYERS}"}
+    tags = {"bf16": f"bf16.r{ONNX_RECIPE}", "int8": f"int8.r{ONNX_RECIPE}.{INT8_RECIPE}"}
     ov = [f"{tags[t]}.{ext}" for t in openvino_candidate_types() for ext in ("bin", "xml")]
     assert built == sorted(["bf16.gguf", "f32.gguf", f"int8.r{ONNX_RECIPE}.onnx", "q8_0.gguf", *ov]), built
     (choice,) = (tmp_path / "cache" / "engine-choice").glob("*.json")

@@ -98,6 +98,10 @@ def test_int8_keeps_the_early_ffn_outputs_in_float_and_agrees_with_torch(torch_p
     assert [quantised(n) for n in ffn_out] == [False] * INT8_KEEP_LAYERS + [True] * (6 - INT8_KEEP_LAYERS)
     assert quantised("/bert/encoder/layer.0/attention/output/dense/MatMul")
     assert sum(o.get_type_name() == "FakeQuantize" for o in ops.values()) >= 30
+    # The word embedding table: an fp16 constant, not NNCF's int8 one (which OpenVINO expands to f32
+    # in each compilation).
+    table = ops["/bert/embeddings/word_embeddings/Gather"].input_value(0).get_node()
+    assert table.get_type_name() == "Convert" and table.input_value(0).get_node().get_element_type().get_type_name() == "f16"
     # What NNCF left in floating point runs at bf16 where the CPU has bf16 kernels, else f32.
     for bf16 in (False, True):
         monkeypatch.setattr(openvino_engine, "has_bf16_kernels", lambda bf16=bf16: bf16)
