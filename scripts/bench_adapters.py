@@ -123,6 +123,10 @@ def main() -> None:
         from qabridge.export.openvino_export import export_openvino
 
         precision = openvino_precision(outtype)
+        # The shared base IR is built (and cached) on first use: built here, so no serve's peak RSS holds the export.
+        from qabridge.export.run import openvino_base
+
+        openvino_base(None, precision)
     for d in adapters:
         f = work / (f"m-{d.name}.{outtype}.gguf" if precision is None else f"m-{d.name}.ov-{precision}.xml")
         if not f.exists():
