@@ -134,8 +134,8 @@ def _quantize_int8(model, calib: list[dict]):
 
 
 def _embeddings_as_f16(model):
-    """Each Gather whose table NNCF stored as int8 (Constant -> Convert [-> Subtract zero point]
-    -> Multiply scale) reads an fp16 copy of the dequantised table instead (see the module doc)."""
+    """Each Gather whose table NNCF stored as int8 (Constant -> Convert -> Multiply by its scale)
+    reads an fp16 copy of the dequantised table instead (see the module doc)."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
@@ -144,22 +144,12 @@ def _embeddings_as_f16(model):
         mul = gather.input_value(0).get_node()
         if mul.get_type_name() != "Multiply":
             continue
-        src, scale = (mul.input_value(i).get_node() for i in (0, 1))
-        if scale.get_type_name() != "Constant":
+        convert, scale = (mul.input_value(i).get_node() for i in (0, 1))
+        if convert.get_type_name() != "Convert" or scale.get_type_name() != "Constant":
             continue
-        zero = None
-        if src.get_type_name() == "Subtract":
-            zero, src = src.input_value(1).get_node(), src.input_value(0).get_node()
-            if zero.get_type_name() == "Convert":
-                zero = zero.input_value(0).get_node()
-            if zero.get_type_name() != "Constant":
-                continue
-        if src.get_type_name() != "Convert" or src.input_value(0).get_node().get_type_name() != "Constant":
+        table = convert.input_value(0).get_node()
+        if table.get_type_name() != "Constant":
             continue
-        table = src.input_value(0).get_node().get_data().astype(np.float32)
-        if zero is not None:
-            table -= zero.get_data().astype(np.float32)
-        table *= scale.get_data().astype(np.float32)
-        f16 = ops.convert(ops.constant(table.astype(np.float16)), ov.Type.f32)
-        gather.input(0).replace_source_output(f16.output(0))
+        f32 = table.get_data().astype(np.float32) * scale.get_data().astype(np.float32)
+        gather.input(0).replace_source_output(ops.convert(ops.constant(f32.astype(np.float16)), ov.Type.f32).output(0))
     return model
