@@ -176,16 +176,22 @@ def export_lora(adapter: str | Path, *, output: str | Path | None = None, name: 
     return info
 
 
-def plain_base(base: str | None = None, outtype: str = "f32", *, log=None) -> Path:
-    """A base encoder as GGUF (no span head), built once and cached: what runtime LoRA adapters
-    are applied over."""
+def _cached_base(base: str | None, suffix: str):
+    """(the resolved base, its weights' sha256, the cache path ``base-<sha>.<suffix>``) of a base
+    built once for runtime adapters."""
     from qabridge.core.hashing import sha256_file
     from qabridge.train.model import resolve_base
 
     ref = resolve_base(base)
     h = sha256_file(Path(ref.path) / "model.safetensors")
+    return ref, h, cache_dir() / "models" / f"base-{h[:16]}.{suffix}"
+
+
+def plain_base(base: str | None = None, outtype: str = "f32", *, log=None) -> Path:
+    """A base encoder as GGUF (no span head), built once and cached: what runtime LoRA adapters
+    are applied over."""
     outtype = auto_outtype() if outtype == "auto" else OutType(outtype).value
-    path = cache_dir() / "models" / f"base-{h[:16]}.{outtype}.gguf"
+    ref, _, path = _cached_base(base, f"{outtype}.gguf")
     if not path.exists():
         if log:
             log(f"building the base {ref.name} for runtime adapters -> {path}")
@@ -201,15 +207,10 @@ def openvino_base(base: str | None = None, precision: str = "bf16", *, log=None)
 
     import numpy as np
 
-    from qabridge.core.hashing import sha256_file
-    from qabridge.train.model import resolve_base
-
     from .merge import load_plain_encoder
     from .openvino_export import export_openvino
 
-    ref = resolve_base(base)
-    h = sha256_file(Path(ref.path) / "model.safetensors")
-    path = cache_dir() / "models" / f"base-{h[:16]}.{precision}.xml"
+    ref, h, path = _cached_base(base, f"{precision}.xml")
     if not path.exists():
         if log:
             log(f"building the OpenVINO base {ref.name} for runtime adapters -> {path}")
